@@ -1,0 +1,22 @@
+# `make test` and `make demo` each do their own set-up (Debian packages, .venv).
+VENV := .venv
+PY := $(VENV)/bin/python
+
+.PHONY: setup test lint demo clean
+
+setup:
+	./scripts/setup.sh
+
+lint: setup
+	$(VENV)/bin/ruff check waltd tests bench
+	$(VENV)/bin/ruff format --check waltd tests bench
+
+test: setup
+	$(VENV)/bin/ruff check waltd tests bench
+	CI=$${CI-} $(PY) -m pytest -q -ra
+
+demo: setup
+	$(PY) -m waltd.lab.demo
+
+clean:
+	rm -rf $(VENV) .pytest_cache build *.egg-info
