@@ -31,6 +31,7 @@ if [ ! -x .venv/bin/python ]; then
 fi
 stamp=.venv/.waltd-installed
 if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
-  .venv/bin/pip install -q -e '.[test]'
+  # pip warns about absent local mirror folders on some machines; keep real errors
+  .venv/bin/pip install -q -e '.[test]' 2> >(grep -v 'is ignored: it is neither' >&2)
   touch "$stamp"
 fi

@@ -1,0 +1,313 @@
+"""The real daemon as a process: start, API, signals, reload, crashes, children, identity."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import yaml
+
+from tests.conftest import require_root, require_tool
+from tests.support.daemon import ROOT, Daemon, remove, short_dir, walt, write_config
+from waltd.process import start_time
+
+
+@pytest.fixture
+def folder() -> Iterator[Path]:
+    path = short_dir()
+    yield path
+    remove(path)
+
+
+@pytest.fixture
+def daemon(folder: Path) -> Iterator[Daemon]:
+    d = Daemon(folder, write_config(folder))
+    yield d
+    d.kill()
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    # A zombie is dead for our purpose.
+    return "State:\tZ" not in Path(f"/proc/{pid}/status").read_text()
+
+
+def test_invalid_config_exits_78_with_the_message(folder: Path) -> None:
+    conf = folder / "server.conf"
+    conf.write_text("registries:\n- label: local\n  api: docker-registry-v2\n  protocol: ftp\n")
+    proc = subprocess.run(
+        [sys.executable, "-m", "waltd", "--config", str(conf)],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+    )
+    assert proc.returncode == 78
+    assert str(conf) in proc.stderr
+    assert "protocol" in proc.stderr and "ftp" in proc.stderr
+    record = json.loads(proc.stdout.splitlines()[-1])
+    assert record["event"] == "config_invalid" and record["level"] == "error"
+
+
+def test_status_and_events_over_the_socket(daemon: Daemon) -> None:
+    daemon.start()
+    res = walt(daemon.socket, "status", "--json")
+    assert res.returncode == 0, res.stderr
+    status = json.loads(res.stdout)
+    assert status["caller"]["walt_user"] == "root"
+    assert {s["name"]: s["state"] for s in status["services"]} == {
+        "database": "running",
+        "api": "running",
+    }
+    assert status["node_network"] is None  # no walt-net: no DHCP
+    assert status["registries"] == [{"label": "hub", "api": "docker-hub"}]
+    assert status["nodes"] == 0
+
+    res = walt(daemon.socket, "log", "show", "--json")
+    events = [json.loads(line) for line in res.stdout.splitlines()]
+    names = [e["event"] for e in events]
+    assert "daemon_ready" in names and "no_node_network" in names
+    assert all({"event", "level", "timestamp", "seq"} <= e.keys() for e in events)
+    # The stream carries what the log carries.
+    logged = [r["event"] for r in daemon.records() if "event" in r]
+    assert names == logged[: len(names)]
+    assert daemon.stop() == 0
+    assert not daemon.socket.exists()
+
+
+def test_log_follow_streams_new_events(daemon: Daemon) -> None:
+    daemon.start()
+    env = {**os.environ, "WALT_SOCKET": str(daemon.socket), "PYTHONPATH": str(ROOT)}
+    follower = subprocess.Popen(
+        [sys.executable, "-m", "waltd.cli.walt", "log", "show", "--follow", "--json"],
+        stdout=subprocess.PIPE,
+        text=True,
+        env=env,
+    )
+    try:
+        time.sleep(1.0)
+        daemon.signal(signal.SIGHUP)  # produces a new event: config_reloaded
+        seen = []
+        deadline = time.monotonic() + 15
+        assert follower.stdout is not None
+        while time.monotonic() < deadline:
+            line = follower.stdout.readline()
+            if not line:
+                break
+            seen.append(json.loads(line)["event"])
+            if "config_reloaded" in seen:
+                break
+        assert "config_reloaded" in seen
+    finally:
+        # Shutdown ends the stream: the follower exits by itself.
+        assert daemon.stop() == 0
+        assert follower.wait(10) == 0
+
+
+def test_sighup_with_broken_file_keeps_running_config(daemon: Daemon) -> None:
+    daemon.start()
+    good = daemon.config.read_text()
+    daemon.config.write_text(good + "registries: [not, a, mapping]\nbogus-key: 1\n")
+    daemon.signal(signal.SIGHUP)
+    refused = daemon.wait_for(lambda e: e.get("event") == "config_reload_refused")
+    assert "bogus-key" in refused["error"]
+    status = json.loads(walt(daemon.socket, "status", "--json").stdout)
+    assert [r["label"] for r in status["registries"]] == ["hub"]
+
+    # A valid change to a reloadable section is applied; a network change needs a restart.
+    data = yaml.safe_load(good)
+    data["registries"] = [
+        {
+            "label": "local",
+            "api": "docker-registry-v2",
+            "host": "127.0.0.1",
+            "port": 5000,
+            "protocol": "http",
+        }
+    ]
+    data["network"] = {"walt-net": {"interface": "wn0", "ip": "10.9.0.1/24"}}
+    daemon.config.write_text(yaml.safe_dump(data))
+    daemon.signal(signal.SIGHUP)
+    daemon.wait_for(lambda e: e.get("event") == "config_reloaded")
+    needs = daemon.wait_for(lambda e: e.get("event") == "config_change_needs_restart")
+    assert needs["sections"] == ["network"]
+    status = json.loads(walt(daemon.socket, "status", "--json").stdout)
+    assert [r["label"] for r in status["registries"]] == ["local"]
+    assert status["node_network"] is None  # still the running one until a restart
+    assert daemon.stop() == 0
+
+
+def test_sigterm_within_budget_kills_a_child_that_ignores_term(folder: Path) -> None:
+    conf = write_config(folder)  # shutdown-budget-s: 3
+    d = Daemon(
+        folder,
+        conf,
+        argv=[sys.executable, str(ROOT / "tests/support/harness.py"), str(conf), "long"],
+    )
+    try:
+        d.start()
+        rec = d.wait_for(lambda e: e.get("event") == "long_child_started")
+        (pid,) = rec["pids"]
+        assert _alive(pid)
+        # The child's group also holds a grandchild `sleep` (same session).
+        group = [int(p) for p in os.listdir("/proc") if p.isdigit() and _pgid(int(p)) == pid]
+        assert len(group) >= 2
+        began = time.monotonic()
+        code = d.stop(timeout=30)
+        elapsed = time.monotonic() - began
+        assert code == 0
+        assert elapsed < 3 + 1.0, f"shutdown took {elapsed:.1f} s for a 3 s budget"
+        assert not any(_alive(p) for p in group)
+        events = [r.get("event") for r in d.records()]
+        assert "drain_budget_exceeded" in events and events[-1] == "daemon_stopped"
+    finally:
+        d.kill()
+
+
+def _pgid(pid: int) -> int | None:
+    try:
+        return os.getpgid(pid)
+    except ProcessLookupError:
+        return None
+
+
+def test_crashing_service_restarts_while_api_answers(folder: Path) -> None:
+    conf = write_config(folder)
+    d = Daemon(
+        folder,
+        conf,
+        argv=[sys.executable, str(ROOT / "tests/support/harness.py"), str(conf), "crash"],
+    )
+    try:
+        d.start()
+        crash = d.wait_for(lambda e: e.get("event") == "service_crashed")
+        assert "deliberate crash" in crash["exception"]  # the traceback is logged
+        assert crash["service"] == "crasher"
+        time.sleep(1.5)
+        status = json.loads(walt(d.socket, "status", "--json").stdout)
+        services = {s["name"]: s for s in status["services"]}
+        assert services["crasher"]["restarts"] >= 2
+        assert "deliberate crash" in services["crasher"]["last_error"]
+        assert services["api"]["state"] == "running" and services["api"]["restarts"] == 0
+        assert d.stop() == 0
+    finally:
+        d.kill()
+
+
+def test_sd_notify_protocol(folder: Path) -> None:
+    sock_path = folder / "notify.sock"
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    listener.bind(str(sock_path))
+    listener.settimeout(10)
+    d = Daemon(
+        folder,
+        write_config(folder),
+        env={"NOTIFY_SOCKET": str(sock_path), "WATCHDOG_USEC": "200000"},
+    )
+    try:
+        d.start(wait_ready=False)
+
+        def until(word: bytes) -> list[bytes]:
+            got = []
+            while True:
+                msg = listener.recv(4096)
+                got.append(msg)
+                if word in msg:
+                    return got
+
+        assert b"READY=1" in until(b"READY=1")[-1]
+        assert any(b"WATCHDOG=1" in m for m in until(b"WATCHDOG=1"))
+        d.signal(signal.SIGHUP)
+        msgs = until(b"RELOADING=1")
+        assert b"MONOTONIC_USEC=" in msgs[-1]
+        until(b"READY=1")
+        d.signal(signal.SIGTERM)
+        until(b"STOPPING=1")
+        assert d.stop() == 0
+    finally:
+        listener.close()
+        d.kill()
+
+
+def test_children_of_a_previous_run_are_killed_at_start(daemon: Daemon) -> None:
+    stray = subprocess.Popen(["sleep", "600"], start_new_session=True)
+    try:
+        state = daemon.folder / "state"
+        state.mkdir()
+        (state / "children.json").write_text(
+            json.dumps(
+                [
+                    {"pid": stray.pid, "start_time": start_time(stray.pid), "argv0": "sleep"},
+                    # A recorded PID now held by another process (other start time) is spared.
+                    {"pid": os.getpid(), "start_time": 1, "argv0": "dnsmasq"},
+                ]
+            )
+        )
+        daemon.start()
+        assert stray.wait(10) == -signal.SIGKILL
+        killed = daemon.wait_for(lambda e: e.get("event") == "stale_child_killed")
+        assert killed["pid"] == stray.pid
+        assert daemon.stop() == 0
+    finally:
+        stray.kill()
+
+
+# The venv's interpreter lives under /root (mode 0700), out of another user's reach, so the
+# other user speaks HTTP over the socket with the system Python's standard library.
+_RAW_STATUS = """
+import json, socket, sys
+s = socket.socket(socket.AF_UNIX)
+s.connect(sys.argv[1])
+s.sendall(b"GET /v1/status HTTP/1.1\\r\\nHost: waltd\\r\\nConnection: close\\r\\n\\r\\n")
+data = b""
+while chunk := s.recv(65536):
+    data += chunk
+print(json.dumps(json.loads(data.split(b"\\r\\n\\r\\n", 1)[1])["caller"]))
+"""
+
+
+def test_identity_of_a_useradd_user_and_of_root(daemon: Daemon) -> None:
+    require_root()
+    require_tool("useradd")
+    python = require_tool("/usr/bin/python3")
+    name = f"Walt_T{uuid.uuid4().hex[:6]}"
+    subprocess.run(
+        ["useradd", "--badname", "-M", "-s", "/bin/sh", name], check=True, capture_output=True
+    )
+    daemon.folder.chmod(0o755)
+    try:
+        daemon.start()
+        res = subprocess.run(
+            ["runuser", "-u", name, "--", python, "-c", _RAW_STATUS, str(daemon.socket)],
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
+        assert res.returncode == 0, res.stderr
+        caller = json.loads(res.stdout)
+        assert caller["unix_user"] == name
+        assert caller["walt_user"] == name.lower().replace("_", "-")
+        assert caller["uid"] == int(subprocess.check_output(["id", "-u", name]))
+        root = json.loads(walt(daemon.socket, "status", "--json").stdout)["caller"]
+        assert root == {"unix_user": "root", "walt_user": "root", "uid": 0}
+        assert daemon.stop() == 0
+    finally:
+        subprocess.run(["userdel", name], capture_output=True)
+
+
+def test_client_without_daemon_says_so(folder: Path) -> None:
+    res = walt(folder / "absent.sock", "status")
+    assert res.returncode == 1
+    assert "cannot reach waltd" in res.stderr and "absent.sock" in res.stderr

@@ -1,0 +1,254 @@
+"""The state database, against real SQLite files."""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+import stat
+import threading
+from pathlib import Path
+
+import pytest
+
+from waltd import db
+from waltd.db import Database, ModelStatus, Node, StateError, normalize_mac
+
+MAC = "00:11:22:aa:bb:cc"
+
+
+@pytest.fixture
+def path(tmp_path: Path) -> Path:
+    return tmp_path / "state" / "waltd.db"
+
+
+def write_file(path: Path, data: bytes) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(data)
+
+
+def make_db_at_version(path: Path, version: int) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    conn = sqlite3.connect(path)
+    conn.execute(f"PRAGMA user_version = {version}")
+    conn.close()
+
+
+def raw_version(path: Path) -> int:
+    conn = sqlite3.connect(path)
+    try:
+        version: int = conn.execute("PRAGMA user_version").fetchone()[0]
+        return version
+    finally:
+        conn.close()
+
+
+async def test_open_creates_private_folder_and_enables_wal(path: Path) -> None:
+    async with Database(path):
+        assert stat.S_IMODE(path.parent.stat().st_mode) == 0o700
+        conn = sqlite3.connect(path)
+        try:
+            assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+        finally:
+            conn.close()
+
+
+async def test_migrations_run_from_zero_and_record_version(path: Path) -> None:
+    async with Database(path) as database:
+        assert await database.schema_version() == len(db.MIGRATIONS) >= 1
+        assert await database.count_nodes() == 0
+        assert await database.list_models() == []
+    assert raw_version(path) == len(db.MIGRATIONS)
+
+
+async def test_reopen_keeps_data_and_runs_only_new_migrations(
+    path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    async with Database(path) as database:
+        await database.upsert_node(MAC, now=1.0)
+    # A later release adds a migration whose side effect shows how often it ran.
+    newer = (*db.MIGRATIONS, "CREATE TABLE marks (x); INSERT INTO marks VALUES (1);")
+    monkeypatch.setattr(db, "MIGRATIONS", newer)
+    for _ in range(2):
+        async with Database(path) as database:
+            assert await database.schema_version() == len(newer)
+            assert (await database.get_node(MAC)) is not None
+    conn = sqlite3.connect(path)
+    try:
+        assert conn.execute("SELECT count(*) FROM marks").fetchone()[0] == 1
+    finally:
+        conn.close()
+
+
+async def test_failed_migration_rolls_back_with_its_version(
+    path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    async with Database(path):
+        pass
+    broken = (*db.MIGRATIONS, "CREATE TABLE half (x); INSERT INTO nowhere VALUES (1);")
+    monkeypatch.setattr(db, "MIGRATIONS", broken)
+    with pytest.raises(StateError, match=r"version 2 failed: no such table: nowhere"):
+        async with Database(path):
+            pass
+    assert raw_version(path) == len(broken) - 1
+    conn = sqlite3.connect(path)
+    try:
+        assert conn.execute("SELECT name FROM sqlite_master WHERE name = 'half'").fetchall() == []
+    finally:
+        conn.close()
+
+
+async def test_newer_schema_is_refused_untouched(path: Path) -> None:
+    make_db_at_version(path, 7)
+    with pytest.raises(StateError) as caught:
+        async with Database(path):
+            pass
+    message = str(caught.value)
+    assert str(path) in message
+    assert f"schema version 7 is newer than this waltd (knows {len(db.MIGRATIONS)})" in message
+    assert message.endswith("upgrade waltd")
+    assert raw_version(path) == 7
+
+
+async def test_garbage_file_is_refused_naming_it(path: Path) -> None:
+    write_file(path, b"this is not an SQLite database\n" * 64)
+    with pytest.raises(StateError, match="not a database") as caught:
+        async with Database(path):
+            pass
+    assert str(path) in str(caught.value)
+
+
+async def test_unusable_folder_is_refused(tmp_path: Path) -> None:
+    write_file(tmp_path / "file", b"")
+    with pytest.raises(StateError, match="cannot create state folder"):
+        async with Database(tmp_path / "file" / "waltd.db"):
+            pass
+
+
+async def test_new_node_gets_defaults(path: Path) -> None:
+    async with Database(path) as database:
+        node = await database.upsert_node("00-11-22-AA-BB-CC", ip="192.168.152.2", now=10.0)
+        assert node == Node(
+            mac=MAC,
+            ip="192.168.152.2",
+            name="node-aabbcc",
+            model=None,
+            image=None,
+            state="new",
+            first_seen=10.0,
+            last_seen=10.0,
+        )
+        assert await database.get_node(MAC.upper()) == node
+
+
+async def test_upsert_keeps_first_seen_and_unspecified_fields(path: Path) -> None:
+    async with Database(path) as database:
+        await database.upsert_node(MAC, ip="10.0.0.2", model="rpi-3-b", name="bench", now=10.0)
+        node = await database.upsert_node(MAC, state="booted", image="img", now=20.0)
+        assert node == Node(MAC, "10.0.0.2", "bench", "rpi-3-b", "img", "booted", 10.0, 20.0)
+        node = await database.upsert_node(MAC, ip="10.0.0.3", now=30.0)
+        assert node == Node(MAC, "10.0.0.3", "bench", "rpi-3-b", "img", "booted", 10.0, 30.0)
+        assert await database.get_node(MAC) == node
+
+
+@pytest.mark.parametrize(
+    "bad",
+    ["", "00:11:22:aa:bb", "00:11:22:aa:bb:cc:dd", "00:11-22:aa:bb:cc", "00:11:22:aa:bb:gg",
+     "0011.22aa.bbcc", "00:11:22:aa:bb:cc\n", " 00:11:22:aa:bb:cc"],
+)  # fmt: skip
+async def test_bad_mac_is_refused(path: Path, bad: str) -> None:
+    with pytest.raises(ValueError, match="invalid MAC"):
+        normalize_mac(bad)
+    async with Database(path) as database:
+        with pytest.raises(ValueError, match="invalid MAC"):
+            await database.upsert_node(bad)
+        with pytest.raises(ValueError, match="invalid MAC"):
+            await database.get_node(bad)
+        with pytest.raises(ValueError, match="invalid MAC"):
+            await database.remove_node(bad)
+        assert await database.count_nodes() == 0
+
+
+async def test_list_and_remove_nodes(path: Path) -> None:
+    async with Database(path) as database:
+        for mac in ("00:00:00:00:00:02", "00:00:00:00:00:01", "00:00:00:00:00:03"):
+            await database.upsert_node(mac)
+        assert [node.mac for node in await database.list_nodes()] == [
+            "00:00:00:00:00:01",
+            "00:00:00:00:00:02",
+            "00:00:00:00:00:03",
+        ]
+        assert await database.remove_node("00-00-00-00-00-02") is True
+        assert await database.remove_node("00:00:00:00:00:02") is False
+        assert await database.count_nodes() == 2
+        assert await database.get_node("00:00:00:00:00:02") is None
+
+
+async def test_model_status_round_trip(path: Path) -> None:
+    async with Database(path) as database:
+        assert await database.get_model_status("rpi-3-b") is None
+        failed = await database.set_model_status(
+            "rpi-3-b", "failed", last_error="registry down", next_retry=160.0, now=100.0
+        )
+        assert failed == ModelStatus("rpi-3-b", "failed", "registry down", 160.0, 100.0)
+        await database.set_model_status("pc-x86-64", "fetching", now=90.0)
+    async with Database(path) as database:
+        assert await database.get_model_status("rpi-3-b") == failed
+        # A new status replaces the whole row: the old error and retry time go.
+        ready = await database.set_model_status("rpi-3-b", "ready", now=200.0)
+        assert ready == ModelStatus("rpi-3-b", "ready", None, None, 200.0)
+        assert await database.list_models() == [
+            ModelStatus("pc-x86-64", "fetching", None, None, 90.0),
+            ready,
+        ]
+
+
+async def test_concurrent_upserts_all_land(path: Path) -> None:
+    macs = [f"02:00:00:00:{i // 256:02x}:{i % 256:02x}" for i in range(200)]
+    async with Database(path) as database:
+        nodes = await asyncio.gather(*(database.upsert_node(mac, now=1.0) for mac in macs))
+        assert [node.mac for node in nodes] == macs
+        # Many tasks hitting one node: every call lands and the latest time wins.
+        await asyncio.gather(*(database.upsert_node(MAC, now=float(t)) for t in range(50)))
+        assert await database.count_nodes() == 201
+        node = await database.get_node(MAC)
+        assert node is not None
+        assert (node.first_seen, node.last_seen) == (0.0, 49.0)
+
+
+async def test_disk_waits_do_not_block_the_loop(
+    path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    threads: list[int] = []
+    real_connect = sqlite3.connect
+
+    def connect(*args: object, **kwargs: object) -> sqlite3.Connection:
+        threads.append(threading.get_ident())
+        return real_connect(*args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(db.sqlite3, "connect", connect)
+    async with Database(path) as database:
+        assert threads and threads[0] != threading.get_ident()
+        # Another writer holds the lock: the upsert waits in the worker while the loop runs on.
+        other = real_connect(path, isolation_level=None)
+        other.execute("BEGIN IMMEDIATE")
+        upsert = asyncio.create_task(database.upsert_node(MAC))
+        # Had the wait blocked the loop, this sleep could not end before the upsert.
+        await asyncio.sleep(0.05)
+        assert not upsert.done()
+        other.execute("COMMIT")
+        other.close()
+        assert (await upsert).mac == MAC
+
+
+async def test_closed_database_refuses_calls(path: Path) -> None:
+    database = Database(path)
+    with pytest.raises(RuntimeError, match="not open"):
+        await database.count_nodes()
+    async with database:
+        await database.upsert_node(MAC)
+    with pytest.raises(RuntimeError, match="not open"):
+        await database.count_nodes()
+    # Closing checkpointed the WAL and the data is there for the next run.
+    assert not path.with_name("waltd.db-wal").exists()
+    async with Database(path) as again:
+        assert await again.count_nodes() == 1

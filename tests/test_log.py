@@ -1,0 +1,97 @@
+"""Structured logs: JSON lines, subject keys, tracebacks, redaction, the event stream."""
+
+from __future__ import annotations
+
+import io
+import json
+
+import pytest
+import structlog
+
+from waltd import log
+from waltd.events import EventBus
+
+
+@pytest.fixture
+def out() -> io.StringIO:
+    stream = io.StringIO()
+    return stream
+
+
+def _lines(stream: io.StringIO) -> list[dict[str, object]]:
+    return [json.loads(line) for line in stream.getvalue().splitlines()]
+
+
+def test_json_lines_with_subject_keys(out: io.StringIO) -> None:
+    log.setup(stream=out)
+    log.get(model="rpi-3-b").info(
+        "image_fetched", image="waltplatform/rpi-3-b-default", duration_s=1.5
+    )
+    (rec,) = _lines(out)
+    assert rec["event"] == "image_fetched" and rec["level"] == "info"
+    assert rec["model"] == "rpi-3-b" and rec["duration_s"] == 1.5
+    assert str(rec["timestamp"]).endswith("Z")
+
+
+def test_debug_is_filtered_at_info(out: io.StringIO) -> None:
+    log.setup(stream=out, level="info")
+    log.get().debug("noise")
+    log.get().warning("kept")
+    assert [r["event"] for r in _lines(out)] == ["kept"]
+
+
+def test_exception_traceback_is_kept(out: io.StringIO) -> None:
+    log.setup(stream=out)
+    try:
+        raise ValueError("boom")
+    except ValueError:
+        log.get().exception("service_crashed", service="x")
+    (rec,) = _lines(out)
+    assert "Traceback" in str(rec["exception"]) and "boom" in str(rec["exception"])
+
+
+def test_console_renderer_on_a_terminal() -> None:
+    stream = io.StringIO()
+    log.setup(stream=stream, pretty=True)
+    log.get().info("node_detected", mac="52:54:00:00:00:01")
+    text = stream.getvalue()
+    assert "node_detected" in text and "52:54:00:00:00:01" in text
+    with pytest.raises(ValueError):
+        json.loads(text)
+
+
+def test_secrets_are_redacted(out: io.StringIO) -> None:
+    log.setup(stream=out)
+    log.redactor.register("s3cr3t-Pa55")
+    try:
+        log.get().info(
+            "registry_error",
+            password="hunter2",
+            error="login as bob with s3cr3t-Pa55 failed",
+            url="https://bob:hunter2@reg.example.org/v2/",
+            headers={"Authorization": "Basic Ym9iOmh1bnRlcjI="},
+        )
+    finally:
+        log.redactor.forget("s3cr3t-Pa55")
+    text = out.getvalue()
+    for secret in ("hunter2", "s3cr3t-Pa55", "Ym9iOmh1bnRlcjI="):
+        assert secret not in text
+    (rec,) = _lines(out)
+    assert rec["password"] == "***"
+    assert rec["url"] == "https://bob:***@reg.example.org/v2/"
+    assert rec["error"] == "login as bob with *** failed"
+
+
+def test_records_reach_the_event_bus_redacted(out: io.StringIO) -> None:
+    bus = EventBus()
+    log.setup(stream=out, bus=bus)
+    log.get().info("a", token="t0ken")
+    log.get().info("b", ip="192.168.152.100")
+    events = bus.recent()
+    assert [e["event"] for e in events] == ["a", "b"]
+    assert events[0]["token"] == "***"
+    assert [e["seq"] for e in events] == [r["seq"] for r in _lines(out)]
+
+
+def teardown_module() -> None:
+    structlog.reset_defaults()

@@ -1,0 +1,114 @@
+"""Child processes: tracked, stopped with their group, killed when the daemon dies."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from tests.support.daemon import ROOT
+from waltd.process import Children, kill_recorded, start_time
+
+
+def _gone(pid: int, timeout: float = 5) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            if "State:\tZ" in Path(f"/proc/{pid}/status").read_text():
+                return True
+        except FileNotFoundError:
+            return True
+        time.sleep(0.05)
+    return False
+
+
+async def test_spawn_records_and_run_collects_output(tmp_path: Path) -> None:
+    record = tmp_path / "children.json"
+    children = Children(record)
+    proc = await children.spawn(["sleep", "30"])
+    saved = json.loads(record.read_text())
+    assert saved == [{"pid": proc.pid, "start_time": start_time(proc.pid), "argv0": "sleep"}]
+    await children.stop(proc, grace=1)
+    assert json.loads(record.read_text()) == []
+    status, out, err = await children.run(["sh", "-c", "echo hi; echo oops >&2; exit 3"])
+    assert (status, out, err) == (3, b"hi\n", b"oops\n")
+
+
+async def test_stop_kills_a_group_that_ignores_sigterm(tmp_path: Path) -> None:
+    children = Children(tmp_path / "c.json")
+    proc = await children.spawn(["sh", "-c", "trap '' TERM; sleep 300 & wait"])
+    await asyncio.sleep(0.2)
+    group = [int(p) for p in os.listdir("/proc") if p.isdigit() and _pgid(int(p)) == proc.pid]
+    assert len(group) == 2
+    began = time.monotonic()
+    await children.stop_all(grace=0.5)
+    assert time.monotonic() - began < 3
+    assert all(_gone(p) for p in group)
+
+
+def _pgid(pid: int) -> int | None:
+    try:
+        return os.getpgid(pid)
+    except ProcessLookupError:
+        return None
+
+
+def test_child_dies_with_a_killed_daemon(tmp_path: Path) -> None:
+    script = (
+        "import asyncio, sys\n"
+        "from pathlib import Path\n"
+        "from waltd.process import Children\n"
+        "async def main():\n"
+        "    c = Children(Path(sys.argv[1]))\n"
+        "    p = await c.spawn(['sleep', '300'])\n"
+        "    print(p.pid, flush=True)\n"
+        "    await asyncio.sleep(300)\n"
+        "asyncio.run(main())\n"
+    )
+    parent = subprocess.Popen(
+        [sys.executable, "-c", script, str(tmp_path / "c.json")],
+        stdout=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+    )
+    assert parent.stdout is not None
+    child = int(parent.stdout.readline())
+    assert not _gone(child, timeout=0.3)
+    parent.send_signal(signal.SIGKILL)  # no clean-up code runs: only PDEATHSIG can help
+    parent.wait()
+    assert _gone(child)
+
+
+def test_kill_recorded_spares_reused_pids(tmp_path: Path) -> None:
+    record = tmp_path / "children.json"
+    stray = subprocess.Popen(["sleep", "300"], start_new_session=True)
+    other = subprocess.Popen(["sleep", "300"], start_new_session=True)
+    try:
+        record.write_text(
+            json.dumps(
+                [
+                    {"pid": stray.pid, "start_time": start_time(stray.pid), "argv0": "sleep"},
+                    {"pid": other.pid, "start_time": 12345, "argv0": "sleep"},
+                ]
+            )
+        )
+        assert kill_recorded(record) == [stray.pid]
+        assert stray.wait(5) == -signal.SIGKILL
+        assert other.poll() is None
+        assert not record.exists()
+    finally:
+        stray.kill()
+        other.kill()
+        other.wait()
+
+
+def test_kill_recorded_survives_a_corrupt_record(tmp_path: Path) -> None:
+    record = tmp_path / "children.json"
+    record.write_text("{not json")
+    assert kill_recorded(record) == []
+    assert kill_recorded(tmp_path / "absent.json") == []

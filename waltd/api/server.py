@@ -1,0 +1,175 @@
+"""The API: aiohttp on a unix socket; the caller is known by SO_PEERCRED."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import socket
+import time
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Self
+
+from aiohttp import web
+
+from waltd import __version__, log
+from waltd.api.identity import Identity, UnknownCaller, identify, peer_credentials
+from waltd.supervisor import Service
+
+if TYPE_CHECKING:
+    from waltd.daemon import Context
+
+_log = log.get("api")
+IDENTITY: web.AppKey[str] = web.AppKey("identity", str)
+CONTEXT = web.AppKey("context", object)
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+def _error(status: int, message: str) -> web.Response:
+    return web.json_response({"error": message}, status=status)
+
+
+@web.middleware
+async def _identify(request: web.Request, handler: Handler) -> web.StreamResponse:
+    sock = request.transport.get_extra_info("socket") if request.transport else None
+    if sock is None or sock.family != socket.AF_UNIX:
+        return _error(403, "the API only answers local callers on its unix socket")
+    try:
+        request["identity"] = identify(*peer_credentials(sock))
+    except UnknownCaller as err:
+        return _error(403, str(err))
+    return await handler(request)
+
+
+def _caller(request: web.Request) -> Identity:
+    identity: Identity = request["identity"]
+    return identity
+
+
+def _ctx(request: web.Request) -> Context:
+    return request.app[CONTEXT]  # type: ignore[return-value]
+
+
+async def status(request: web.Request) -> web.Response:
+    """GET /v1/status: the daemon, its services, and who is asking."""
+    ctx = _ctx(request)
+    config = ctx.config
+    caller = _caller(request)
+    body: dict[str, Any] = {
+        "version": __version__,
+        "pid": os.getpid(),
+        "uptime_s": round(time.monotonic() - ctx.started_monotonic, 3),
+        "caller": {"unix_user": caller.unix_user, "walt_user": caller.walt_user, "uid": caller.uid},
+        "services": [s.as_dict() for s in ctx.statuses()],
+        "node_network": config.walt_net.interface if config.walt_net else None,
+        "registries": [{"label": r.label, "api": r.api} for r in config.registries],
+        "nodes": await ctx.db.count_nodes() if ctx.db else None,
+    }
+    return web.json_response(body)
+
+
+def _int_query(request: web.Request, key: str, default: int) -> int:
+    raw = request.query.get(key)
+    if raw is None:
+        return default
+    if not raw.isdigit():
+        raise web.HTTPBadRequest(
+            text=json.dumps({"error": f"{key} must be a non-negative integer, not {raw!r}"}),
+            content_type="application/json",
+        )
+    return int(raw)
+
+
+async def events(request: web.Request) -> web.StreamResponse:
+    """GET /v1/events: the log's events as newline-delimited JSON.
+
+    `since=N` skips events up to number N, `limit=N` keeps the last N kept ones,
+    `follow=1` keeps the stream open for new events.
+    """
+    bus = _ctx(request).bus
+    since = _int_query(request, "since", 0)
+    limit = _int_query(request, "limit", 0)
+    follow = request.query.get("follow") in ("1", "true", "yes")
+    resp = web.StreamResponse(headers={"Content-Type": "application/x-ndjson"})
+    await resp.prepare(request)
+    backlog = bus.recent(since, limit or None)
+    for event in backlog:
+        await resp.write(_line(event))
+    if follow:
+        last = backlog[-1]["seq"] if backlog else max(since, bus.last_seq())
+        async for event in bus.follow(last):
+            await resp.write(_line(event))
+    await resp.write_eof()
+    return resp
+
+
+def _line(event: dict[str, Any]) -> bytes:
+    return json.dumps(event, default=str).encode() + b"\n"
+
+
+def make_app(ctx: Context) -> web.Application:
+    """The API application for a daemon context."""
+    app = web.Application(middlewares=[_identify])
+    app[CONTEXT] = ctx
+    app.router.add_get("/v1/status", status)
+    app.router.add_get("/v1/events", events)
+
+    async def end_streams(app: web.Application) -> None:
+        ctx.bus.end_followers()
+
+    app.on_shutdown.append(end_streams)
+    return app
+
+
+class ApiService(Service):
+    """Serves the API on the configured unix socket (mode 0666: identity is per peer)."""
+
+    name = "api"
+
+    def __init__(self, ctx: Context) -> None:
+        self._ctx = ctx
+        self._runner: web.AppRunner | None = None
+        self._path: Path = ctx.config.api.socket
+
+    async def __aenter__(self) -> Self:
+        self._path.parent.mkdir(parents=True, exist_ok=True)
+        _claim_socket_path(self._path)
+        budget = self._ctx.config.daemon.shutdown_budget_s
+        self._runner = web.AppRunner(
+            make_app(self._ctx), access_log=None, shutdown_timeout=budget, handle_signals=False
+        )
+        await self._runner.setup()
+        site = web.UnixSite(self._runner, str(self._path), shutdown_timeout=budget)
+        await site.start()
+        os.chmod(self._path, 0o666)
+        _log.info("api_listening", socket=str(self._path))
+        return self
+
+    async def drain(self) -> None:
+        """Stop listening, end event streams, let running requests finish."""
+        if self._runner is not None:
+            runner, self._runner = self._runner, None
+            await runner.cleanup()
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.drain()
+        with contextlib.suppress(FileNotFoundError):
+            self._path.unlink()
+
+
+def _claim_socket_path(path: Path) -> None:
+    """Remove a socket left by a dead daemon; refuse to steal a live one's."""
+    if not path.exists() and not path.is_symlink():
+        return
+    if not path.is_socket():
+        raise RuntimeError(f"{path} exists and is not a socket; refusing to replace it")
+    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        probe.connect(str(path))
+    except (ConnectionRefusedError, FileNotFoundError):
+        path.unlink(missing_ok=True)
+        return
+    finally:
+        probe.close()
+    raise RuntimeError(f"another waltd is already listening on {path}")

@@ -1,0 +1,80 @@
+"""The client's link to the daemon: HTTP over the API's unix socket."""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+
+DEFAULT_SOCKET = Path("/run/waltd/api.sock")
+
+
+class ClientError(Exception):
+    """A failure to show the user as one line."""
+
+
+def socket_path() -> Path:
+    """The API socket: WALT_SOCKET, else the daemon's default."""
+    return Path(os.environ.get("WALT_SOCKET") or DEFAULT_SOCKET)
+
+
+class Client:
+    """Talks to waltd; use as `async with Client() as c:`."""
+
+    def __init__(self, path: Path | None = None, timeout_s: float = 30) -> None:
+        self.path = path or socket_path()
+        self._timeout = timeout_s
+        self._session: aiohttp.ClientSession | None = None
+
+    async def __aenter__(self) -> Client:
+        self._session = aiohttp.ClientSession(
+            connector=aiohttp.UnixConnector(path=str(self.path)),
+            timeout=aiohttp.ClientTimeout(total=None, connect=5, sock_read=None),
+        )
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        if self._session is not None:
+            await self._session.close()
+
+    def _unreachable(self, err: Exception) -> ClientError:
+        return ClientError(f"cannot reach waltd at {self.path} ({err}); is the daemon running?")
+
+    async def get_json(self, path: str) -> Any:
+        """GET `path` and decode its JSON body; errors become ClientError."""
+        assert self._session is not None
+        try:
+            async with self._session.get(
+                f"http://waltd{path}", timeout=aiohttp.ClientTimeout(total=self._timeout)
+            ) as resp:
+                body = await resp.json(content_type=None)
+                if resp.status >= 400:
+                    raise ClientError(_message(body, resp.status))
+                return body
+        except aiohttp.ClientConnectionError as err:
+            raise self._unreachable(err) from err
+        except (ValueError, aiohttp.ContentTypeError) as err:
+            raise ClientError(f"waltd sent an unreadable answer: {err}") from err
+
+    async def stream(self, path: str) -> AsyncIterator[dict[str, Any]]:
+        """GET a newline-delimited JSON stream; yields each record."""
+        assert self._session is not None
+        try:
+            async with self._session.get(f"http://waltd{path}") as resp:
+                if resp.status >= 400:
+                    raise ClientError(_message(await resp.json(content_type=None), resp.status))
+                async for raw in resp.content:
+                    if raw.strip():
+                        yield json.loads(raw)
+        except aiohttp.ClientConnectionError as err:
+            raise self._unreachable(err) from err
+
+
+def _message(body: Any, status: int) -> str:
+    if isinstance(body, dict) and isinstance(body.get("error"), str):
+        return body["error"]
+    return f"waltd answered with HTTP status {status}"

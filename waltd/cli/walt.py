@@ -1,0 +1,112 @@
+"""`walt`: the users' command-line client."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import sys
+from typing import Any, TextIO
+
+from waltd.cli.client import Client, ClientError
+
+_LEVEL_COLOURS = {"debug": "2", "info": "32", "warning": "33", "error": "31", "critical": "31;1"}
+_FIXED = ("seq", "event", "level", "timestamp", "component")
+
+
+def format_event(event: dict[str, Any], colour: bool = False) -> str:
+    """One readable line for a log event: time, level, event, then key=value pairs."""
+    stamp = str(event.get("timestamp", ""))
+    clock = stamp[11:19] if len(stamp) >= 19 else stamp
+    level = str(event.get("level", "info"))
+    tag = f"{level:<7}"
+    if colour:
+        tag = f"\x1b[{_LEVEL_COLOURS.get(level, '0')}m{tag}\x1b[0m"
+    pairs = " ".join(
+        f"{key}={_value(val)}"
+        for key, val in event.items()
+        if key not in _FIXED and key != "exception"
+    )
+    line = f"{clock} {tag} {event.get('event', '?')}" + (f" {pairs}" if pairs else "")
+    if "exception" in event:
+        line += "\n" + str(event["exception"]).rstrip()
+    return line
+
+
+def _value(val: Any) -> str:
+    text = val if isinstance(val, str) else json.dumps(val, default=str)
+    return json.dumps(text) if (" " in text or not text) else text
+
+
+def _print_status(status: dict[str, Any], out: TextIO) -> None:
+    print(
+        f"waltd {status['version']} (pid {status['pid']}), up {status['uptime_s']:.0f} s", file=out
+    )
+    net = status.get("node_network")
+    print(f"node network: {net or 'none (no DHCP served)'}", file=out)
+    regs = ", ".join(f"{r['label']} ({r['api']})" for r in status.get("registries", []))
+    print(f"registries: {regs or 'none'}", file=out)
+    if status.get("nodes") is not None:
+        print(f"nodes: {status['nodes']}", file=out)
+    print(f"you are: {status['caller']['walt_user']}", file=out)
+    print("services:", file=out)
+    for svc in status.get("services", []):
+        extra = f", restarts {svc['restarts']}" if svc["restarts"] else ""
+        err = f", last error: {svc['last_error']}" if svc.get("last_error") else ""
+        print(f"  {svc['name']:<12} {svc['state']}{extra}{err}", file=out)
+
+
+async def _status(args: argparse.Namespace) -> int:
+    async with Client() as client:
+        status = await client.get_json("/v1/status")
+    if args.json:
+        print(json.dumps(status, indent=2))
+    else:
+        _print_status(status, sys.stdout)
+    return 0
+
+
+async def _log_show(args: argparse.Namespace) -> int:
+    query = f"?since={args.since}&limit={args.limit}" + ("&follow=1" if args.follow else "")
+    as_json = args.json or not sys.stdout.isatty()
+    colour = sys.stdout.isatty()
+    async with Client() as client:
+        async for event in client.stream(f"/v1/events{query}"):
+            print(json.dumps(event) if as_json else format_event(event, colour), flush=True)
+    return 0
+
+
+def parser() -> argparse.ArgumentParser:
+    """The command line grammar."""
+    p = argparse.ArgumentParser(prog="walt", description="WalT testbed client")
+    cats = p.add_subparsers(dest="category", required=True, metavar="CATEGORY")
+    st = cats.add_parser("status", help="the daemon's state")
+    st.add_argument("--json", action="store_true", help="print JSON")
+    st.set_defaults(func=_status)
+    logs = cats.add_parser("log", help="the server's event log")
+    logcmds = logs.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    show = logcmds.add_parser("show", help="show recent events")
+    show.add_argument("--follow", "-f", action="store_true", help="keep showing new events")
+    show.add_argument("--json", action="store_true", help="one JSON object per line")
+    show.add_argument("--since", type=int, default=0, help="only events after this number")
+    show.add_argument("--limit", type=int, default=100, help="at most this many past events")
+    show.set_defaults(func=_log_show)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of `walt`."""
+    args = parser().parse_args(argv)
+    try:
+        return asyncio.run(args.func(args))
+    except ClientError as err:
+        print(f"walt: {err}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+    except BrokenPipeError:
+        return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

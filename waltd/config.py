@@ -1,0 +1,892 @@
+"""Server configuration, /etc/walt/server.conf: schema, validation with clear messages, atomic save.
+
+Everything here is pure except `load` and `save`. `parse` checks a whole file and raises one
+`ConfigError` listing every problem, each naming the file, the entry and the key and saying what
+is allowed, so that an operator fixes the file in one pass.
+
+Decisions an operator may want to know:
+- An empty file, or one holding only comments, means all defaults (like `{}`): the defaults are
+  safe, as they serve no DHCP.
+- A section written with no value (`images:` with everything below commented out) means that
+  section's defaults. `registries:` with no value is refused instead: it is ambiguous between
+  "no registry at all" (`registries: []`) and "the default hub entry" (no `registries` key).
+- The default `dhcp-range` is the longer of the two runs of host addresses on either side of the
+  server's address: with the usual server address at the start of the subnet, every other host
+  of the subnet. (A subnet of /30 or larger has an even number of hosts, so there is no tie.)
+- Registry entries are named by their label when it is well formed and unique, else by their
+  position counted from 0 (`registries[2]` is the third entry).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import difflib
+import ipaddress
+import os
+import re
+import stat
+import tempfile
+from collections import Counter
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from ipaddress import IPv4Address, IPv4Interface
+from pathlib import Path
+from typing import Any, TypeVar
+
+import yaml
+
+EX_CONFIG = 78
+DEFAULT_PATH = Path("/etc/walt/server.conf")
+RELOADABLE = ("registries", "images")
+
+HUB_DESCRIPTION = "Public registry at hub.docker.com"
+MAX_DESCRIPTION = 35
+MAX_FETCH_CONCURRENCY = 64
+# Bounds that keep timers sane: a retry delay of 1e300 s would overflow the event loop.
+MAX_RETRY_S = 86400.0
+MAX_SHUTDOWN_BUDGET_S = 3600.0
+# sun_path holds 108 bytes including the final NUL: a longer socket path fails at bind().
+MAX_SOCKET_PATH = 107
+
+_SECTIONS = ("network", "registries", "images", "exports", "api", "daemon")
+_WALT_NET_KEYS = ("interface", "ip", "dhcp-range")
+_APIS = ("docker-hub", "docker-registry-v2", "jfrog-artifactory")
+_PROTOCOLS = ("http", "https", "https-no-verify")
+_AUTHS = ("none", "basic")
+_NFS_SERVERS = ("kernel", "ganesha")
+_HUB_KEYS = ("label", "api", "description")
+_V2_KEYS = (*_HUB_KEYS, "host", "port", "protocol", "auth")
+_REGISTRY_KEYS = {
+    "docker-hub": _HUB_KEYS,
+    "docker-registry-v2": _V2_KEYS,
+    "jfrog-artifactory": (*_V2_KEYS, "repository"),
+}
+_ALL_REGISTRY_KEYS = _REGISTRY_KEYS["jfrog-artifactory"]
+_DEFAULT_DESCRIPTIONS = {
+    "docker-hub": HUB_DESCRIPTION,
+    "docker-registry-v2": "Docker registry v2",
+    "jfrog-artifactory": "JFrog Artifactory",
+}
+# Clone URL locations, so a registry cannot be labelled with them.
+_RESERVED_LABELS = ("hub", "walt", "docker")
+# Keys an operator may try for registry credentials: they belong in the secrets file.
+_CREDENTIAL_KEYS = frozenset(
+    {"password", "passwd", "username", "user", "login", "token", "secret", "credentials"}
+)
+_CREDENTIALS_ELSEWHERE = "credentials do not belong in server.conf; use walt-server-setup"
+
+_LABEL_RE = re.compile(r"[a-z0-9-]+")
+_HOSTNAME_RE = re.compile(r"(?!-)[A-Za-z0-9-]{1,63}(?<!-)(?:\.(?!-)[A-Za-z0-9-]{1,63}(?<!-))*")
+# Docker's path component grammar: the repository prefixes remote image names.
+_REPOSITORY_RE = re.compile(r"[a-z0-9]+(?:[._-][a-z0-9]+)*")
+_MERGE_TAG = "tag:yaml.org,2002:merge"
+
+T = TypeVar("T")
+
+
+class ConfigError(Exception):
+    """An unusable configuration; `messages` holds one line per problem."""
+
+    def __init__(self, messages: list[str]) -> None:
+        super().__init__("\n".join(messages))
+        self.messages = list(messages)
+
+
+@dataclass(frozen=True)
+class WaltNet:
+    """The node network: the daemon serves DHCP on `interface` only."""
+
+    interface: str
+    ip: IPv4Interface
+    dhcp_range: tuple[IPv4Address, IPv4Address]
+
+
+@dataclass(frozen=True)
+class Registry:
+    """A registry entry; `host` is a bare name or IP address (IPv6 without brackets)."""
+
+    label: str
+    api: str
+    description: str
+    host: str | None = None
+    port: int | None = None
+    protocol: str | None = None
+    auth: str = "none"
+    repository: str | None = None
+
+
+@dataclass(frozen=True)
+class Images:
+    """Default image downloads: concurrency and retry backoff after a total failure."""
+
+    fetch_concurrency: int = 2
+    retry_min_s: float = 30.0
+    retry_max_s: float = 900.0
+
+
+@dataclass(frozen=True)
+class Exports:
+    """Where images and node folders live, and which NFS server exports them."""
+
+    root: Path = Path("/var/lib/walt")
+    nfs: str = "kernel"
+
+
+@dataclass(frozen=True)
+class Api:
+    """The API's Unix socket."""
+
+    socket: Path = Path("/run/waltd/api.sock")
+
+
+@dataclass(frozen=True)
+class Daemon:
+    """The daemon's own state folder and how long a shutdown may take."""
+
+    state_dir: Path = Path("/var/lib/walt/state")
+    shutdown_budget_s: float = 20.0
+
+
+@dataclass(frozen=True)
+class Config:
+    """A whole server.conf; `source` (the file it came from) takes no part in comparisons."""
+
+    walt_net: WaltNet | None
+    registries: tuple[Registry, ...]
+    images: Images
+    exports: Exports
+    api: Api
+    daemon: Daemon
+    source: str = field(default="<defaults>", compare=False)
+
+
+_HUB = Registry(label="hub", api="docker-hub", description=HUB_DESCRIPTION)
+
+
+def default_config() -> Config:
+    """The configuration of an empty file: the hub entry only, and no node network."""
+    return Config(
+        walt_net=None,
+        registries=(_HUB,),
+        images=Images(),
+        exports=Exports(),
+        api=Api(),
+        daemon=Daemon(),
+    )
+
+
+class _Report:
+    """Collects problems, each prefixed with the file and where in the file."""
+
+    def __init__(self, source: str) -> None:
+        self.source = source
+        self.messages: list[str] = []
+
+    def add(self, where: str, text: str) -> None:
+        self.messages.append(f"{self.source}: {where}: {text}")
+
+    def key(self, where: str, key: str, text: str) -> None:
+        self.add(where, f"key {key!r}: {text}")
+
+
+class _Invalid(Exception):
+    """Raised by a value check; its text says what is wrong and what is allowed."""
+
+
+def _show(value: object) -> str:
+    """A short description of a value for a message (YAML spellings for booleans and null)."""
+    if isinstance(value, bool):
+        return f"a boolean ({'true' if value else 'false'})"
+    if value is None:
+        return "null"
+    if isinstance(value, str):
+        return repr(value if len(value) <= 40 else value[:37] + "...")
+    if isinstance(value, int | float):
+        return repr(value)
+    if isinstance(value, list):
+        return "a list"
+    if isinstance(value, dict):
+        return "a mapping"
+    return f"a {type(value).__name__}"
+
+
+def _not_allowed(value: object, choices: tuple[str, ...]) -> str:
+    return f"{_show(value)} is not allowed; use one of {', '.join(choices)}"
+
+
+def _unknown_keys(
+    report: _Report,
+    where: str,
+    mapping: Mapping[object, object],
+    allowed: tuple[str, ...],
+    misplaced: tuple[str, ...] = (),
+    context: str = "",
+) -> None:
+    """Report keys outside `allowed`; `misplaced` ones are valid elsewhere, `context` says where."""
+    listing = f"allowed keys: {', '.join(allowed)}"
+    for key in mapping:
+        if key in allowed:
+            continue
+        if isinstance(key, str) and key.lower() in _CREDENTIAL_KEYS:
+            # Never echo the value: it is likely a secret.
+            report.add(where, f"unknown key {key!r}: {_CREDENTIALS_ELSEWHERE}")
+        elif key in misplaced:
+            report.add(where, f"key {key!r} does not apply {context}; {listing}")
+        else:
+            guess = difflib.get_close_matches(key, allowed, n=1) if isinstance(key, str) else []
+            hint = f" (did you mean {guess[0]!r}?)" if guess else ""
+            report.add(where, f"unknown key {_show(key)}; {listing}{hint}")
+
+
+def _mapping(
+    report: _Report, where: str, value: object, allowed: tuple[str, ...]
+) -> dict[str, object] | None:
+    """The allowed keys of a mapping (null counts as empty), or None if it is not one."""
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        report.add(where, f"must be a mapping with keys {', '.join(allowed)}, not {_show(value)}")
+        return None
+    _unknown_keys(report, where, value, allowed)
+    return {key: item for key, item in value.items() if key in allowed}
+
+
+def _field(
+    report: _Report,
+    where: str,
+    mapping: Mapping[str, object],
+    key: str,
+    check: Callable[[object], T],
+    default: T | None = None,
+    required: str = "",
+) -> T | None:
+    """The checked value of `key`, `default` when absent; None after reporting a problem.
+
+    A non-empty `required` makes the key mandatory and says what to write.
+    """
+    if key not in mapping:
+        if required:
+            report.key(where, key, f"is required; {required}")
+        return default
+    try:
+        return check(mapping[key])
+    except _Invalid as err:
+        report.key(where, key, str(err))
+        return None
+
+
+def _choice(choices: tuple[str, ...]) -> Callable[[object], str]:
+    def check(value: object) -> str:
+        if isinstance(value, str) and value in choices:
+            return value
+        raise _Invalid(_not_allowed(value, choices))
+
+    return check
+
+
+def _integer(low: int, high: int) -> Callable[[object], int]:
+    def check(value: object) -> int:
+        # bool is an int in Python, but YAML `yes` must not pass as 1.
+        if isinstance(value, int) and not isinstance(value, bool) and low <= value <= high:
+            return value
+        raise _Invalid(f"must be an integer from {low} to {high}, not {_show(value)}")
+
+    return check
+
+
+def _seconds(high: float) -> Callable[[object], float]:
+    def check(value: object) -> float:
+        # NaN fails both comparisons, infinity the upper bound.
+        if isinstance(value, int | float) and not isinstance(value, bool) and 0 < value <= high:
+            return float(value)
+        raise _Invalid(
+            f"must be a number of seconds above 0 and at most {high:g}, not {_show(value)}"
+        )
+
+    return check
+
+
+def _absolute_path(example: str) -> Callable[[object], Path]:
+    def check(value: object) -> Path:
+        if isinstance(value, str) and value.startswith("/") and "\0" not in value:
+            return Path(value)
+        raise _Invalid(f"must be an absolute path, e.g. {example}, not {_show(value)}")
+
+    return check
+
+
+def _socket_path(value: object) -> Path:
+    path = _absolute_path("/run/waltd/api.sock")(value)
+    size = len(os.fsencode(path))
+    if size > MAX_SOCKET_PATH:
+        raise _Invalid(
+            f"{_show(str(path))} is {size} bytes long; a Unix socket path has at most "
+            f"{MAX_SOCKET_PATH}"
+        )
+    return path
+
+
+def _interface(value: object) -> str:
+    # The kernel's dev_valid_name(): below IFNAMSIZ (16), no '/', ':' or space, not . or ..
+    if (
+        isinstance(value, str)
+        and 1 <= len(value) <= 15
+        and value.isascii()
+        and value.isprintable()
+        and not any(char in value for char in "/: ")
+        and value not in (".", "..")
+    ):
+        return value
+    raise _Invalid(
+        f"{_show(value)} is not a Linux interface name; use 1 to 15 characters without '/', "
+        "':' or spaces, e.g. walt-net"
+    )
+
+
+def _server_ip(value: object) -> IPv4Interface:
+    example = "e.g. 192.168.152.1/22"
+    if not isinstance(value, str):
+        raise _Invalid(
+            f"must be the server's IPv4 address with the node subnet's prefix length, {example}, "
+            f"not {_show(value)}"
+        )
+    if "/" not in value:
+        raise _Invalid(
+            f"{_show(value)} has no prefix length; write the server's address with the node "
+            f"subnet's size, {example}"
+        )
+    try:
+        ip = IPv4Interface(value)
+    except ValueError:
+        raise _Invalid(
+            f"{_show(value)} is not an IPv4 address with a prefix length, {example}"
+        ) from None
+    net = ip.network
+    if net.prefixlen > 30:
+        raise _Invalid(
+            f"the subnet {net} leaves no address for nodes; use a prefix length of 30 or less"
+        )
+    if ip.ip.is_multicast or ip.ip.is_loopback or ip.ip.is_unspecified or ip.ip.is_reserved:
+        raise _Invalid(f"{_show(value)} is not a unicast address for a node network, {example}")
+    for special, what in ((net.network_address, "network"), (net.broadcast_address, "broadcast")):
+        if ip.ip == special:
+            raise _Invalid(
+                f"{_show(value)} is the {what} address of {net}; use a host address, e.g. "
+                f"{net.network_address + 1}/{net.prefixlen}"
+            )
+    return ip
+
+
+def _default_dhcp_range(ip: IPv4Interface) -> tuple[IPv4Address, IPv4Address]:
+    """The longer run of host addresses beside the server's address."""
+    first = ip.network.network_address + 1
+    last = ip.network.broadcast_address - 1
+    if int(last) - int(ip.ip) >= int(ip.ip) - int(first):
+        return ip.ip + 1, last
+    return first, ip.ip - 1
+
+
+def _dhcp_range(
+    report: _Report, where: str, value: object, ip: IPv4Interface | None
+) -> tuple[IPv4Address, IPv4Address] | None:
+    """The checked range; when the server's address is unknown, only its form is checked."""
+    example = "e.g. 192.168.152.100-192.168.155.250"
+    parts = value.split("-") if isinstance(value, str) else []
+    try:
+        low, high = (IPv4Address(part.strip()) for part in parts)
+    except ValueError:
+        # Either not two parts (unpacking) or not two addresses.
+        report.key(
+            where, "dhcp-range", f"{_show(value)} is not a range; write FIRST-LAST, {example}"
+        )
+        return None
+    if ip is None:
+        return None
+    problems: list[str] = []
+    first = ip.network.network_address + 1
+    last = ip.network.broadcast_address - 1
+    for end in (low, high):
+        if not first <= end <= last:
+            problems.append(
+                f"{end} is outside the node subnet {ip.network}; use addresses from {first} "
+                f"to {last}"
+            )
+    if low > high:
+        problems.append(f"the first address {low} comes after the last {high}; write FIRST-LAST")
+    elif low <= ip.ip <= high:
+        problems.append(
+            f"the range holds the server's own address {ip.ip}; start it after that address "
+            "or end it before"
+        )
+    for problem in problems:
+        report.key(where, "dhcp-range", problem)
+    return None if problems else (low, high)
+
+
+def _parse_network(report: _Report, value: object) -> WaltNet | None:
+    network = _mapping(report, "network", value, ("walt-net",))
+    if not network:
+        return None
+    where = "network.walt-net"
+    net = _mapping(report, where, network["walt-net"], _WALT_NET_KEYS)
+    if net is None:
+        return None
+    hint = "e.g. walt-net, the node network interface (without network.walt-net, no DHCP)"
+    interface = _field(report, where, net, "interface", _interface, required=hint)
+    ip = _field(report, where, net, "ip", _server_ip, required="e.g. 192.168.152.1/22")
+    if "dhcp-range" in net:
+        dhcp_range = _dhcp_range(report, where, net["dhcp-range"], ip)
+    else:
+        dhcp_range = None if ip is None else _default_dhcp_range(ip)
+    if interface is None or ip is None or dhcp_range is None:
+        return None
+    return WaltNet(interface=interface, ip=ip, dhcp_range=dhcp_range)
+
+
+def _description(value: object) -> str:
+    if not isinstance(value, str) or not value.strip() or not value.isprintable():
+        raise _Invalid(f"must be one line of 1 to {MAX_DESCRIPTION} characters, not {_show(value)}")
+    if len(value) > MAX_DESCRIPTION:
+        raise _Invalid(
+            f"{_show(value)} has {len(value)} characters; use at most {MAX_DESCRIPTION} "
+            "(it fills a table column)"
+        )
+    return value
+
+
+def _label(value: object) -> str:
+    if not isinstance(value, str) or not _LABEL_RE.fullmatch(value):
+        raise _Invalid(
+            f"{_show(value)} is not allowed; use lower-case letters, digits and '-', e.g. local"
+        )
+    if value in _RESERVED_LABELS:
+        raise _Invalid(
+            f"{value!r} is not allowed; hub, walt and docker are clone URL locations, "
+            "choose another label"
+        )
+    return value
+
+
+def _is_host(value: str) -> bool:
+    try:
+        ipaddress.ip_address(value)
+    except ValueError:
+        pass
+    else:
+        return True
+    # An all-digit last label is a mistyped IPv4 address, not a name.
+    return (
+        len(value) <= 253
+        and _HOSTNAME_RE.fullmatch(value) is not None
+        and not value.rsplit(".", 1)[-1].isdigit()
+    )
+
+
+def _host(value: object) -> str:
+    if isinstance(value, str) and "@" in value:
+        # Not echoed: the part before '@' is likely a user and password.
+        raise _Invalid(f"must not hold credentials (user:password@host); {_CREDENTIALS_ELSEWHERE}")
+    if isinstance(value, str) and _is_host(value):
+        return value
+    raise _Invalid(
+        f"{_show(value)} is not allowed; use a host name or IP address alone (no scheme, port "
+        "or path), e.g. reg.example.org"
+    )
+
+
+def _repository(value: object) -> str:
+    if isinstance(value, str) and _REPOSITORY_RE.fullmatch(value):
+        return value
+    raise _Invalid(
+        f"{_show(value)} is not allowed; use lower-case letters and digits, separated by single "
+        "'.', '_' or '-' (a Docker path component), e.g. walt"
+    )
+
+
+def _raw_label(entry: object) -> str | None:
+    """The entry's label if well formed (a docker-hub entry's defaults to hub), else None."""
+    if not isinstance(entry, dict):
+        return None
+    label = entry.get("label", "hub" if entry.get("api") == "docker-hub" else None)
+    return label if isinstance(label, str) and _LABEL_RE.fullmatch(label) else None
+
+
+def _parse_registry(report: _Report, where: str, entry: object) -> Registry | None:
+    if not isinstance(entry, dict):
+        report.add(
+            where,
+            f"must be a mapping with keys {', '.join(_ALL_REGISTRY_KEYS)}, not {_show(entry)}",
+        )
+        return None
+    apis = ", ".join(_APIS)
+    api = _field(report, where, entry, "api", _choice(_APIS), required=f"use one of {apis}")
+    allowed = _REGISTRY_KEYS[api] if api else _ALL_REGISTRY_KEYS
+    _unknown_keys(report, where, entry, allowed, _ALL_REGISTRY_KEYS, f"to api {api}")
+    description = _field(
+        report, where, entry, "description", _description, _DEFAULT_DESCRIPTIONS.get(api or "")
+    )
+    if api == "docker-hub":
+        if entry.get("label", "hub") != "hub":
+            report.key(
+                where,
+                "label",
+                f"{_show(entry['label'])} is not allowed; the docker-hub entry is always "
+                "labelled hub",
+            )
+            return None
+        return None if description is None else Registry("hub", api, description)
+    # Without a known api, check the keys present but require none: the api error comes first.
+    label = _field(report, where, entry, "label", _label, required="e.g. local" if api else "")
+    host = _field(
+        report, where, entry, "host", _host, required="e.g. reg.example.org" if api else ""
+    )
+    port = _field(report, where, entry, "port", _integer(1, 65535), 443)
+    protocol = _field(report, where, entry, "protocol", _choice(_PROTOCOLS), "https")
+    auth = _field(report, where, entry, "auth", _choice(_AUTHS), "none")
+    jfrog = api == "jfrog-artifactory"
+    repository = None
+    if api != "docker-registry-v2":  # there, a repository is reported as a key that does not apply
+        hint = "e.g. walt" if jfrog else ""
+        repository = _field(report, where, entry, "repository", _repository, required=hint)
+    if (
+        api is None
+        or description is None
+        or label is None
+        or host is None
+        or port is None
+        or protocol is None
+        or auth is None
+        or (jfrog and repository is None)
+    ):
+        return None
+    return Registry(label, api, description, host, port, protocol, auth, repository)
+
+
+def _endpoint(registry: Registry) -> tuple[str, int | None]:
+    """Host and port, the host compared case-blind and IP addresses in canonical form."""
+    host = registry.host or ""
+    try:
+        host = str(ipaddress.ip_address(host))
+    except ValueError:
+        host = host.lower()
+    return host, registry.port
+
+
+def _parse_registries(report: _Report, value: object) -> tuple[Registry, ...]:
+    if value is None:
+        report.add(
+            "registries",
+            "is empty (null); write `registries: []` for no registry at all (the hub disabled "
+            "too), or remove the key to keep the default hub entry",
+        )
+        return ()
+    if not isinstance(value, list):
+        report.add("registries", f"must be a list of registry entries, not {_show(value)}")
+        return ()
+    labels = [_raw_label(entry) for entry in value]
+    counts = Counter(label for label in labels if label)
+    names = [
+        f"registries entry {label!r}" if label and counts[label] == 1 else f"registries[{index}]"
+        for index, label in enumerate(labels)
+    ]
+    first_hub: str | None = None
+    first_by_label: dict[str, str] = {}
+    parsed: list[tuple[str, Registry]] = []
+    for where, label, entry in zip(names, labels, value, strict=True):
+        registry = _parse_registry(report, where, entry)
+        if isinstance(entry, dict) and entry.get("api") == "docker-hub":
+            if first_hub is not None:
+                report.key(
+                    where, "api", f"only one docker-hub entry is allowed; {first_hub} is one"
+                )
+                continue
+            first_hub = where
+        elif label and label not in _RESERVED_LABELS:
+            if label in first_by_label:
+                report.key(
+                    where,
+                    "label",
+                    f"{label!r} is already used by {first_by_label[label]}; labels must be unique",
+                )
+                continue
+            first_by_label[label] = where
+        if registry is not None:
+            parsed.append((where, registry))
+    for index, (where, registry) in enumerate(parsed):
+        if registry.host is None:
+            continue
+        for other_where, other in parsed[:index]:
+            if other.host is None or _endpoint(other) != _endpoint(registry):
+                continue
+            if registry.api == other.api == "jfrog-artifactory":
+                if registry.repository != other.repository:
+                    continue
+            report.key(
+                where,
+                "host",
+                f"{registry.host}:{registry.port} is already used by {other_where}; only "
+                "jfrog-artifactory entries with different repositories may share a host and port",
+            )
+            break
+    return tuple(registry for _, registry in parsed)
+
+
+def _parse_images(report: _Report, value: object) -> Images:
+    where = "images"
+    images = _mapping(report, where, value, ("fetch-concurrency", "retry-min-s", "retry-max-s"))
+    default = Images()
+    if images is None:
+        return default
+    concurrency = _field(
+        report,
+        where,
+        images,
+        "fetch-concurrency",
+        _integer(1, MAX_FETCH_CONCURRENCY),
+        default.fetch_concurrency,
+    )
+    retry_min = _field(
+        report, where, images, "retry-min-s", _seconds(MAX_RETRY_S), default.retry_min_s
+    )
+    retry_max = _field(
+        report, where, images, "retry-max-s", _seconds(MAX_RETRY_S), default.retry_max_s
+    )
+    if retry_min is not None and retry_max is not None and retry_max < retry_min:
+        report.key(
+            where,
+            "retry-max-s",
+            f"{retry_max:g} is less than retry-min-s ({retry_min:g}); use at least {retry_min:g}",
+        )
+    if concurrency is None or retry_min is None or retry_max is None:
+        return default
+    return Images(concurrency, retry_min, retry_max)
+
+
+def _parse_exports(report: _Report, value: object) -> Exports:
+    exports = _mapping(report, "exports", value, ("root", "nfs"))
+    default = Exports()
+    if exports is None:
+        return default
+    root = _field(report, "exports", exports, "root", _absolute_path("/var/lib/walt"), default.root)
+    nfs = _field(report, "exports", exports, "nfs", _choice(_NFS_SERVERS), default.nfs)
+    return default if root is None or nfs is None else Exports(root, nfs)
+
+
+def _parse_api(report: _Report, value: object) -> Api:
+    api = _mapping(report, "api", value, ("socket",))
+    default = Api()
+    if api is None:
+        return default
+    socket = _field(report, "api", api, "socket", _socket_path, default.socket)
+    return default if socket is None else Api(socket)
+
+
+def _parse_daemon(report: _Report, value: object) -> Daemon:
+    daemon = _mapping(report, "daemon", value, ("state-dir", "shutdown-budget-s"))
+    default = Daemon()
+    if daemon is None:
+        return default
+    state_dir = _field(
+        report,
+        "daemon",
+        daemon,
+        "state-dir",
+        _absolute_path("/var/lib/walt/state"),
+        default.state_dir,
+    )
+    budget = _field(
+        report,
+        "daemon",
+        daemon,
+        "shutdown-budget-s",
+        _seconds(MAX_SHUTDOWN_BUDGET_S),
+        default.shutdown_budget_s,
+    )
+    return default if state_dir is None or budget is None else Daemon(state_dir, budget)
+
+
+def parse(data: object, source: str) -> Config:
+    """Check loaded YAML data (None is an empty file) and build the configuration.
+
+    Raises ConfigError listing every problem found, each prefixed with `source`.
+    """
+    report = _Report(source)
+    top = _mapping(report, "top level", data, _SECTIONS)
+    if top is None:
+        raise ConfigError(report.messages)
+    config = Config(
+        walt_net=_parse_network(report, top.get("network")),
+        registries=(
+            _parse_registries(report, top["registries"]) if "registries" in top else (_HUB,)
+        ),
+        images=_parse_images(report, top.get("images")),
+        exports=_parse_exports(report, top.get("exports")),
+        api=_parse_api(report, top.get("api")),
+        daemon=_parse_daemon(report, top.get("daemon")),
+        source=source,
+    )
+    if report.messages:
+        raise ConfigError(report.messages)
+    return config
+
+
+class _Loader(yaml.SafeLoader):
+    """A SafeLoader that records duplicate keys, which PyYAML would resolve to the last one."""
+
+    def __init__(self, stream: str) -> None:
+        super().__init__(stream)
+        self.duplicates: list[tuple[int, object]] = []
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen: list[object] = []
+        for key_node, _ in node.value:
+            if key_node.tag == _MERGE_TAG:
+                continue
+            key = self.construct_object(key_node, deep=True)
+            if key in seen:
+                self.duplicates.append((key_node.start_mark.line + 1, key))
+            seen.append(key)
+        return super().construct_mapping(node, deep=deep)
+
+
+def load(path: Path) -> Config:
+    """Read and check a configuration file.
+
+    An empty file (or one holding only comments) means all defaults. Raises ConfigError naming
+    the file when it cannot be read, is not UTF-8 YAML, or is invalid.
+    """
+    try:
+        text = path.read_bytes().decode("utf-8")
+    except OSError as err:
+        raise ConfigError([f"{path}: cannot read it: {err.strerror or err}"]) from err
+    except UnicodeDecodeError as err:
+        raise ConfigError([f"{path}: not UTF-8 text (byte {err.start})"]) from err
+    try:
+        loader = _Loader(text)
+        try:
+            data = loader.get_single_data()
+        finally:
+            loader.dispose()
+    except yaml.reader.ReaderError as err:
+        line = text.count("\n", 0, err.position) + 1
+        problem = f"character #x{err.character:04x} is not allowed"
+        raise ConfigError([f"{path}: line {line}: YAML syntax error: {problem}"]) from err
+    except yaml.MarkedYAMLError as err:
+        mark = err.problem_mark or err.context_mark
+        where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
+        context = f" ({err.context})" if err.context else ""
+        raise ConfigError([f"{path}: {where}YAML syntax error: {err.problem}{context}"]) from err
+    messages = [
+        f"{path}: line {line}: key {_show(key)} appears twice in the same mapping; keep one"
+        for line, key in sorted(loader.duplicates, key=lambda duplicate: duplicate[0])
+    ]
+    try:
+        config = parse(data, str(path))
+    except ConfigError as err:
+        messages += err.messages
+    if messages:
+        raise ConfigError(messages)
+    return config
+
+
+def _plain(seconds: float) -> int | float:
+    """30 rather than 30.0 in the file."""
+    return int(seconds) if float(seconds).is_integer() else seconds
+
+
+def _registry_data(registry: Registry) -> dict[str, object]:
+    data: dict[str, object] = {
+        "label": registry.label,
+        "api": registry.api,
+        "description": registry.description,
+    }
+    if registry.api != "docker-hub":
+        data |= {
+            "host": registry.host,
+            "port": registry.port,
+            "protocol": registry.protocol,
+            "auth": registry.auth,
+        }
+    if registry.api == "jfrog-artifactory":
+        data["repository"] = registry.repository
+    return data
+
+
+def to_data(config: Config) -> dict[str, object]:
+    """The configuration as YAML-able data, every value written out; `parse` reads it back."""
+    data: dict[str, object] = {}
+    if config.walt_net is not None:
+        net = config.walt_net
+        first, last = net.dhcp_range
+        data["network"] = {
+            "walt-net": {
+                "interface": net.interface,
+                "ip": net.ip.with_prefixlen,
+                "dhcp-range": f"{first}-{last}",
+            }
+        }
+    # Always written: an absent key would bring the hub back.
+    data["registries"] = [_registry_data(registry) for registry in config.registries]
+    data["images"] = {
+        "fetch-concurrency": config.images.fetch_concurrency,
+        "retry-min-s": _plain(config.images.retry_min_s),
+        "retry-max-s": _plain(config.images.retry_max_s),
+    }
+    data["exports"] = {"root": str(config.exports.root), "nfs": config.exports.nfs}
+    data["api"] = {"socket": str(config.api.socket)}
+    data["daemon"] = {
+        "state-dir": str(config.daemon.state_dir),
+        "shutdown-budget-s": _plain(config.daemon.shutdown_budget_s),
+    }
+    return data
+
+
+def save(path: Path, config: Config) -> None:
+    """Write the configuration atomically, keeping the old file's mode and owner.
+
+    Refuses (ConfigError) a configuration that `load` would refuse. Writes a temporary file in
+    the same folder, syncs it, renames it over `path` (through a symlink, to its target) and syncs
+    the folder; on failure the old file is intact and no temporary file remains. Comments in the
+    old file are not kept.
+    """
+    path = Path(os.path.realpath(path))
+    data = to_data(config)
+    parse(data, str(path))
+    text = yaml.safe_dump(data, sort_keys=False, allow_unicode=True)
+    try:
+        old = os.stat(path)
+    except FileNotFoundError:
+        old = None
+    fd, temp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as file:
+            file.write(text)
+            file.flush()
+            # mkstemp makes the file 0600; fchmod is not subject to the umask.
+            os.fchmod(file.fileno(), stat.S_IMODE(old.st_mode) if old else 0o644)
+            new = os.fstat(file.fileno())
+            if old and (old.st_uid, old.st_gid) != (new.st_uid, new.st_gid):
+                os.fchown(file.fileno(), old.st_uid, old.st_gid)
+            os.fsync(file.fileno())
+        os.replace(temp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(temp)
+        raise
+    # The rename is durable only once the folder's entry is on disk.
+    folder = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(folder)
+    finally:
+        os.close(folder)
+
+
+def restart_needed(old: Config, new: Config) -> list[str]:
+    """The changed sections that a reload cannot apply (those outside RELOADABLE)."""
+    sections = {
+        "network": (old.walt_net, new.walt_net),
+        "exports": (old.exports, new.exports),
+        "api": (old.api, new.api),
+        "daemon": (old.daemon, new.daemon),
+    }
+    return [name for name, (before, after) in sections.items() if before != after]

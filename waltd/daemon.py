@@ -1,0 +1,112 @@
+"""The daemon's wiring: its context, its services in start order, and `run`."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Self
+
+from waltd import config as configuration
+from waltd import log
+from waltd.db import Database
+from waltd.events import EventBus
+from waltd.process import Children, kill_recorded
+from waltd.supervisor import Service, ServiceStatus, Supervisor
+
+_log = log.get("daemon")
+
+
+@dataclass
+class Context:
+    """What services share: configuration, event bus, children, database, supervisor."""
+
+    initial_config: configuration.Config
+    bus: EventBus
+    children: Children
+    config_path: Path | None = None
+    started_monotonic: float = field(default_factory=time.monotonic)
+    db: Database | None = None
+    supervisor: Supervisor | None = None
+
+    @property
+    def config(self) -> configuration.Config:
+        """The running configuration (it changes on reload)."""
+        return self.supervisor.config if self.supervisor else self.initial_config
+
+    @property
+    def state_dir(self) -> Path:
+        """The folder for the database, the event spool, caches and records."""
+        return self.initial_config.daemon.state_dir
+
+    def statuses(self) -> list[ServiceStatus]:
+        """Each service's status, in start order."""
+        return list(self.supervisor.statuses.values()) if self.supervisor else []
+
+
+class DatabaseService(Service):
+    """Opens the state database and publishes it on the context."""
+
+    name = "database"
+
+    def __init__(self, ctx: Context) -> None:
+        self._ctx = ctx
+        self._db: Database | None = None
+
+    async def __aenter__(self) -> Self:
+        self._db = await Database(self._ctx.state_dir / "waltd.db").__aenter__()
+        self._ctx.db = self._db
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        self._ctx.db = None
+        if self._db is not None:
+            db, self._db = self._db, None
+            await db.__aexit__(None, None, None)
+
+
+ServiceFactory = Callable[[Context], Service]
+
+
+def standard_services() -> list[ServiceFactory]:
+    """The daemon's services in start order (shutdown runs in reverse)."""
+    from waltd.api.server import ApiService
+
+    return [DatabaseService, ApiService]
+
+
+async def run(
+    config: configuration.Config,
+    *,
+    config_path: Path | None,
+    bus: EventBus,
+    extra: Sequence[ServiceFactory] = (),
+    restart_min_s: float = 1.0,
+) -> int:
+    """Run the daemon until SIGTERM/SIGINT; returns its exit status."""
+    state_dir = config.daemon.state_dir
+    state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    records = state_dir / "children.json"
+    await asyncio.to_thread(kill_recorded, records)
+    ctx = Context(
+        initial_config=config, bus=bus, children=Children(records), config_path=config_path
+    )
+    services = [make(ctx) for make in [*standard_services(), *extra]]
+    supervisor = Supervisor(
+        config,
+        services,
+        children=ctx.children,
+        config_path=config_path,
+        restart_min_s=restart_min_s,
+    )
+    ctx.supervisor = supervisor
+    _log.info(
+        "daemon_starting",
+        config=str(config_path) if config_path else "<defaults>",
+        node_network=config.walt_net.interface if config.walt_net else None,
+    )
+    if config.walt_net is None:
+        _log.warning("no_node_network", detail="network.walt-net is not set: no DHCP is served")
+    return await supervisor.run()

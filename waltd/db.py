@@ -1,0 +1,387 @@
+"""The daemon's state in SQLite: nodes and the image status of each node model.
+
+One connection, owned by one worker thread: the event loop never waits on the disk and every
+call is serialised, so no call sees another's half-done write. The schema evolves through
+numbered migrations recorded in ``PRAGMA user_version``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import sqlite3
+import time
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from types import TracebackType
+from typing import TypeVar
+
+_T = TypeVar("_T")
+
+# Migration N (1-based) brings the schema from version N-1 to N. Append only: a released
+# migration never changes, since databases in the field already ran it.
+MIGRATIONS: tuple[str, ...] = (
+    """
+    CREATE TABLE nodes (
+        mac TEXT PRIMARY KEY NOT NULL,
+        ip TEXT,
+        name TEXT NOT NULL,
+        model TEXT,
+        image TEXT,
+        state TEXT NOT NULL,
+        first_seen REAL NOT NULL,
+        last_seen REAL NOT NULL
+    );
+    CREATE TABLE models (
+        model TEXT PRIMARY KEY NOT NULL,
+        image_status TEXT NOT NULL,
+        last_error TEXT,
+        next_retry REAL,
+        updated REAL NOT NULL
+    );
+    """,
+)
+
+# Long enough to ride out a checkpoint or a backup tool reading the file, short enough to
+# surface a stuck lock as an error.
+BUSY_TIMEOUT_S = 5.0
+
+_MAC = re.compile(r"[0-9a-fA-F]{2}([:-])[0-9a-fA-F]{2}(?:\1[0-9a-fA-F]{2}){4}")
+_NODE_COLUMNS = "mac, ip, name, model, image, state, first_seen, last_seen"
+_MODEL_COLUMNS = "model, image_status, last_error, next_retry, updated"
+
+
+class StateError(Exception):
+    """The state database cannot be opened or used."""
+
+
+@dataclass(frozen=True)
+class Node:
+    """A node as recorded in the state database."""
+
+    mac: str
+    ip: str | None
+    name: str
+    model: str | None
+    image: str | None
+    state: str
+    first_seen: float
+    last_seen: float
+
+
+@dataclass(frozen=True)
+class ModelStatus:
+    """Where the default image of a node model stands."""
+
+    model: str
+    image_status: str
+    last_error: str | None
+    next_retry: float | None
+    updated: float
+
+
+def normalize_mac(mac: str) -> str:
+    """Return ``mac`` in lower-case colon form; raise ValueError unless it is six hex pairs.
+
+    The pairs may be separated by ':' or '-', the same separator throughout.
+    """
+    if not _MAC.fullmatch(mac):
+        raise ValueError(
+            f"invalid MAC address {mac!r}: expected six hex pairs like 00:11:22:aa:bb:cc"
+        )
+    return mac.lower().replace("-", ":")
+
+
+def _default_name(mac: str) -> str:
+    return "node-" + mac.replace(":", "")[-6:]
+
+
+@contextmanager
+def _transaction(conn: sqlite3.Connection) -> Iterator[None]:
+    # IMMEDIATE takes the write lock up front, so a read-then-write cannot be overtaken by
+    # another process and fail half way with SQLITE_BUSY.
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        yield
+    except BaseException:
+        # SQLite may already have rolled back (e.g. disk full); a second ROLLBACK would hide
+        # the original error.
+        if conn.in_transaction:
+            conn.execute("ROLLBACK")
+        raise
+    conn.execute("COMMIT")
+
+
+def _user_version(conn: sqlite3.Connection) -> int:
+    version: int = conn.execute("PRAGMA user_version").fetchone()[0]
+    return version
+
+
+def _migrate(conn: sqlite3.Connection, version: int, path: Path) -> None:
+    for number, script in enumerate(MIGRATIONS[version:], start=version + 1):
+        # executescript commits any open transaction first, so the transaction lives in the
+        # script. user_version is transactional: the bump lands with the migration or not at
+        # all. PRAGMA takes no parameters; `number` is our own int. The lone ';' ends a script
+        # whose last statement lacks one.
+        try:
+            conn.executescript(
+                f"BEGIN IMMEDIATE;\n{script}\n;\nPRAGMA user_version = {number};\nCOMMIT;"
+            )
+        except BaseException as exc:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            if isinstance(exc, sqlite3.Error):
+                raise StateError(
+                    f"state database {path}: migration to schema version {number} failed: {exc}"
+                ) from exc
+            raise
+
+
+class Database:
+    """The state database, an async context manager.
+
+    It owns one SQLite connection used only from its one worker thread.
+    """
+
+    def __init__(self, path: Path) -> None:
+        """Prepare to open the database at ``path`` (normally ``<state-dir>/waltd.db``)."""
+        self.path = path
+        self._executor: ThreadPoolExecutor | None = None
+        self._conn: sqlite3.Connection | None = None
+
+    async def __aenter__(self) -> Database:
+        """Create the parent folder, open the database and bring its schema up to date."""
+        if self._executor is not None:
+            raise RuntimeError(f"state database {self.path} is already open")
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="waltd-db")
+        try:
+            await asyncio.get_running_loop().run_in_executor(self._executor, self._open)
+        except BaseException:
+            await self._shutdown()
+            raise
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        """Close the connection after the calls already queued, then stop the worker."""
+        await self._shutdown()
+
+    async def _shutdown(self) -> None:
+        executor, self._executor = self._executor, None
+        if executor is None:
+            return
+        try:
+            # Shielded so that a cancelled shutdown still closes the connection in its thread.
+            await asyncio.shield(asyncio.get_running_loop().run_in_executor(executor, self._close))
+        finally:
+            # The worker is idle or finishing the close: no need to block the loop joining it.
+            executor.shutdown(wait=False)
+
+    def _open(self) -> None:
+        try:
+            self.path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        except OSError as exc:
+            raise StateError(f"cannot create state folder {self.path.parent}: {exc}") from exc
+        try:
+            conn = sqlite3.connect(self.path, isolation_level=None, timeout=BUSY_TIMEOUT_S)
+        except sqlite3.Error as exc:
+            raise StateError(f"cannot open state database {self.path}: {exc}") from exc
+        try:
+            # Refuse a too-new database before any pragma rewrites its header.
+            version = _user_version(conn)
+            if version > len(MIGRATIONS):
+                raise StateError(
+                    f"state database {self.path}: schema version {version} is newer than this"
+                    f" waltd (knows {len(MIGRATIONS)}); upgrade waltd"
+                )
+            mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
+            if mode != "wal":
+                raise StateError(f"state database {self.path}: cannot enable WAL (got {mode!r})")
+            # NORMAL is durable enough under WAL: a power cut may lose the last commits, never
+            # consistency.
+            conn.execute("PRAGMA synchronous = NORMAL")
+            conn.execute("PRAGMA foreign_keys = ON")
+            _migrate(conn, version, self.path)
+        except sqlite3.Error as exc:
+            conn.close()
+            raise StateError(f"state database {self.path} is unusable: {exc}") from exc
+        except BaseException:
+            conn.close()
+            raise
+        self._conn = conn
+
+    def _close(self) -> None:
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            conn.close()
+
+    async def _run(self, work: Callable[[sqlite3.Connection], _T]) -> _T:
+        if self._executor is None:
+            raise RuntimeError(f"state database {self.path} is not open")
+        return await asyncio.get_running_loop().run_in_executor(self._executor, self._call, work)
+
+    def _call(self, work: Callable[[sqlite3.Connection], _T]) -> _T:
+        if self._conn is None:
+            raise RuntimeError(f"state database {self.path} is not open")
+        try:
+            return work(self._conn)
+        except sqlite3.Error as exc:
+            # Callers handle one error type and need not know the storage engine.
+            raise StateError(f"state database {self.path}: {exc}") from exc
+
+    async def schema_version(self) -> int:
+        """Return the schema version recorded in the database."""
+        return await self._run(_user_version)
+
+    async def upsert_node(
+        self,
+        mac: str,
+        *,
+        ip: str | None = None,
+        model: str | None = None,
+        name: str | None = None,
+        image: str | None = None,
+        state: str | None = None,
+        now: float | None = None,
+    ) -> Node:
+        """Record a sighting of node ``mac`` and return the node as stored.
+
+        A new node gets ``first_seen = last_seen = now``, the name ``node-`` plus the last six
+        hex digits of its MAC unless given, and the state 'new' unless given. A known node gets
+        ``last_seen = now`` and only the fields given (not None); the others keep their value.
+        Raises ValueError for an invalid MAC.
+        """
+        mac = normalize_mac(mac)
+        params = {
+            "mac": mac,
+            "ip": ip,
+            "model": model,
+            "name": name,
+            "image": image,
+            "state": state,
+            "default_name": _default_name(mac),
+            "now": time.time() if now is None else now,
+        }
+
+        def work(conn: sqlite3.Connection) -> Node:
+            with _transaction(conn):
+                conn.execute(
+                    "INSERT INTO nodes (mac, ip, name, model, image, state, first_seen, last_seen)"
+                    " VALUES (:mac, :ip, coalesce(:name, :default_name), :model, :image,"
+                    " coalesce(:state, 'new'), :now, :now)"
+                    " ON CONFLICT (mac) DO UPDATE SET"
+                    " ip = coalesce(:ip, ip), name = coalesce(:name, name),"
+                    " model = coalesce(:model, model), image = coalesce(:image, image),"
+                    " state = coalesce(:state, state), last_seen = :now",
+                    params,
+                )
+                row = conn.execute(
+                    f"SELECT {_NODE_COLUMNS} FROM nodes WHERE mac = ?", (mac,)
+                ).fetchone()
+            return Node(*row)
+
+        return await self._run(work)
+
+    async def get_node(self, mac: str) -> Node | None:
+        """Return node ``mac``, or None if unknown. Raises ValueError for an invalid MAC."""
+        mac = normalize_mac(mac)
+
+        def work(conn: sqlite3.Connection) -> Node | None:
+            row = conn.execute(
+                f"SELECT {_NODE_COLUMNS} FROM nodes WHERE mac = ?", (mac,)
+            ).fetchone()
+            return None if row is None else Node(*row)
+
+        return await self._run(work)
+
+    async def list_nodes(self) -> list[Node]:
+        """Return every node, ordered by MAC."""
+
+        def work(conn: sqlite3.Connection) -> list[Node]:
+            rows = conn.execute(f"SELECT {_NODE_COLUMNS} FROM nodes ORDER BY mac").fetchall()
+            return [Node(*row) for row in rows]
+
+        return await self._run(work)
+
+    async def remove_node(self, mac: str) -> bool:
+        """Forget node ``mac``; return whether it was known.
+
+        Raises ValueError for an invalid MAC.
+        """
+        mac = normalize_mac(mac)
+
+        def work(conn: sqlite3.Connection) -> bool:
+            return conn.execute("DELETE FROM nodes WHERE mac = ?", (mac,)).rowcount > 0
+
+        return await self._run(work)
+
+    async def count_nodes(self) -> int:
+        """Return how many nodes are known."""
+
+        def work(conn: sqlite3.Connection) -> int:
+            count: int = conn.execute("SELECT count(*) FROM nodes").fetchone()[0]
+            return count
+
+        return await self._run(work)
+
+    async def set_model_status(
+        self,
+        model: str,
+        image_status: str,
+        *,
+        last_error: str | None = None,
+        next_retry: float | None = None,
+        now: float | None = None,
+    ) -> ModelStatus:
+        """Replace the image status of ``model`` and return it as stored.
+
+        Every field is written, so a None ``last_error`` or ``next_retry`` clears the old one.
+        """
+        status = ModelStatus(
+            model=model,
+            image_status=image_status,
+            last_error=last_error,
+            next_retry=next_retry,
+            updated=time.time() if now is None else now,
+        )
+
+        def work(conn: sqlite3.Connection) -> ModelStatus:
+            # An upsert rather than INSERT OR REPLACE, which deletes the row and would fire
+            # foreign-key actions should a later table refer to models.
+            conn.execute(
+                f"INSERT INTO models ({_MODEL_COLUMNS}) VALUES (?, ?, ?, ?, ?)"
+                " ON CONFLICT (model) DO UPDATE SET image_status = excluded.image_status,"
+                " last_error = excluded.last_error, next_retry = excluded.next_retry,"
+                " updated = excluded.updated",
+                (model, image_status, last_error, next_retry, status.updated),
+            )
+            return status
+
+        return await self._run(work)
+
+    async def get_model_status(self, model: str) -> ModelStatus | None:
+        """Return the image status of ``model``, or None if none was recorded."""
+
+        def work(conn: sqlite3.Connection) -> ModelStatus | None:
+            row = conn.execute(
+                f"SELECT {_MODEL_COLUMNS} FROM models WHERE model = ?", (model,)
+            ).fetchone()
+            return None if row is None else ModelStatus(*row)
+
+        return await self._run(work)
+
+    async def list_models(self) -> list[ModelStatus]:
+        """Return the image status of every model, ordered by model."""
+
+        def work(conn: sqlite3.Connection) -> list[ModelStatus]:
+            rows = conn.execute(f"SELECT {_MODEL_COLUMNS} FROM models ORDER BY model").fetchall()
+            return [ModelStatus(*row) for row in rows]
+
+        return await self._run(work)

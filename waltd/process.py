@@ -1,0 +1,162 @@
+"""Child processes that never outlive the daemon.
+
+Each child starts in its own session (so its whole process group can be signalled) under
+`setpriv --pdeathsig SIGKILL`, so the kernel kills it if the daemon dies without cleaning up
+(no `preexec_fn`: it is unsafe once the daemon has threads). Every live child is recorded in
+a file of the state folder with its start time; the next daemon kills what a crashed one
+left behind, and the start time keeps it from killing an unrelated process that reused a PID.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import signal
+from collections.abc import Sequence
+from pathlib import Path
+
+from waltd import log
+
+_log = log.get("process")
+
+
+def start_time(pid: int) -> int | None:
+    """The kernel's start time of `pid` (clock ticks since boot), or None if it is gone."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    # The command name (field 2) may hold spaces or parentheses: split after the last ')'.
+    fields = stat[stat.rindex(")") + 2 :].split()
+    return int(fields[19])
+
+
+def kill_recorded(record_file: Path) -> list[int]:
+    """Kill the children a previous daemon recorded in `record_file`; return their PIDs."""
+    try:
+        records = json.loads(record_file.read_text())
+    except FileNotFoundError:
+        return []
+    except (OSError, ValueError) as err:
+        _log.warning("child_record_unreadable", path=str(record_file), error=str(err))
+        records = []
+    killed = []
+    for rec in records if isinstance(records, list) else []:
+        pid, started = rec.get("pid"), rec.get("start_time")
+        if isinstance(pid, int) and pid > 1 and start_time(pid) == started:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(pid, signal.SIGKILL)
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+            killed.append(pid)
+            _log.warning("stale_child_killed", pid=pid, argv0=rec.get("argv0"))
+    record_file.unlink(missing_ok=True)
+    return killed
+
+
+class Children:
+    """Spawns and tracks the daemon's child processes."""
+
+    def __init__(self, record_file: Path) -> None:
+        self._record_file = record_file
+        self._live: dict[int, tuple[asyncio.subprocess.Process, int | None, str]] = {}
+
+    async def spawn(
+        self,
+        argv: Sequence[str],
+        *,
+        env: dict[str, str] | None = None,
+        stdin: int | None = asyncio.subprocess.DEVNULL,
+        stdout: int | None = None,
+        stderr: int | None = None,
+        cwd: str | Path | None = None,
+    ) -> asyncio.subprocess.Process:
+        """Start `argv` (a list, never a shell string) as a tracked child."""
+        if not argv:
+            raise ValueError("empty command")
+        proc = await asyncio.create_subprocess_exec(
+            "setpriv",
+            "--pdeathsig",
+            "SIGKILL",
+            "--",
+            *argv,
+            env=env,
+            stdin=stdin,
+            stdout=stdout,
+            stderr=stderr,
+            cwd=cwd,
+            start_new_session=True,
+        )
+        self._live[proc.pid] = (proc, start_time(proc.pid), argv[0])
+        self._save()
+        return proc
+
+    async def wait(self, proc: asyncio.subprocess.Process) -> int:
+        """Wait for a child started by `spawn` and forget it."""
+        try:
+            return await proc.wait()
+        finally:
+            self._forget(proc)
+
+    async def run(
+        self, argv: Sequence[str], *, env: dict[str, str] | None = None, input: bytes | None = None
+    ) -> tuple[int, bytes, bytes]:
+        """Run `argv` to completion; returns (status, stdout, stderr). Killed if cancelled."""
+        proc = await self.spawn(
+            argv,
+            env=env,
+            stdin=asyncio.subprocess.PIPE if input is not None else asyncio.subprocess.DEVNULL,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+        )
+        try:
+            out, err = await proc.communicate(input)
+        except asyncio.CancelledError:
+            await self.stop(proc, grace=0)
+            raise
+        finally:
+            self._forget(proc)
+        return proc.returncode if proc.returncode is not None else -1, out, err
+
+    async def stop(self, proc: asyncio.subprocess.Process, grace: float = 5.0) -> None:
+        """SIGTERM the child's group, then SIGKILL after `grace` seconds; reap it."""
+        if proc.returncode is None:
+            _signal_group(proc.pid, signal.SIGTERM if grace > 0 else signal.SIGKILL)
+            try:
+                await asyncio.wait_for(proc.wait(), grace if grace > 0 else 5)
+            except TimeoutError:
+                _signal_group(proc.pid, signal.SIGKILL)
+                await proc.wait()
+        # The child may be gone while grandchildren of its session linger.
+        _signal_group(proc.pid, signal.SIGKILL)
+        self._forget(proc)
+
+    async def stop_all(self, grace: float = 5.0) -> None:
+        """Stop every live child (shutdown)."""
+        procs = [entry[0] for entry in self._live.values()]
+        await asyncio.gather(*(self.stop(p, grace) for p in procs))
+
+    def pids(self) -> list[int]:
+        """PIDs of the live children."""
+        return list(self._live)
+
+    def _forget(self, proc: asyncio.subprocess.Process) -> None:
+        if self._live.pop(proc.pid, None) is not None:
+            self._save()
+
+    def _save(self) -> None:
+        records = [
+            {"pid": pid, "start_time": started, "argv0": argv0}
+            for pid, (_, started, argv0) in self._live.items()
+        ]
+        self._record_file.parent.mkdir(parents=True, exist_ok=True)
+        tmp = self._record_file.with_suffix(".tmp")
+        tmp.write_text(json.dumps(records))
+        tmp.replace(self._record_file)
+
+
+def _signal_group(pid: int, sig: signal.Signals) -> None:
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(pid, sig)
