@@ -34,7 +34,10 @@ def format_event(event: dict[str, Any], colour: bool = False) -> str:
 
 
 def _value(val: Any) -> str:
-    text = val if isinstance(val, str) else json.dumps(val, default=str)
+    if isinstance(val, list) and all(isinstance(v, str | int | float) for v in val):
+        text = ",".join(str(v) for v in val)
+    else:
+        text = val if isinstance(val, str) else json.dumps(val, default=str)
     return json.dumps(text) if (" " in text or not text) else text
 
 

@@ -59,6 +59,7 @@ async def main() -> int:
         "--config",
         str(conf),
         stdout=asyncio.subprocess.DEVNULL,
+        start_new_session=True,  # Ctrl-C reaches the demo only; it stops the daemon itself
     )
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
