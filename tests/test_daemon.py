@@ -70,7 +70,8 @@ def test_status_and_events_over_the_socket(daemon: Daemon) -> None:
     assert {s["name"]: s["state"] for s in status["services"]} == {
         "database": "running",
         "api": "running",
-    }
+        "detect": "running",
+    }  # no dnsmasq service at all
     assert status["node_network"] is None  # no walt-net: no DHCP
     assert status["registries"] == [{"label": "hub", "api": "docker-hub"}]
     assert status["nodes"] == 0

@@ -7,7 +7,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Self
+from typing import TYPE_CHECKING, Self
 
 from waltd import config as configuration
 from waltd import log
@@ -15,6 +15,9 @@ from waltd.db import Database
 from waltd.events import EventBus
 from waltd.process import Children, kill_recorded
 from waltd.supervisor import Service, ServiceStatus, Supervisor
+
+if TYPE_CHECKING:
+    from waltd.provision.dnsmasq import DnsmasqService
 
 _log = log.get("daemon")
 
@@ -30,6 +33,8 @@ class Context:
     started_monotonic: float = field(default_factory=time.monotonic)
     db: Database | None = None
     supervisor: Supervisor | None = None
+    event_socket: Path | None = None
+    dnsmasq: DnsmasqService | None = None
 
     @property
     def config(self) -> configuration.Config:
@@ -40,6 +45,11 @@ class Context:
     def state_dir(self) -> Path:
         """The folder for the database, the event spool, caches and records."""
         return self.initial_config.daemon.state_dir
+
+    async def node_known(self, mac: str, name: str) -> None:
+        """A node was registered: dnsmasq (when running) learns its name."""
+        if self.dnsmasq is not None:
+            self.dnsmasq.add_host(mac, name)
 
     def statuses(self) -> list[ServiceStatus]:
         """Each service's status, in start order."""
@@ -70,11 +80,20 @@ class DatabaseService(Service):
 ServiceFactory = Callable[[Context], Service]
 
 
-def standard_services() -> list[ServiceFactory]:
-    """The daemon's services in start order (shutdown runs in reverse)."""
-    from waltd.api.server import ApiService
+def standard_services(config: configuration.Config) -> list[ServiceFactory]:
+    """The daemon's services in start order (shutdown runs in reverse).
 
-    return [DatabaseService, ApiService]
+    Detection listens before dnsmasq starts, so no lease event meets a closed socket.
+    Without a node network there is no dnsmasq at all: no DHCP on an operator's LAN.
+    """
+    from waltd.api.server import ApiService
+    from waltd.provision.detect import DetectionService
+    from waltd.provision.dnsmasq import DnsmasqService
+
+    services: list[ServiceFactory] = [DatabaseService, ApiService, DetectionService]
+    if config.walt_net is not None:
+        services.append(DnsmasqService)
+    return services
 
 
 async def run(
@@ -87,13 +106,16 @@ async def run(
 ) -> int:
     """Run the daemon until SIGTERM/SIGINT; returns its exit status."""
     state_dir = config.daemon.state_dir
-    state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    state_dir.mkdir(parents=True, exist_ok=True)
+    # Traversable but not listable: dnsmasq, once it drops to `nobody`, reads its own
+    # folder inside.
+    state_dir.chmod(0o711)
     records = state_dir / "children.json"
     await asyncio.to_thread(kill_recorded, records)
     ctx = Context(
         initial_config=config, bus=bus, children=Children(records), config_path=config_path
     )
-    services = [make(ctx) for make in [*standard_services(), *extra]]
+    services = [make(ctx) for make in [*standard_services(config), *extra]]
     supervisor = Supervisor(
         config,
         services,

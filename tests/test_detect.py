@@ -1,0 +1,211 @@
+"""Lease events: model detection, the hook, message parsing, the daemon's socket and spool."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from tests.support.daemon import ROOT, Daemon, remove, short_dir, walt, write_config
+from waltd import dhcp_event
+from waltd.provision.detect import LeaseEvent, TftpEvent, parse_message
+from waltd.provision.models import RPI_UNKNOWN_MODEL, detect_model, model_from_class
+
+MAC = "52:54:00:12:34:56"
+
+
+def test_model_from_vendor_user_class_and_mac_prefix() -> None:
+    assert detect_model(MAC, "walt.node.pc-x86-64", []) == "pc-x86-64"
+    assert detect_model(MAC, "PXEClient:Arch:00000", ["iPXE", "walt.node.rpi-3-b"]) == "rpi-3-b"
+    assert detect_model("B8-27-EB-00-00-01", None, []) == RPI_UNKNOWN_MODEL
+    assert detect_model(MAC, "PXEClient:Arch:00000:UNDI:002001", ["iPXE"]) is None
+    assert detect_model(MAC, "udhcp 1.35.0", []) is None
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        "walt.node.",
+        "walt.node.../etc",
+        "walt.node.a b",
+        "walt.node." + "x" * 65,
+        "walt.node.UPPER",
+        "xwalt.node.pc",
+    ],
+)
+def test_impossible_models_are_not_trusted(value: str) -> None:
+    assert model_from_class(value) is None
+
+
+def _message(**fields: object) -> bytes:
+    base: dict[str, object] = {
+        "action": "add",
+        "mac": MAC,
+        "ip": "10.0.0.5",
+        "hostname": None,
+        "vendor_class": "walt.node.pc-x86-64",
+        "user_classes": [],
+        "interface": "br0",
+    }
+    return json.dumps(base | fields).encode()
+
+
+def test_parse_lease_and_tftp() -> None:
+    ev = parse_message(_message(mac="52-54-00-12-34-56"))
+    assert ev == LeaseEvent("add", MAC, "10.0.0.5", None, "walt.node.pc-x86-64", (), "br0")
+    tftp = parse_message(
+        json.dumps(
+            {"action": "tftp", "size": "1024", "ip": "10.0.0.5", "file": "/x/bootstrap.ipxe"}
+        ).encode()
+    )
+    assert tftp == TftpEvent("10.0.0.5", "/x/bootstrap.ipxe", 1024)
+
+
+@pytest.mark.parametrize(
+    ("raw", "problem"),
+    [
+        (b"\xff\xfe", "not JSON"),
+        (b"[1, 2]", "not a JSON object"),
+        (_message(action="rm"), "unknown action"),
+        (_message(mac="52:54:00:12:34"), "not a MAC address"),
+        (_message(ip="10.0.0.300"), "not an IPv4 address"),
+        (_message(user_classes="walt.node.x"), "user_classes"),
+        (_message(hostname="a\nb"), "control characters"),
+        (_message(vendor_class=5), "must be a string"),
+        (b"{" + b" " * 9000 + b"}", "exceeds"),
+    ],
+)
+def test_malformed_messages_are_named(raw: bytes, problem: str) -> None:
+    with pytest.raises(ValueError, match=problem):
+        parse_message(raw)
+
+
+@given(st.binary(max_size=300))
+def test_parser_never_crashes_on_garbage(raw: bytes) -> None:
+    try:
+        parse_message(raw)
+    except ValueError:
+        pass
+
+
+def test_hook_builds_event_from_dnsmasq_call() -> None:
+    env = {
+        "DNSMASQ_VENDOR_CLASS": "PXEClient",
+        "DNSMASQ_USER_CLASS0": "iPXE",
+        "DNSMASQ_USER_CLASS1": "walt.node.pc-x86-64",
+        "DNSMASQ_INTERFACE": "br0",
+    }
+    ev = dhcp_event.build_event(["old", MAC, "10.0.0.5", "node-123456"], env)
+    assert ev["user_classes"] == ["iPXE", "walt.node.pc-x86-64"]
+    assert ev["hostname"] == "node-123456" and ev["interface"] == "br0"
+    assert parse_message(dhcp_event.encode(ev)).user_classes == ("iPXE", "walt.node.pc-x86-64")
+
+
+def test_hook_spools_atomically_when_no_daemon(tmp_path: Path) -> None:
+    spool = tmp_path / "spool"
+    env = {
+        **os.environ,
+        dhcp_event.SOCKET_ENV: str(tmp_path / "absent.sock"),
+        dhcp_event.SPOOL_ENV: str(spool),
+        "DNSMASQ_VENDOR_CLASS": "walt.node.pc-x86-64",
+    }
+    res = subprocess.run(
+        [sys.executable, "-m", "waltd.dhcp_event", "add", MAC, "10.0.0.9"],
+        env=env | {"PYTHONPATH": str(ROOT)},
+        capture_output=True,
+        timeout=10,
+    )
+    assert res.returncode == 0 and res.stdout == b""
+    (file,) = spool.iterdir()
+    assert file.suffix == ".json" and not file.name.startswith(".")
+    assert parse_message(file.read_bytes()).vendor_class == "walt.node.pc-x86-64"
+
+
+def test_hook_init_prints_nothing() -> None:
+    assert dhcp_event.main(["init"]) == 0
+
+
+@pytest.fixture
+def folder() -> Iterator[Path]:
+    path = short_dir()
+    yield path
+    remove(path)
+
+
+def _hook(state: Path, *argv: str, **env: str) -> None:
+    environ = {
+        **os.environ,
+        "PYTHONPATH": str(ROOT),
+        dhcp_event.SOCKET_ENV: str(state / "dhcp-events.sock"),
+        dhcp_event.SPOOL_ENV: str(state / "dhcp-spool"),
+        **env,
+    }
+    subprocess.run(
+        [sys.executable, "-m", "waltd.dhcp_event", *argv], env=environ, check=True, timeout=10
+    )
+
+
+def _events(d: Daemon) -> list[dict[str, object]]:
+    res = walt(d.socket, "log", "show", "--json", "--limit", "0")
+    return [json.loads(line) for line in res.stdout.splitlines()]
+
+
+def test_events_reach_the_daemon_and_bad_ones_are_refused(folder: Path) -> None:
+    d = Daemon(folder, write_config(folder))
+    try:
+        d.start()
+        state = folder / "state"
+        _hook(state, "add", MAC, "10.0.0.5", DNSMASQ_USER_CLASS0="walt.node.rpi-3-b")
+        d.wait_for(lambda e: e.get("event") == "node_detected")
+        # dnsmasq repeats leases without classes after a restart: the model stays.
+        _hook(state, "old", MAC, "10.0.0.5")
+        _hook(state, "add", "02:00:00:00:00:01", "10.0.0.6", DNSMASQ_VENDOR_CLASS="udhcp 1.35")
+        _hook(state, "tftp", "512", "10.0.0.5", "/tftp/nodes/x/start.ipxe")
+        bad = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        bad.sendto(b'{"action": "add", "mac": "zz"}', str(state / "dhcp-events.sock"))
+        bad.close()
+        d.wait_for(lambda e: e.get("event") == "dhcp_event_malformed")
+        d.wait_for(lambda e: e.get("event") == "tftp_transfer")
+        events = {e["event"]: e for e in _events(d)}
+        det = events["node_detected"]
+        assert (det["mac"], det["ip"], det["model"], det["name"]) == (
+            MAC,
+            "10.0.0.5",
+            "rpi-3-b",
+            "node-123456",
+        )
+        assert events["node_lease"]["model"] == "rpi-3-b"
+        assert events["unknown_device"]["mac"] == "02:00:00:00:00:01"
+        assert "not a MAC address" in str(events["dhcp_event_malformed"]["error"])
+        status = json.loads(walt(d.socket, "status", "--json").stdout)
+        assert status["nodes"] == 1
+        assert {s["name"]: s["restarts"] for s in status["services"]}["detect"] == 0
+        assert d.stop() == 0
+    finally:
+        d.kill()
+
+
+def test_events_spooled_while_down_are_delivered_at_start(folder: Path) -> None:
+    state = folder / "state"
+    _hook(state, "add", MAC, "10.0.0.5", DNSMASQ_VENDOR_CLASS="walt.node.pc-x86-64")
+    _hook(state, "old", MAC, "10.0.0.5")
+    assert len(list((state / "dhcp-spool").iterdir())) == 2
+    d = Daemon(folder, write_config(folder))
+    try:
+        d.start()
+        d.wait_for(lambda e: e.get("event") == "dhcp_spool_drained")
+        events = [e for e in _events(d) if e.get("mac") == MAC]
+        assert [e["event"] for e in events] == ["node_detected", "node_lease"]
+        assert all(e["model"] == "pc-x86-64" and e["source"] == "spool" for e in events)
+        assert list((state / "dhcp-spool").iterdir()) == []
+        assert d.stop() == 0
+    finally:
+        d.kill()
