@@ -1,0 +1,1 @@
+"""Image sources: Docker Hub, Docker Registry v2, JFrog Artifactory, the docker daemon."""

@@ -1,0 +1,137 @@
+"""What every image source offers, and the records they exchange.
+
+A source lists the WalT images it holds, resolves one reference to its digest and labels
+without pulling it, and tells the image store how to copy it (a skopeo transport string
+and, where credentials apply, a temporary authfile of mode 0600 removed after use).
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import json
+import os
+import tempfile
+from collections.abc import AsyncIterator, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Protocol
+
+MODELS_LABEL = "walt.node.models"
+MINVERSION_LABEL = "walt.server.minversion"
+PREFERRED_NAME_LABEL = "walt.image.preferred-name"
+
+# The Location column of `walt image search` for each kind of source.
+LOCATION_HUB = "docker hub"
+LOCATION_REGISTRY = "custom registry"
+LOCATION_DOCKER = "docker daemon"
+LOCATION_WALT = "walt (other user)"
+
+
+@dataclass(frozen=True)
+class Credentials:
+    """A registry login. The password never appears in repr, logs or messages."""
+
+    username: str
+    password: str = field(repr=False)
+
+
+class RegistryError(Exception):
+    """A source failed; the message names the source and the problem, never a secret."""
+
+    def __init__(
+        self, source: str, message: str, *, status: int | None = None, retryable: bool = False
+    ) -> None:
+        super().__init__(f"{source}: {message}")
+        self.source = source
+        self.status = status
+        self.retryable = retryable
+
+
+class NotFound(RegistryError):
+    """The repository, tag or manifest does not exist (never retried)."""
+
+
+class AuthError(RegistryError):
+    """401/403: missing or refused credentials (never retried)."""
+
+
+@dataclass(frozen=True)
+class ImageInfo:
+    """A WalT image as a source holds it."""
+
+    location: str  # clone URL location: "hub", "docker", or a registry label
+    kind: str  # LOCATION_* (the Location column)
+    user: str
+    name: str
+    tag: str
+    digest: str | None
+    labels: Mapping[str, str]
+    created: str | None = None
+    platforms: tuple[str, ...] = ()  # "linux/arm64", ... when the image is a manifest list
+
+    @property
+    def models(self) -> tuple[str, ...]:
+        """Node models from the `walt.node.models` label."""
+        raw = self.labels.get(MODELS_LABEL, "")
+        return tuple(m.strip() for m in raw.split(",") if m.strip())
+
+    @property
+    def is_walt(self) -> bool:
+        """True when the image declares compatible node models."""
+        return bool(self.models)
+
+    @property
+    def minversion(self) -> int | None:
+        """`walt.server.minversion` as an int (None when absent or not a number)."""
+        raw = self.labels.get(MINVERSION_LABEL)
+        return int(raw) if raw and raw.strip().isdigit() else None
+
+    @property
+    def clone_url(self) -> str:
+        """`<location>:<user>/<name>[:<tag>]`, the trailing `:latest` hidden."""
+        tag = "" if self.tag == "latest" else f":{self.tag}"
+        return f"{self.location}:{self.user}/{self.name}{tag}"
+
+
+class Source(Protocol):
+    """An image source (registry or docker daemon)."""
+
+    label: str  # clone URL location
+    kind: str  # LOCATION_*
+
+    async def list_images(self, creds: Credentials | None = None) -> list[ImageInfo]:
+        """Every WalT image the source holds (images without `walt.node.models` left out)."""
+        ...
+
+    async def resolve(
+        self, user: str, name: str, tag: str, creds: Credentials | None = None
+    ) -> ImageInfo:
+        """One image's digest and labels without pulling it; NotFound when absent."""
+        ...
+
+    def transport(self, user: str, name: str, tag: str) -> str:
+        """skopeo's source string for the image, e.g. `docker://host:port/user/name:tag`."""
+        ...
+
+
+@contextlib.asynccontextmanager
+async def authfile(registry_host: str, creds: Credentials | None) -> AsyncIterator[Path | None]:
+    """A temporary containers-auth.json (mode 0600) for `--authfile`, removed on exit.
+
+    Yields None without credentials. The file is created 0600 before anything is written.
+    """
+    if creds is None:
+        yield None
+        return
+    token = base64.b64encode(f"{creds.username}:{creds.password}".encode()).decode()
+    fd, name = tempfile.mkstemp(prefix="waltd-auth-", suffix=".json")
+    path = Path(name)
+    try:
+        os.fchmod(fd, 0o600)
+        with os.fdopen(fd, "w") as f:
+            json.dump({"auths": {registry_host: {"auth": token}}}, f)
+        yield path
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(name)  # a tiny local file: not worth a thread
