@@ -61,6 +61,7 @@ images:
     fetch-concurrency: 2
     retry-min-s: 30
     retry-max-s: 900
+    docker-socket: /var/run/docker.sock
 exports:
     root: /var/lib/walt
     nfs: kernel
@@ -687,7 +688,7 @@ def test_section_values_accepted() -> None:
     ("section", "keys"),
     [
         ("network", "walt-net"),
-        ("images", "fetch-concurrency, retry-min-s, retry-max-s"),
+        ("images", "fetch-concurrency, retry-min-s, retry-max-s, docker-socket"),
         ("exports", "root, nfs"),
         ("api", "socket"),
         ("daemon", "state-dir, shutdown-budget-s"),
@@ -722,7 +723,7 @@ def test_sections_must_be_mappings(section: str, keys: str) -> None:
         (
             {"images": {"concurrency": 3}},
             "images: unknown key 'concurrency'; allowed keys: fetch-concurrency, retry-min-s, "
-            "retry-max-s (did you mean 'fetch-concurrency'?)",
+            "retry-max-s, docker-socket (did you mean 'fetch-concurrency'?)",
         ),
         ({"daemon": {"password": "x"}}, "daemon: unknown key 'password': credentials do not "),
     ],
@@ -1090,3 +1091,9 @@ def test_reloadable_changes_need_no_restart() -> None:
 def test_restart_needed(changes: dict[str, object], needed: list[str]) -> None:
     old = a_config()
     assert restart_needed(old, replace(old, **changes)) == needed  # type: ignore[arg-type]
+
+
+def test_docker_socket_is_an_absolute_path() -> None:
+    parsed = parse({"images": {"docker-socket": "/srv/docker.sock"}}, SRC)
+    assert parsed.images.docker_socket == Path("/srv/docker.sock")
+    assert "docker-socket" in problem({"images": {"docker-socket": "docker.sock"}})

@@ -122,6 +122,8 @@ class Images:
     fetch_concurrency: int = 2
     retry_min_s: float = 30.0
     retry_max_s: float = 900.0
+    # The local docker daemon: a source for search, clone and default images.
+    docker_socket: Path = Path("/var/run/docker.sock")
 
 
 @dataclass(frozen=True)
@@ -633,7 +635,9 @@ def _parse_registries(report: _Report, value: object) -> tuple[Registry, ...]:
 
 def _parse_images(report: _Report, value: object) -> Images:
     where = "images"
-    images = _mapping(report, where, value, ("fetch-concurrency", "retry-min-s", "retry-max-s"))
+    images = _mapping(
+        report, where, value, ("fetch-concurrency", "retry-min-s", "retry-max-s", "docker-socket")
+    )
     default = Images()
     if images is None:
         return default
@@ -657,9 +661,12 @@ def _parse_images(report: _Report, value: object) -> Images:
             "retry-max-s",
             f"{retry_max:g} is less than retry-min-s ({retry_min:g}); use at least {retry_min:g}",
         )
-    if concurrency is None or retry_min is None or retry_max is None:
+    docker_socket = _field(
+        report, where, images, "docker-socket", _socket_path, default.docker_socket
+    )
+    if concurrency is None or retry_min is None or retry_max is None or docker_socket is None:
         return default
-    return Images(concurrency, retry_min, retry_max)
+    return Images(concurrency, retry_min, retry_max, docker_socket)
 
 
 def _parse_exports(report: _Report, value: object) -> Exports:
@@ -831,6 +838,7 @@ def to_data(config: Config) -> dict[str, object]:
         "fetch-concurrency": config.images.fetch_concurrency,
         "retry-min-s": _plain(config.images.retry_min_s),
         "retry-max-s": _plain(config.images.retry_max_s),
+        "docker-socket": str(config.images.docker_socket),
     }
     data["exports"] = {"root": str(config.exports.root), "nfs": config.exports.nfs}
     data["api"] = {"socket": str(config.api.socket)}
