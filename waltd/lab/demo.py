@@ -1,33 +1,55 @@
-"""`make demo`: run waltd on a sample configuration inside a scratch folder and show its log.
+"""`make demo`: the lab-in-a-box, with waltd on its node network.
 
-Ctrl-C stops the daemon (SIGTERM, within its shutdown budget) and removes the folder.
+A server namespace with a node bridge and two registries (a Docker Hub stand-in and a
+private one), waltd with its own dnsmasq on the bridge, and two simulated nodes of
+different models taking a lease. The terminal shows waltd's event stream; Ctrl-C stops
+waltd (SIGTERM, within its shutdown budget) and tears the whole lab down.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import shutil
+import os
 import signal
 import sys
-import tempfile
 from pathlib import Path
+from typing import Any
 
 import yaml
 
 from waltd.cli.client import Client, ClientError
 from waltd.cli.walt import format_event
+from waltd.lab.lab import Lab, LabProcess
+
+NODES = (("walt.node.pc-x86-64", None), (None, "walt.node.rpi-3-b-plus"))
 
 
-def sample_config(folder: Path) -> dict[str, object]:
-    """A configuration whose every path lies in `folder` (no node network: no DHCP)."""
+def demo_config(lab: Lab, folder: Path, local_registry_port: int) -> dict[str, Any]:
+    """waltd's configuration for the lab: its node network, its registries, paths in `folder`."""
+    first, last = lab.dhcp_range
     return {
+        "network": {
+            "walt-net": {
+                "interface": lab.bridge,
+                "ip": str(lab.server_interface),
+                "dhcp-range": f"{first}-{last}",
+            }
+        },
         "registries": [
             {
                 "label": "hub",
                 "api": "docker-hub",
                 "description": "Public registry at hub.docker.com",
-            }
+            },
+            {
+                "label": "local",
+                "api": "docker-registry-v2",
+                "description": "Lab registry",
+                "host": "127.0.0.1",
+                "port": local_registry_port,
+                "protocol": "http",
+            },
         ],
         "api": {"socket": str(folder / "api.sock")},
         "daemon": {"state-dir": str(folder / "state"), "shutdown-budget-s": 5},
@@ -35,9 +57,14 @@ def sample_config(folder: Path) -> dict[str, object]:
     }
 
 
+def say(text: str) -> None:
+    """A line of the demo's own (waltd's events are the other lines)."""
+    print(f"\x1b[1m== {text}\x1b[0m" if sys.stdout.isatty() else f"== {text}", flush=True)
+
+
 async def _show_events(socket: Path) -> None:
     async with Client(socket) as client:
-        for _ in range(100):
+        for _ in range(200):
             try:
                 async for event in client.stream("/v1/events?follow=1"):
                     print(format_event(event, colour=sys.stdout.isatty()), flush=True)
@@ -46,38 +73,73 @@ async def _show_events(socket: Path) -> None:
                 await asyncio.sleep(0.1)  # the daemon is still starting
 
 
+async def _nodes(lab: Lab) -> None:
+    for vendor_class, user_class in NODES:
+        node = await lab.add_node()
+        announced = vendor_class or user_class
+        say(f"node {node.name} ({node.mac}) asks for a lease as {announced}")
+        ip = await lab.node_dhcp(node, vendor_class=vendor_class, user_class=user_class)
+        say(f"node {node.name} got {ip}")
+
+
+async def run_demo(stop: asyncio.Event) -> None:
+    """Build the lab, run waltd and the nodes, stream events until `stop` is set."""
+    async with Lab() as lab:
+        say(
+            f"lab {lab.prefix}: server namespace {lab.server_netns}, bridge {lab.bridge}, "
+            f"node network {lab.subnet}, folder {lab.root}"
+        )
+        hub = await lab.start_registry("hub")
+        local = await lab.start_registry("local")
+        say(f"registries: hub stand-in {hub.url}, local {local.url}")
+        folder = lab.root / "waltd"
+        folder.mkdir()
+        conf = folder / "server.conf"
+        conf.write_text(yaml.safe_dump(demo_config(lab, folder, local.port), sort_keys=False))
+        waltd: LabProcess = await lab.spawn(
+            "waltd",
+            [sys.executable, "-m", "waltd", "--config", str(conf)],
+            netns=lab.server_netns,
+        )
+        say(f"waltd (pid {waltd.pid}) on {lab.bridge}; its log: {waltd.log}")
+        viewer = asyncio.create_task(_show_events(folder / "api.sock"))
+        nodes = asyncio.create_task(_nodes(lab))
+        try:
+            await _first_of(stop.wait(), viewer)
+        finally:
+            nodes.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await nodes
+            say("stopping waltd")
+            status = await lab.stop(waltd, grace_s=10)
+            with contextlib.suppress(asyncio.TimeoutError, ClientError):
+                await asyncio.wait_for(viewer, 5)
+            viewer.cancel()
+            say(f"waltd exited with status {status}; removing the lab")
+
+
+async def _first_of(*aws: Any) -> None:
+    tasks = [asyncio.ensure_future(a) for a in aws]
+    await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+    for t in tasks:
+        if not t.done() and t is not aws[-1]:
+            t.cancel()
+
+
 async def main() -> int:
-    """Start the daemon, stream its events until Ctrl-C, then stop it."""
-    folder = Path(tempfile.mkdtemp(prefix="waltd-demo-"))
-    conf = folder / "server.conf"
-    conf.write_text(yaml.safe_dump(sample_config(folder), sort_keys=False))
-    print(f"demo: waltd with {conf} (Ctrl-C to stop)", flush=True)
-    daemon = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "waltd",
-        "--config",
-        str(conf),
-        stdout=asyncio.subprocess.DEVNULL,
-        start_new_session=True,  # Ctrl-C reaches the demo only; it stops the daemon itself
-    )
+    """Entry point of `make demo`."""
+    if os.geteuid() != 0:
+        print(
+            "make demo needs root (network namespaces, dnsmasq); run it with sudo", file=sys.stderr
+        )
+        return 1
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
-    viewer = asyncio.create_task(_show_events(folder / "api.sock"))
-    try:
-        await stop.wait()
-    finally:
-        print("\ndemo: stopping waltd", flush=True)
-        with contextlib.suppress(ProcessLookupError):
-            daemon.send_signal(signal.SIGTERM)
-        status = await daemon.wait()
-        with contextlib.suppress(asyncio.TimeoutError, ClientError):
-            await asyncio.wait_for(viewer, 5)
-        viewer.cancel()
-        shutil.rmtree(folder, ignore_errors=True)
-        print(f"demo: waltd exited with status {status}", flush=True)
+    say("building the lab (Ctrl-C to stop)")
+    await run_demo(stop)
+    say("lab removed")
     return 0
 
 

@@ -1,0 +1,43 @@
+"""Child of test_stale: builds a lab, prints what it made as one JSON line, waits to be killed.
+
+Run as `python stale_lab_child.py`; the test SIGKILLs it, so its lab never cleans up.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import subprocess
+
+from waltd.lab import Lab, build_image, exportable_mount
+from waltd.lab.record import mount_points, process_start_time
+
+IMAGE = "docker.io/waltplatform/stale-default:latest"
+
+
+async def main() -> None:
+    """Make a lab with a registry, a node, an image mount and an unrecorded process, then wait."""
+    async with Lab() as lab:
+        await lab.start_registry("hub")
+        await lab.add_node()
+        await build_image(lab, IMAGE, ["pc-x86-64"], {"etc/marker": "stale\n"})
+        async with exportable_mount(lab, IMAGE):
+            # started behind the lab's back, as a daemon under test starts its children
+            nsenter = ["nsenter", f"--net={lab.netns_path(lab.server_netns)}", "sleep", "600"]
+            orphan = await asyncio.create_subprocess_exec(
+                *nsenter, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL
+            )
+            processes = [*lab.record.processes, (orphan.pid, process_start_time(orphan.pid))]
+            state = {
+                "prefix": lab.prefix,
+                "root": str(lab.root),
+                "netns": lab.record.netns,
+                "processes": processes,
+                "mounts": mount_points(lab.root),
+            }
+            print(json.dumps(state), flush=True)
+            await asyncio.sleep(600)
+
+
+if __name__ == "__main__":
+    asyncio.run(main())

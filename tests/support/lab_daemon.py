@@ -1,0 +1,50 @@
+"""waltd running inside a lab's server namespace, on the lab's node network."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from tests.support.daemon import ROOT
+from waltd.lab.lab import Lab, LabProcess
+
+
+def lab_config(lab: Lab, folder: Path) -> Path:
+    """A server.conf putting waltd on the lab's bridge; all its files in `folder`."""
+    first, last = lab.dhcp_range
+    data: dict[str, Any] = {
+        "network": {
+            "walt-net": {
+                "interface": lab.bridge,
+                "ip": str(lab.server_interface),
+                "dhcp-range": f"{first}-{last}",
+            }
+        },
+        "api": {"socket": str(folder / "api.sock")},
+        "daemon": {"state-dir": str(folder / "state"), "shutdown-budget-s": 5},
+        "exports": {"root": str(folder / "exports"), "nfs": "ganesha"},
+    }
+    path = folder / "server.conf"
+    path.write_text(yaml.safe_dump(data))
+    return path
+
+
+async def start_waltd(lab: Lab, config: Path) -> LabProcess:
+    """Start waltd in the server namespace (nsenter --net: it shares the host's mounts)."""
+    argv = [sys.executable, "-m", "waltd", "--config", str(config)]
+    return await lab.spawn("waltd", argv, netns=lab.server_netns, env={"PYTHONPATH": str(ROOT)})
+
+
+def records(proc: LabProcess) -> list[dict[str, Any]]:
+    """waltd's JSON log records so far."""
+    out = []
+    for line in proc.log.read_text(errors="replace").splitlines():
+        try:
+            out.append(json.loads(line))
+        except ValueError:
+            continue
+    return out

@@ -1,0 +1,118 @@
+"""waltd on a real node network: its own dnsmasq, simulated nodes, lease events end to end.
+
+Real components: network namespaces and a bridge, dnsmasq run by waltd, busybox udhcpc in
+each node's namespace, the `waltd-dhcp-event` hook called by dnsmasq.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
+import pytest
+import yaml
+
+from tests.conftest import require_root, require_tool
+from tests.support.daemon import walt
+from tests.support.lab_daemon import lab_config, records, start_waltd
+from waltd.lab.lab import Lab, LabProcess
+
+pytestmark = pytest.mark.lab
+
+
+@pytest.fixture
+async def lab() -> AsyncIterator[Lab]:
+    require_root()
+    for tool in ("dnsmasq", "busybox", "nsenter", "ip"):
+        require_tool(tool)
+    async with Lab() as lab:
+        yield lab
+
+
+async def _wait(
+    proc: LabProcess, match: Callable[[dict[str, Any]], bool], within_s: float = 15
+) -> dict[str, Any]:
+    deadline = time.monotonic() + within_s
+    while time.monotonic() < deadline:
+        for rec in records(proc):
+            if match(rec):
+                return rec
+        if proc.process.returncode is not None:
+            break
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"no matching record; waltd log:\n{proc.log_tail(40)}")
+
+
+def _event(name: str, **keys: object) -> Callable[[dict[str, Any]], bool]:
+    return lambda r: r.get("event") == name and all(r.get(k) == v for k, v in keys.items())
+
+
+async def test_nodes_lease_and_reach_waltd_with_their_model(lab: Lab) -> None:
+    folder = lab.root / "waltd"
+    folder.mkdir()
+    waltd = await start_waltd(lab, lab_config(lab, folder))
+    await _wait(waltd, _event("daemon_ready"))
+    await _wait(waltd, _event("dnsmasq_started"))
+
+    pc, rpi, other = (await lab.add_node(), await lab.add_node(), await lab.add_node())
+    ip_pc = await lab.node_dhcp(pc, vendor_class="walt.node.pc-x86-64")
+    ip_rpi = await lab.node_dhcp(rpi, user_class="walt.node.rpi-3-b-plus")
+    ip_other = await lab.node_dhcp(other)  # busybox's own vendor class: not a node
+    for ip in (ip_pc, ip_rpi, ip_other):
+        assert ip in lab.subnet and lab.dhcp_range[0] <= ip <= lab.dhcp_range[1]
+
+    det_pc = await _wait(waltd, _event("node_detected", mac=pc.mac))
+    assert (det_pc["model"], det_pc["ip"]) == ("pc-x86-64", str(ip_pc))
+    assert det_pc["vendor_class"] == "walt.node.pc-x86-64"
+    det_rpi = await _wait(waltd, _event("node_detected", mac=rpi.mac))
+    assert (det_rpi["model"], det_rpi["ip"]) == ("rpi-3-b-plus", str(ip_rpi))
+    assert det_rpi["user_classes"] == ["walt.node.rpi-3-b-plus"]
+    unknown = await _wait(waltd, _event("unknown_device", mac=other.mac))
+    assert unknown["vendor_class"].startswith("udhcp")
+
+    # The same records through the API, as `walt log show` gives them.
+    res = walt(folder / "api.sock", "log", "show", "--json", "--limit", "0")
+    streamed = [json.loads(line) for line in res.stdout.splitlines()]
+    assert {(e["event"], e.get("mac")) for e in streamed} >= {
+        ("node_detected", pc.mac),
+        ("node_detected", rpi.mac),
+        ("unknown_device", other.mac),
+    }
+    status = json.loads(walt(folder / "api.sock", "status", "--json").stdout)
+    assert status["nodes"] == 2 and status["node_network"] == lab.bridge
+
+    # A detected node became a known host: dnsmasq read its file without a restart, and
+    # the lease it gave earlier is still there.
+    hosts = folder / "state" / "dnsmasq" / "hosts.d"
+    assert (hosts / pc.mac.replace(":", "-")).read_text() == f"{pc.mac},{det_pc['name']}\n"
+    again = await lab.node_dhcp(pc, vendor_class="walt.node.pc-x86-64")
+    assert again == ip_pc
+    renewed = await _wait(waltd, _event("node_lease", mac=pc.mac))
+    assert renewed["model"] == "pc-x86-64"
+    leases = (folder / "state" / "dnsmasq" / "leases").read_text()
+    assert all(n.mac in leases for n in (pc, rpi, other))
+    assert next(s for s in status["services"] if s["name"] == "dnsmasq")["restarts"] == 0
+
+    await lab.stop(waltd)
+    assert waltd.process.returncode == 0
+    assert not any(r.get("event") == "service_crashed" for r in records(waltd))
+
+
+async def test_without_node_network_nobody_gets_a_lease(lab: Lab) -> None:
+    folder = lab.root / "waltd"
+    folder.mkdir()
+    conf = lab_config(lab, folder)
+    data = yaml.safe_load(conf.read_text())
+    del data["network"]
+    conf.write_text(yaml.safe_dump(data))
+    waltd = await start_waltd(lab, conf)
+    await _wait(waltd, _event("no_node_network"))
+    await _wait(waltd, _event("daemon_ready"))
+    node = await lab.add_node()
+    with pytest.raises(Exception, match="no DHCP lease"):
+        await lab.node_dhcp(node, vendor_class="walt.node.pc-x86-64", tries=2)
+    assert not any(r.get("event") == "dnsmasq_started" for r in records(waltd))
+    await lab.stop(waltd)

@@ -1,0 +1,209 @@
+"""WalT images in the lab's container storage: built offline, pushed and pulled, mounted for NFS."""
+
+from __future__ import annotations
+
+import os
+import secrets
+import shutil
+from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
+from contextlib import asynccontextmanager, contextmanager
+from pathlib import Path
+
+from waltd.lab import configs
+from waltd.lab.lab import Lab, LabError, Registry
+from waltd.lab.record import mount_points, unescape_mount_path
+
+FileContent = bytes | str | Path
+
+
+async def build_image(
+    lab: Lab,
+    name: str,
+    models: Sequence[str],
+    files: Mapping[str, FileContent] | Path,
+    *,
+    labels: Mapping[str, str] | None = None,
+) -> str:
+    """Build an image from scratch with buildah, offline, and return its id.
+
+    `files` is a folder copied to `/`, or a mapping of relative paths to contents (a Path
+    value is a file copied with its mode). The image is labelled `walt.node.models` and committed
+    as `name`, e.g. docker.io/waltplatform/pc-x86-64-default:latest (give the full name, else
+    buildah stores it as localhost/...).
+    """
+    env = lab.containers_env
+    staging = None
+    if isinstance(files, Path):
+        source = files
+    else:
+        source = staging = lab.root / "build" / secrets.token_hex(4)
+        _write_tree(staging, files)
+    try:
+        container = (await lab.run(["buildah", "from", "scratch"], env=env)).stdout.strip()
+        try:
+            await lab.run(["buildah", "add", "--quiet", container, str(source), "/"], env=env)
+            config = ["--label", f"walt.node.models={','.join(models)}"]
+            for key, value in (labels or {}).items():
+                config += ["--label", f"{key}={value}"]
+            await lab.run(["buildah", "config", *config, container], env=env)
+            commit = ["buildah", "commit", "--quiet", container, name]
+            return (await lab.run(commit, env=env)).stdout.strip()
+        finally:
+            await lab.run(["buildah", "rm", container], env=env)
+    finally:
+        if staging is not None:
+            shutil.rmtree(staging)
+
+
+def _write_tree(folder: Path, files: Mapping[str, FileContent]) -> None:
+    for relative, content in files.items():
+        path = folder / relative.lstrip("/")
+        if ".." in Path(relative).parts:
+            raise ValueError(f"path outside the image: {relative!r}")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        if isinstance(content, Path):
+            shutil.copy2(content, path)
+        elif isinstance(content, bytes):
+            path.write_bytes(content)
+        else:
+            path.write_text(content)
+
+
+async def image_id(lab: Lab, image: str) -> str:
+    """Full id of an image of the lab's storage."""
+    inspect = ["podman", "image", "inspect", "--format", "{{.Id}}", image]
+    return (await lab.run(inspect, env=lab.containers_env)).stdout.strip()
+
+
+@contextmanager
+def _authfile(
+    lab: Lab, registry: Registry, credentials: tuple[str, str] | None
+) -> Iterator[list[str]]:
+    """Options giving skopeo `credentials` through a temporary auth file of mode 0600."""
+    if credentials is None:
+        yield []
+        return
+    path = lab.root / "containers" / f"auth-{secrets.token_hex(4)}.json"
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    try:
+        with os.fdopen(fd, "w") as out:
+            out.write(configs.registry_authfile(registry.host, *credentials))
+        yield ["--authfile", str(path)]
+    finally:
+        path.unlink(missing_ok=True)
+
+
+def _repository(image: str) -> str:
+    """`image` without its registry host (docker.io/a/b:c -> a/b:c)."""
+    first, _, rest = image.partition("/")
+    if rest and ("." in first or ":" in first or first == "localhost"):
+        return rest
+    return image
+
+
+async def push_image(
+    lab: Lab,
+    image: str,
+    registry: Registry,
+    name: str | None = None,
+    *,
+    credentials: tuple[str, str] | None = None,
+) -> str:
+    """Push `image` to `registry` as `name` (default: `image` without its host), schema 2.
+
+    `credentials` default to the registry's own. Returns the remote reference.
+    """
+    remote = f"{registry.host}/{name or _repository(image)}"
+    with _authfile(lab, registry, credentials or registry.auth) as auth:
+        # skopeo 1.9 ignores CONTAINERS_REGISTRIES_CONF (podman and buildah honour it)
+        argv = ["skopeo", "copy", "--quiet", *auth, "--dest-tls-verify=false", "--format", "v2s2"]
+        argv += [f"containers-storage:{image}", f"docker://{remote}"]
+        await lab.run(argv, env=lab.containers_env)
+    return remote
+
+
+async def pull_image(
+    lab: Lab,
+    registry: Registry,
+    name: str,
+    image: str | None = None,
+    *,
+    credentials: tuple[str, str] | None = None,
+) -> str:
+    """Copy `name` from `registry` into the lab's storage as `image`; return the image id.
+
+    `image` defaults to `<registry host>/<name>`, `credentials` to the registry's own.
+    """
+    image = image or f"{registry.host}/{name}"
+    with _authfile(lab, registry, credentials or registry.auth) as auth:
+        argv = ["skopeo", "copy", "--quiet", *auth, "--src-tls-verify=false"]
+        argv += [f"docker://{registry.host}/{name}", f"containers-storage:{image}"]
+        await lab.run(argv, env=lab.containers_env)
+    return await image_id(lab, image)
+
+
+def overlay_lowerdir(mounts: str, mount_point: str) -> str:
+    """The `lowerdir` option of the overlay mounted at `mount_point`, from /proc/mounts text."""
+    found = None
+    for line in mounts.splitlines():
+        fields = line.split()
+        if len(fields) >= 4 and fields[2] == "overlay":
+            if unescape_mount_path(fields[1]) == mount_point:
+                found = fields[3]  # the last one is the one on top
+    if found is None:
+        raise LabError(f"no overlay mounted at {mount_point}")
+    for option in found.split(","):
+        if option.startswith("lowerdir="):
+            return unescape_mount_path(option.removeprefix("lowerdir="))
+    raise LabError(f"overlay at {mount_point} has no lowerdir")
+
+
+def _mount_table() -> str:
+    return Path("/proc/self/mounts").read_text()
+
+
+def _real_path(path: Path) -> Path:
+    return Path(os.path.realpath(path))
+
+
+@asynccontextmanager
+async def exportable_mount(lab: Lab, image: str) -> AsyncIterator[Path]:
+    """Mount `image` at `<root>/images/<id>/fs` in a way NFS servers can export; yield its path.
+
+    podman's own image mount has no upper dir, hence no file handles. This borrows its layer list
+    for a fresh read-only overlay with `index=on,nfs_export=on` and an empty upper and work dir
+    of its own, then gives podman's mount back. The path yielded is the real one (ganesha drops an
+    export whose Path holds a symlink). Stop exporting it before leaving the block: an exported
+    mount cannot be unmounted.
+    """
+    env = lab.containers_env
+    folder = lab.root / "images" / await image_id(lab, image)
+    fs = folder / "fs"
+    if str(fs) in mount_points(folder):
+        raise LabError(f"{image} is already mounted at {fs}")
+    for sub in ("upper", "work", "fs"):
+        (folder / sub).mkdir(parents=True, exist_ok=True)
+    borrowed = (await lab.run(["podman", "image", "mount", image], env=env)).stdout.strip()
+    try:
+        lower = overlay_lowerdir(_mount_table(), borrowed)
+        options = f"ro,index=on,nfs_export=on,lowerdir={lower}"
+        options += f",upperdir={folder / 'upper'},workdir={folder / 'work'}"
+        lab.track_mount(fs)
+        try:
+            # many-layer images list short relative links (l/ABC...), relative to this folder
+            mount = ["mount", "-t", "overlay", "overlay", "-o", options, str(fs)]
+            await lab.run(mount, cwd=lab.graphroot / "overlay")
+        except BaseException:
+            lab.untrack_mount(fs)
+            raise
+    finally:
+        await lab.run(["podman", "image", "unmount", image], env=env)
+    try:
+        yield _real_path(fs)
+    except BaseException:
+        # keep the block's own error; if still exported, the lab unmounts it after its processes
+        if (await lab.run(["umount", str(fs)], check=False)).returncode == 0:
+            lab.untrack_mount(fs)
+        raise
+    await lab.run(["umount", str(fs)])
+    lab.untrack_mount(fs)
