@@ -7,7 +7,7 @@ cd "$(dirname "$0")/.."
 DEB_PACKAGES=(
   docker-registry apache2-utils skopeo podman buildah runc dnsmasq-base
   busybox-static isc-dhcp-client tftp-hpa nfs-ganesha nfs-ganesha-vfs
-  libnfs-utils rpcbind dbus iproute2 util-linux procps
+  libnfs-utils rpcbind dbus iproute2 util-linux procps docker.io
 )
 
 missing=()
