@@ -312,3 +312,32 @@ def test_client_without_daemon_says_so(folder: Path) -> None:
     res = walt(folder / "absent.sock", "status")
     assert res.returncode == 1
     assert "cannot reach waltd" in res.stderr and "absent.sock" in res.stderr
+
+
+def test_unsafe_secrets_file_exits_78_and_refuses_reload(folder: Path) -> None:
+    conf = write_config(folder)
+    secrets = folder / "server.secrets"
+    secrets.write_text("local: {username: bob, password: 's3cr3t-pw'}\n")
+    secrets.chmod(0o644)
+    proc = subprocess.run(
+        [sys.executable, "-m", "waltd", "--config", str(conf)],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+    )
+    assert proc.returncode == 78
+    assert "chmod 600" in proc.stderr and "s3cr3t-pw" not in proc.stderr + proc.stdout
+
+    secrets.chmod(0o600)
+    d = Daemon(folder, conf)
+    try:
+        d.start()
+        secrets.write_text("local: [broken\n")
+        d.signal(signal.SIGHUP)
+        refused = d.wait_for(lambda e: e.get("event") == "config_reload_refused")
+        assert "server.secrets" in refused["error"]
+        assert d.stop() == 0
+        assert "s3cr3t-pw" not in d.log_path.read_text()
+    finally:
+        d.kill()

@@ -7,7 +7,7 @@ import asyncio
 import sys
 from pathlib import Path
 
-from waltd import __version__, log
+from waltd import __version__, credentials, log
 from waltd import config as configuration
 from waltd.daemon import run
 from waltd.events import EventBus
@@ -39,6 +39,9 @@ def main(argv: list[str] | None = None) -> int:
         path = configuration.DEFAULT_PATH
     try:
         config = configuration.load(path) if path else configuration.default_config()
+        if path:
+            # Checked here so an unusable secrets file also stops the start with 78.
+            credentials.load(credentials.secrets_path(path))
     except configuration.ConfigError as err:
         logger.error("config_invalid", path=str(path), error=str(err))
         print(f"waltd: invalid configuration:\n{err}", file=sys.stderr)

@@ -10,10 +10,11 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Self
 
 from waltd import config as configuration
-from waltd import log
+from waltd import credentials, log
 from waltd.db import Database
 from waltd.events import EventBus
 from waltd.process import Children, kill_recorded
+from waltd.registries.base import Credentials
 from waltd.supervisor import Service, ServiceStatus, Supervisor
 
 if TYPE_CHECKING:
@@ -35,6 +36,19 @@ class Context:
     supervisor: Supervisor | None = None
     event_socket: Path | None = None
     dnsmasq: DnsmasqService | None = None
+    # The server's own registry logins (server.secrets), for what the daemon does alone.
+    server_credentials: dict[str, Credentials] = field(default_factory=dict)
+
+    def load_credentials(self) -> None:
+        """(Re)read server.secrets beside the configuration; SecretsError when unusable."""
+        if self.config_path is None:
+            return
+        creds = credentials.load(credentials.secrets_path(self.config_path))
+        for old in self.server_credentials.values():
+            log.redactor.forget(old.password)
+        for new in creds.values():
+            log.redactor.register(new.password)
+        self.server_credentials = creds
 
     @property
     def config(self) -> configuration.Config:
@@ -115,6 +129,7 @@ async def run(
     ctx = Context(
         initial_config=config, bus=bus, children=Children(records), config_path=config_path
     )
+    ctx.load_credentials()
     services = [make(ctx) for make in [*standard_services(config), *extra]]
     supervisor = Supervisor(
         config,
@@ -122,6 +137,7 @@ async def run(
         children=ctx.children,
         config_path=config_path,
         restart_min_s=restart_min_s,
+        reload_files=ctx.load_credentials,
     )
     ctx.supervisor = supervisor
     _log.info(

@@ -14,7 +14,7 @@ import contextlib
 import random
 import signal
 import time
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Self
@@ -89,6 +89,7 @@ class Supervisor:
         notifier: Notifier | None = None,
         restart_min_s: float = 1.0,
         restart_max_s: float = 60.0,
+        reload_files: Callable[[], None] | None = None,
     ) -> None:
         self.config = config
         self.services = services
@@ -102,6 +103,9 @@ class Supervisor:
         self._keepers: list[asyncio.Task[None]] = []
         self._helpers: set[asyncio.Task[Any]] = set()
         self._reload_lock = asyncio.Lock()
+        # Re-reads the files that go with the configuration (the secrets file); raises
+        # ConfigError to refuse the reload.
+        self._reload_files = reload_files
 
     @property
     def stopping(self) -> bool:
@@ -225,6 +229,8 @@ class Supervisor:
         async with self._reload_lock:
             try:
                 new = await asyncio.to_thread(configuration.load, self._config_path)
+                if self._reload_files is not None:
+                    await asyncio.to_thread(self._reload_files)
             except configuration.ConfigError as err:
                 _log.error("config_reload_refused", path=str(self._config_path), error=str(err))
                 return False
