@@ -385,7 +385,7 @@ def test_hub_entry_is_always_labelled_hub() -> None:
 def test_hub_entry_takes_no_host() -> None:
     assert problem({"registries": [{"api": "docker-hub", "host": "hub.docker.com"}]}) == (
         f"{SRC}: registries entry 'hub': key 'host' does not apply to api docker-hub; allowed "
-        "keys: label, api, description"
+        "keys: label, api, description, registry-url, hub-url"
     )
 
 
@@ -1097,3 +1097,19 @@ def test_docker_socket_is_an_absolute_path() -> None:
     parsed = parse({"images": {"docker-socket": "/srv/docker.sock"}}, SRC)
     assert parsed.images.docker_socket == Path("/srv/docker.sock")
     assert "docker-socket" in problem({"images": {"docker-socket": "docker.sock"}})
+
+
+def test_hub_urls_for_a_mirror() -> None:
+    hub = {
+        "label": "hub",
+        "api": "docker-hub",
+        "registry-url": "http://127.0.0.1:5000/",
+        "hub-url": "https://hub.example.org",
+    }
+    parsed = parse({"registries": [hub]}, SRC)
+    assert parsed.registries[0].registry_url == "http://127.0.0.1:5000"
+    assert parsed.registries[0].hub_url == "https://hub.example.org"
+    assert parse(to_data(parsed), SRC) == parsed
+    for bad in ("ftp://x", "http://u:pw@x", "https://x/path", "x:5000"):
+        msg = problem({"registries": [{**hub, "registry-url": bad}]})
+        assert "registry-url" in msg and "pw" not in msg

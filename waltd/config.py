@@ -32,6 +32,7 @@ from dataclasses import dataclass, field
 from ipaddress import IPv4Address, IPv4Interface
 from pathlib import Path
 from typing import Any, TypeVar
+from urllib.parse import urlsplit
 
 import yaml
 
@@ -54,8 +55,10 @@ _APIS = ("docker-hub", "docker-registry-v2", "jfrog-artifactory")
 _PROTOCOLS = ("http", "https", "https-no-verify")
 _AUTHS = ("none", "basic")
 _NFS_SERVERS = ("kernel", "ganesha")
-_HUB_KEYS = ("label", "api", "description")
-_V2_KEYS = (*_HUB_KEYS, "host", "port", "protocol", "auth")
+_COMMON_KEYS = ("label", "api", "description")
+# Docker Hub's registry and web API by default; a pull-through mirror or a stand-in otherwise.
+_HUB_KEYS = (*_COMMON_KEYS, "registry-url", "hub-url")
+_V2_KEYS = (*_COMMON_KEYS, "host", "port", "protocol", "auth")
 _REGISTRY_KEYS = {
     "docker-hub": _HUB_KEYS,
     "docker-registry-v2": _V2_KEYS,
@@ -113,6 +116,8 @@ class Registry:
     protocol: str | None = None
     auth: str = "none"
     repository: str | None = None
+    registry_url: str | None = None  # docker-hub only; None: https://registry-1.docker.io
+    hub_url: str | None = None  # docker-hub only; None: https://hub.docker.com
 
 
 @dataclass(frozen=True)
@@ -496,6 +501,27 @@ def _host(value: object) -> str:
     )
 
 
+def _base_url(value: object) -> str:
+    if isinstance(value, str) and "@" in value:
+        raise _Invalid(f"must not hold credentials (user:password@host); {_CREDENTIALS_ELSEWHERE}")
+    if isinstance(value, str):
+        parts = urlsplit(value)
+        if (
+            parts.scheme in ("http", "https")
+            and parts.hostname
+            and not parts.query
+            and not parts.fragment
+            and parts.path in ("", "/")
+            and value.isprintable()
+            and " " not in value
+        ):
+            return value.rstrip("/")
+    raise _Invalid(
+        f"{_show(value)} is not allowed; use an http:// or https:// URL of a host and optional "
+        "port, without a path, e.g. https://mirror.example.org:5000"
+    )
+
+
 def _repository(value: object) -> str:
     if isinstance(value, str) and _REPOSITORY_RE.fullmatch(value):
         return value
@@ -536,7 +562,14 @@ def _parse_registry(report: _Report, where: str, entry: object) -> Registry | No
                 "labelled hub",
             )
             return None
-        return None if description is None else Registry("hub", api, description)
+        registry_url = _field(report, where, entry, "registry-url", _base_url)
+        hub_url = _field(report, where, entry, "hub-url", _base_url)
+        if description is None or (
+            (registry_url is None and "registry-url" in entry)
+            or (hub_url is None and "hub-url" in entry)
+        ):
+            return None
+        return Registry("hub", api, description, registry_url=registry_url, hub_url=hub_url)
     # Without a known api, check the keys present but require none: the api error comes first.
     label = _field(report, where, entry, "label", _label, required="e.g. local" if api else "")
     host = _field(
@@ -816,6 +849,10 @@ def _registry_data(registry: Registry) -> dict[str, object]:
         }
     if registry.api == "jfrog-artifactory":
         data["repository"] = registry.repository
+    if registry.registry_url:
+        data["registry-url"] = registry.registry_url
+    if registry.hub_url:
+        data["hub-url"] = registry.hub_url
     return data
 
 
