@@ -73,7 +73,7 @@ def test_status_and_events_over_the_socket(daemon: Daemon) -> None:
         "detect": "running",
     }  # no dnsmasq service at all
     assert status["node_network"] is None  # no walt-net: no DHCP
-    assert status["registries"] == [{"label": "hub", "api": "docker-hub"}]
+    assert status["registries"] == [{"label": "hub", "api": "docker-hub", "auth": "none"}]
     assert status["nodes"] == 0
 
     res = walt(daemon.socket, "log", "show", "--json")

@@ -15,6 +15,7 @@ from waltd.db import Database
 from waltd.events import EventBus
 from waltd.process import Children, kill_recorded
 from waltd.registries.base import Credentials
+from waltd.registries.cache import DigestCache
 from waltd.supervisor import Service, ServiceStatus, Supervisor
 
 if TYPE_CHECKING:
@@ -38,6 +39,8 @@ class Context:
     dnsmasq: DnsmasqService | None = None
     # The server's own registry logins (server.secrets), for what the daemon does alone.
     server_credentials: dict[str, Credentials] = field(default_factory=dict)
+    # Manifests and image configs by digest, shared by every registry client.
+    registry_cache: DigestCache | None = None
 
     def load_credentials(self) -> None:
         """(Re)read server.secrets beside the configuration; SecretsError when unusable."""
@@ -130,6 +133,7 @@ async def run(
         initial_config=config, bus=bus, children=Children(records), config_path=config_path
     )
     ctx.load_credentials()
+    ctx.registry_cache = DigestCache(state_dir / "registry-cache")
     services = [make(ctx) for make in [*standard_services(config), *extra]]
     supervisor = Supervisor(
         config,

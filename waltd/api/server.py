@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import os
@@ -13,8 +14,11 @@ from typing import TYPE_CHECKING, Any, Self
 
 from aiohttp import web
 
-from waltd import __version__, log
+from waltd import SERVER_VERSION, __version__, log
 from waltd.api.identity import Identity, UnknownCaller, identify, peer_credentials
+from waltd.registries.base import Credentials, ImageInfo
+from waltd.registries.search import search
+from waltd.registries.sources import sources
 from waltd.supervisor import Service
 
 if TYPE_CHECKING:
@@ -63,7 +67,7 @@ async def status(request: web.Request) -> web.Response:
         "caller": {"unix_user": caller.unix_user, "walt_user": caller.walt_user, "uid": caller.uid},
         "services": [s.as_dict() for s in ctx.statuses()],
         "node_network": config.walt_net.interface if config.walt_net else None,
-        "registries": [{"label": r.label, "api": r.api} for r in config.registries],
+        "registries": [{"label": r.label, "api": r.api, "auth": r.auth} for r in config.registries],
         "nodes": await ctx.db.count_nodes() if ctx.db else None,
     }
     return web.json_response(body)
@@ -104,6 +108,101 @@ async def events(request: web.Request) -> web.StreamResponse:
     return resp
 
 
+def _caller_credentials(body: Any) -> dict[str, Credentials]:
+    """The caller's registry logins from a request body: for this request only."""
+    raw = body.get("credentials") if isinstance(body, dict) else None
+    if raw is None:
+        return {}
+    if not isinstance(raw, dict):
+        raise ValueError("credentials must map registry labels to {username, password}")
+    creds = {}
+    for label, value in raw.items():
+        if (
+            not isinstance(value, dict)
+            or not isinstance(value.get("username"), str)
+            or not isinstance(value.get("password"), str)
+        ):
+            raise ValueError(f"credentials for {str(label)[:40]!r} need a username and password")
+        creds[str(label)] = Credentials(value["username"], value["password"])
+    return creds
+
+
+def image_record(image: ImageInfo) -> dict[str, Any]:
+    """An image as the API sends it."""
+    return {
+        "location": image.location,
+        "kind": image.kind,
+        "user": image.user,
+        "name": image.name,
+        "tag": image.tag,
+        "digest": image.digest,
+        "labels": dict(image.labels),
+        "created": image.created,
+        "platforms": list(image.platforms),
+        "clone_url": image.clone_url,
+    }
+
+
+async def search_images(request: web.Request) -> web.StreamResponse:
+    """POST /v1/images/search: progress records, then the result, as NDJSON.
+
+    Body: {"keyword": str | null, "credentials": {label: {username, password}}}; the
+    credentials serve this search only and are never stored or logged.
+    """
+    ctx = _ctx(request)
+    try:
+        body = await request.json()
+        keyword = body.get("keyword") if isinstance(body, dict) else None
+        if keyword is not None and (not isinstance(keyword, str) or len(keyword) > 255):
+            raise ValueError("keyword must be a string of at most 255 characters")
+        creds = _caller_credentials(body)
+    except ValueError as err:
+        return _error(400, f"bad search request: {err}")
+    for c in creds.values():
+        log.redactor.register(c.password)
+    resp = web.StreamResponse(headers={"Content-Type": "application/x-ndjson"})
+    await resp.prepare(request)
+    pending: list[bytes] = []
+
+    def progress(source: str, status: str, count: int | None) -> None:
+        pending.append(
+            _line({"type": "progress", "source": source, "status": status, "count": count})
+        )
+
+    began = time.monotonic()
+    task = asyncio.ensure_future(
+        search(sources(ctx.config, ctx.registry_cache), keyword, creds, progress)
+    )
+    try:
+        while not task.done():
+            await asyncio.wait([task], timeout=0.2)
+            while pending:
+                await resp.write(pending.pop(0))
+        result = task.result()
+        _log.info(
+            "image_search",
+            user=_caller(request).walt_user,
+            keyword=keyword,
+            found=len(result.images),
+            failed_sources=len(result.warnings),
+            duration_s=round(time.monotonic() - began, 3),
+        )
+        record = {
+            "type": "result",
+            "server_version": SERVER_VERSION,
+            "images": [image_record(i) for i in result.images],
+            "warnings": list(result.warnings),
+        }
+        await resp.write(_line(record))
+    finally:
+        # The caller may have gone away: the search must not outlive its request.
+        task.cancel()
+        for c in creds.values():
+            log.redactor.forget(c.password)
+    await resp.write_eof()
+    return resp
+
+
 def _line(event: dict[str, Any]) -> bytes:
     return json.dumps(event, default=str).encode() + b"\n"
 
@@ -114,6 +213,7 @@ def make_app(ctx: Context) -> web.Application:
     app[CONTEXT] = ctx
     app.router.add_get("/v1/status", status)
     app.router.add_get("/v1/events", events)
+    app.router.add_post("/v1/images/search", search_images)
 
     async def end_streams(app: web.Application) -> None:
         ctx.bus.end_followers()

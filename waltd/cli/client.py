@@ -60,11 +60,12 @@ class Client:
         except (ValueError, aiohttp.ContentTypeError) as err:
             raise ClientError(f"waltd sent an unreadable answer: {err}") from err
 
-    async def stream(self, path: str) -> AsyncIterator[dict[str, Any]]:
-        """GET a newline-delimited JSON stream; yields each record."""
+    async def stream(self, path: str, body: Any = None) -> AsyncIterator[dict[str, Any]]:
+        """GET (or POST `body` as JSON to) a newline-delimited JSON stream; yields each record."""
         assert self._session is not None
+        method = "GET" if body is None else "POST"
         try:
-            async with self._session.get(f"http://waltd{path}") as resp:
+            async with self._session.request(method, f"http://waltd{path}", json=body) as resp:
                 if resp.status >= 400:
                     raise ClientError(_message(await resp.json(content_type=None), resp.status))
                 async for raw in resp.content:

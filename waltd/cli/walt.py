@@ -9,6 +9,9 @@ import sys
 from typing import Any, TextIO
 
 from waltd.cli.client import Client, ClientError
+from waltd.cli.user_credentials import CredentialsError, for_registries
+from waltd.registries.base import ImageInfo
+from waltd.registries.search import SearchResult, render
 
 _LEVEL_COLOURS = {"debug": "2", "info": "32", "warning": "33", "error": "31", "critical": "31;1"}
 _FIXED = ("seq", "event", "level", "timestamp", "component")
@@ -79,6 +82,51 @@ async def _log_show(args: argparse.Namespace) -> int:
     return 0
 
 
+async def _image_search(args: argparse.Namespace) -> int:
+    progress = sys.stderr.isatty()
+    async with Client() as client:
+        status = await client.get_json("/v1/status")
+        try:
+            creds = for_registries(status["registries"])
+        except CredentialsError as err:
+            raise ClientError(str(err)) from err
+        done: list[str] = []
+        result: dict[str, Any] | None = None
+        body = {"keyword": args.keyword, "credentials": creds}
+        async for record in client.stream("/v1/images/search", body):
+            if record.get("type") == "progress":
+                done.append(f"{record['source']} {record['status']}")
+                if progress:
+                    print(f"\rSearching... {', '.join(done)}", end="", file=sys.stderr, flush=True)
+            elif record.get("type") == "result":
+                result = record
+    if progress:
+        print("\r\x1b[K", end="", file=sys.stderr, flush=True)
+    if result is None:
+        raise ClientError("waltd ended the search without a result")
+    for warning in result["warnings"]:
+        print(warning, file=sys.stderr)
+    images = tuple(
+        ImageInfo(
+            i["location"],
+            i["kind"],
+            i["user"],
+            i["name"],
+            i["tag"],
+            i["digest"],
+            i["labels"],
+            i["created"],
+            tuple(i["platforms"]),
+        )
+        for i in result["images"]
+    )
+    if args.json:
+        print(json.dumps(result["images"], indent=2))
+    else:
+        print(render(SearchResult(images, ()), result["server_version"]))
+    return 0
+
+
 def parser() -> argparse.ArgumentParser:
     """The command line grammar."""
     p = argparse.ArgumentParser(prog="walt", description="WalT testbed client")
@@ -94,6 +142,12 @@ def parser() -> argparse.ArgumentParser:
     show.add_argument("--since", type=int, default=0, help="only events after this number")
     show.add_argument("--limit", type=int, default=100, help="at most this many past events")
     show.set_defaults(func=_log_show)
+    image = cats.add_parser("image", help="WalT images")
+    imagecmds = image.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    search = imagecmds.add_parser("search", help="search registries and the docker daemon")
+    search.add_argument("keyword", nargs="?", help="keep images whose clone URL holds it")
+    search.add_argument("--json", action="store_true", help="print the images as JSON")
+    search.set_defaults(func=_image_search)
     return p
 
 

@@ -12,7 +12,7 @@ import contextlib
 import json
 import os
 import tempfile
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
@@ -54,6 +54,10 @@ class NotFound(RegistryError):
 
 class AuthError(RegistryError):
     """401/403: missing or refused credentials (never retried)."""
+
+
+class Unsupported(RegistryError):
+    """An image the client cannot use (schema 1, not a container image, no platform fits)."""
 
 
 @dataclass(frozen=True)
@@ -105,13 +109,26 @@ class Source(Protocol):
         ...
 
     async def resolve(
-        self, user: str, name: str, tag: str, creds: Credentials | None = None
+        self,
+        user: str,
+        name: str,
+        tag: str,
+        creds: Credentials | None = None,
+        *,
+        models: Sequence[str] = (),
     ) -> ImageInfo:
-        """One image's digest and labels without pulling it; NotFound when absent."""
+        """One image's digest and labels without pulling it; NotFound when absent.
+
+        `models` picks the platform of a multi-platform image (REFERENCE.md's table).
+        """
         ...
 
     def transport(self, user: str, name: str, tag: str) -> str:
         """skopeo's source string for the image, e.g. `docker://host:port/user/name:tag`."""
+        ...
+
+    def skopeo_options(self) -> list[str]:
+        """Extra skopeo options for this source (TLS, daemon host)."""
         ...
 
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import errno
 import re
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime
 from typing import Any
@@ -157,9 +157,18 @@ class DockerDaemonSource:
         return [image for image in images if image.is_walt]
 
     async def resolve(
-        self, user: str, name: str, tag: str, creds: Credentials | None = None
+        self,
+        user: str,
+        name: str,
+        tag: str,
+        creds: Credentials | None = None,
+        *,
+        models: Sequence[str] = (),
     ) -> ImageInfo:
-        """The image `user/name:tag` of the daemon (labels as they are); NotFound when absent."""
+        """The image `user/name:tag` of the daemon (labels as they are); NotFound when absent.
+
+        A daemon holds one platform per name: `models` has nothing to choose.
+        """
         async with self._client() as docker:
             data = await docker.images.inspect(f"{user}/{name}:{tag}")
         labels = _labels((data.get("Config") or {}).get("Labels"))

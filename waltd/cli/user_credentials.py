@@ -1,0 +1,71 @@
+"""A user's registry logins for the `walt` client: ~/.walt/config, else a prompt.
+
+They travel with the one request that needs them and are never stored by the server.
+"""
+
+from __future__ import annotations
+
+import getpass
+import os
+import stat
+import sys
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+
+class CredentialsError(Exception):
+    """An unusable ~/.walt/config."""
+
+
+def config_path() -> Path:
+    """The user's client configuration file."""
+    return Path(os.environ.get("WALT_CLIENT_CONFIG") or Path.home() / ".walt" / "config")
+
+
+def load(path: Path | None = None) -> dict[str, dict[str, str]]:
+    """Logins by registry label from the `registries` mapping of the client config."""
+    path = path or config_path()
+    try:
+        info = path.stat()
+    except FileNotFoundError:
+        return {}
+    if stat.S_IMODE(info.st_mode) & 0o077:
+        raise CredentialsError(f"{path}: other users may read it; fix it with: chmod 600 {path}")
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except (OSError, yaml.YAMLError, UnicodeDecodeError):
+        raise CredentialsError(f"{path}: not a readable YAML file") from None
+    regs = data.get("registries", {}) if isinstance(data, dict) else None
+    if not isinstance(regs, dict):
+        raise CredentialsError(f"{path}: 'registries' must map labels to username and password")
+    out = {}
+    for label, entry in regs.items():
+        if (
+            not isinstance(entry, dict)
+            or not isinstance(entry.get("username"), str)
+            or not isinstance(entry.get("password"), str)
+        ):
+            raise CredentialsError(
+                f"{path}: registries entry {str(label)!r} needs a username "
+                "and a password (quoted strings)"
+            )
+        out[str(label)] = {"username": entry["username"], "password": entry["password"]}
+    return out
+
+
+def for_registries(registries: list[dict[str, Any]]) -> dict[str, dict[str, str]]:
+    """Logins for the registries that want one: from the file, else asked on a terminal."""
+    known = load()
+    wanted = {r["label"] for r in registries if r.get("auth") == "basic"}
+    creds = {label: known[label] for label in wanted if label in known}
+    if sys.stdin.isatty():
+        for label in sorted(wanted - creds.keys()):
+            user = input(f"Login for registry {label} (empty to skip it): ").strip()
+            if user:
+                creds[label] = {"username": user, "password": getpass.getpass("Password: ")}
+    for label in sorted(known.keys() - creds.keys()):
+        if label == "hub":  # Hub logins are optional: sent when the user has one
+            creds[label] = known[label]
+    return creds

@@ -1,0 +1,134 @@
+"""Manifests and config blobs by digest, in memory (bounded) and on disk.
+
+Content-addressed: an entry is the exact bytes a registry sent, stored under their digest and
+checked against it whenever they are read back from disk, so a corrupt or tampered file is a
+miss, never wrong data. Entries never go stale (a digest names one content forever); what
+changes is which digest a tag points to, which callers re-ask the registry for.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import os
+import re
+import secrets
+from collections import OrderedDict
+from pathlib import Path
+
+from waltd import log
+
+_log = log.get("registry-cache")
+
+_DIGEST = re.compile(r"(sha256:[0-9a-f]{64})|(sha512:[0-9a-f]{128})")
+
+
+def is_digest(text: str) -> bool:
+    """Whether `text` is a sha256 or sha512 digest (`algorithm:hex`, lower case)."""
+    return _DIGEST.fullmatch(text) is not None
+
+
+def digest_of(data: bytes, like: str = "sha256:") -> str:
+    """The digest of `data` with the algorithm of digest `like` (sha256 by default)."""
+    algorithm = like.partition(":")[0]
+    if algorithm not in ("sha256", "sha512"):
+        raise ValueError(f"unsupported digest algorithm {algorithm!r}")
+    return f"{algorithm}:{hashlib.new(algorithm, data).hexdigest()}"
+
+
+class DigestCache:
+    """Bytes by digest: memory (least recently used out beyond `max_memory` bytes) and disk.
+
+    With `folder`, every entry is also a file `<algorithm>-<hex>.json` there (written to a
+    temporary name, then renamed), so that a new process starts warm. The folder is made 0700:
+    labels of a private registry are not for every local user. Disk errors only cost a miss.
+
+    Also remembers, in memory, the last digest seen for a tag (`remember_tag`): a client then
+    asks the registry with a HEAD whether the tag still points there.
+    """
+
+    def __init__(
+        self, folder: Path | None = None, *, max_memory: int = 32 * 2**20, max_tags: int = 100_000
+    ) -> None:
+        self.folder = folder
+        self._max_memory = max_memory
+        self._max_tags = max_tags
+        self._memory: OrderedDict[str, bytes] = OrderedDict()
+        self._memory_size = 0
+        self._tags: OrderedDict[str, str] = OrderedDict()
+
+    async def get(self, digest: str) -> bytes | None:
+        """The bytes stored under `digest`, or None."""
+        data = self._memory.get(digest)
+        if data is not None:
+            self._memory.move_to_end(digest)
+            return data
+        if self.folder is None or not is_digest(digest):
+            return None
+        data = await asyncio.to_thread(self._read, digest)
+        if data is not None:
+            self._remember(digest, data)
+        return data
+
+    async def put(self, digest: str, data: bytes) -> None:
+        """Store `data` under `digest`; ValueError when they do not match."""
+        if not is_digest(digest) or digest_of(data, digest) != digest:
+            raise ValueError(f"content does not match digest {digest}")
+        if digest in self._memory:
+            return
+        self._remember(digest, data)
+        if self.folder is not None:
+            await asyncio.to_thread(self._write, digest, data)
+
+    def tag_digest(self, key: str) -> str | None:
+        """The digest last remembered for `key` (a registry, repository and tag)."""
+        return self._tags.get(key)
+
+    def remember_tag(self, key: str, digest: str) -> None:
+        """Remember that `key` pointed to `digest`."""
+        self._tags[key] = digest
+        self._tags.move_to_end(key)
+        while len(self._tags) > self._max_tags:
+            self._tags.popitem(last=False)
+
+    def _remember(self, digest: str, data: bytes) -> None:
+        if len(data) > self._max_memory // 4:
+            return  # one huge entry would evict everything else: disk only
+        self._memory[digest] = data
+        self._memory_size += len(data)
+        while self._memory_size > self._max_memory:
+            _, dropped = self._memory.popitem(last=False)
+            self._memory_size -= len(dropped)
+
+    def _path(self, digest: str) -> Path:
+        assert self.folder is not None
+        return self.folder / (digest.replace(":", "-") + ".json")
+
+    def _read(self, digest: str) -> bytes | None:
+        path = self._path(digest)
+        try:
+            data = path.read_bytes()
+        except FileNotFoundError:
+            return None
+        except OSError as err:
+            _log.warning("registry_cache_unreadable", path=str(path), error=str(err))
+            return None
+        if digest_of(data, digest) != digest:
+            _log.warning("registry_cache_corrupt", path=str(path))
+            path.unlink(missing_ok=True)
+            return None
+        return data
+
+    def _write(self, digest: str, data: bytes) -> None:
+        assert self.folder is not None
+        path = self._path(digest)
+        tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
+        try:
+            self.folder.mkdir(mode=0o700, parents=True, exist_ok=True)
+            tmp.write_bytes(data)
+            os.replace(tmp, path)  # atomic: a reader sees the old file or the whole new one
+        except OSError as err:
+            with contextlib.suppress(OSError):
+                tmp.unlink(missing_ok=True)
+            _log.warning("registry_cache_write_failed", path=str(path), error=str(err))

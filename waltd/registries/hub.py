@@ -1,0 +1,497 @@
+"""Docker Hub as an image source (`hub:` clone URLs).
+
+Docker Hub's registry API has no catalog, so WalT images are found in two ways, combined:
+
+1. The reference system's convention. Each WalT user who published with it has an image
+   `<user>/walt_metadata:latest` whose config label `metadata` is base64 JSON
+   `{"walt.user.images": {"<user>/<repo>:<tag>": {"labels": {...}}}}`. Its owners are found, as
+   the reference finds them, by searching Hub for `walt_metadata`; their metadata is read over
+   the registry API, and their repositories are listed with Hub's repository API.
+2. Hub's search for each discovery query (default `walt`), which finds WalT repositories whose
+   owners never used the convention.
+
+The repositories so gathered (those named in metadata first, then the walt users' other
+repositories, then the search results) are inspected over the registry API, concurrently: tags,
+then each tag's manifest and config (cached by digest by the v2 client). What the registry says
+wins: a metadata entry whose repository is gone is dropped. An entry whose repository could not
+be inspected (beyond the cap, or no pull access) is kept with the metadata's labels and no digest,
+as the reference shows it. At most `max_repositories` repositories are inspected per search; a
+log record says when the cap cut the list.
+
+Anonymous by default. Credentials, when given, go to the token service of the registry's
+Bearer challenge (the v2 client does this); Hub's web API is only read anonymously.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import json
+import os
+import re
+from collections.abc import AsyncIterator, Hashable, Iterable, Mapping, Sequence
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+from urllib.parse import urlsplit
+
+import aiohttp
+from yarl import URL
+
+from waltd import log
+from waltd.registries.base import (
+    LOCATION_HUB,
+    AuthError,
+    Credentials,
+    ImageInfo,
+    NotFound,
+    RegistryError,
+    Unsupported,
+)
+from waltd.registries.cache import DigestCache
+from waltd.registries.v2 import ResolvedImage, V2Client, gather_all
+
+_log = log.get("hub")
+H = TypeVar("H", bound=Hashable)
+
+DEFAULT_REGISTRY_URL = "https://registry-1.docker.io"
+DEFAULT_HUB_URL = "https://hub.docker.com"
+METADATA_REPO = "walt_metadata"
+METADATA_LABEL = "metadata"
+METADATA_KEY = "walt.user.images"
+SOURCE = "hub"
+_PAGE_SIZE = 100  # Hub's largest page
+# Docker's reference grammar (as v2.py checks it): path components and tags.
+_COMPONENT = re.compile(r"[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*")
+_TAG = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}")
+
+
+class MetadataError(ValueError):
+    """A `walt_metadata` label that cannot be read; the message says why."""
+
+
+@dataclass(frozen=True)
+class UserMetadata:
+    """A user's `walt_metadata` content: labels by (name, tag), and the entries left out."""
+
+    images: Mapping[tuple[str, str], Mapping[str, str]]
+    ignored: tuple[str, ...] = ()  # one reason per entry left out
+
+
+def parse_walt_metadata(owner: str, encoded: str) -> UserMetadata:
+    """Read the `metadata` label of `<owner>/walt_metadata` (pure).
+
+    Raises MetadataError when the label as a whole is unreadable (not base64, not UTF-8, not
+    JSON, not the expected shape). A single bad entry, or one naming an image outside the
+    owner's namespace (which a user cannot vouch for), is left out with its reason in
+    `ignored`. A missing tag means `latest`.
+    """
+    try:
+        raw = base64.b64decode(encoded.strip(), validate=True)
+    except (binascii.Error, ValueError):
+        raise MetadataError("the metadata label is not base64") from None
+    try:
+        data = json.loads(raw.decode("utf-8"))
+    except UnicodeDecodeError:
+        raise MetadataError("the metadata label does not decode to UTF-8 text") from None
+    except ValueError as err:
+        raise MetadataError(f"the metadata label is not JSON ({err})") from None
+    if not isinstance(data, dict) or not isinstance(data.get(METADATA_KEY), dict):
+        raise MetadataError(f'the metadata label has no "{METADATA_KEY}" object')
+    images: dict[tuple[str, str], dict[str, str]] = {}
+    ignored: list[str] = []
+    for ref, entry in data[METADATA_KEY].items():
+        parsed = _split_reference(ref)
+        if parsed is None:
+            ignored.append(f"{ref!r}: not a <user>/<repo>:<tag> reference")
+            continue
+        user, name, tag = parsed
+        if user != owner:
+            ignored.append(f"{ref!r}: not in {owner}'s namespace")
+            continue
+        labels = entry.get("labels") if isinstance(entry, dict) else None
+        if not isinstance(labels, dict) or not all(
+            isinstance(k, str) and isinstance(v, str) for k, v in labels.items()
+        ):
+            ignored.append(f'{ref!r}: no "labels" object of strings')
+            continue
+        images[name, tag] = labels
+    return UserMetadata(images, tuple(ignored))
+
+
+def _split_reference(ref: str) -> tuple[str, str, str] | None:
+    """`user/name[:tag]` as (user, name, tag), or None."""
+    repository, sep, tag = ref.partition(":")
+    split = _split_repository(repository)
+    tag = tag if sep else "latest"
+    if split is None or not _TAG.fullmatch(tag):
+        return None
+    return (*split, tag)
+
+
+def _split_repository(name: object) -> tuple[str, str] | None:
+    """`user/repo` as (user, repo); None for an official image (no user) or anything else."""
+    if not isinstance(name, str):
+        return None
+    parts = name.split("/")
+    if len(parts) != 2 or not all(_COMPONENT.fullmatch(p) for p in parts):
+        return None
+    return parts[0], parts[1]
+
+
+class _HubApi:
+    """Hub's web API (search, a user's repositories): anonymous GETs of JSON pages.
+
+    Every request has a timeout and a body limit; `next` links are followed only on the same
+    origin as `base_url`, so that an answer cannot send the daemon anywhere else.
+    """
+
+    def __init__(
+        self, session: aiohttp.ClientSession, base_url: str, max_body: int, timeout_s: float
+    ) -> None:
+        self._session = session
+        self._base = URL(base_url.rstrip("/"))
+        self._max_body = max_body
+        self._timeout_s = timeout_s
+
+    async def search(self, query: str, limit: int) -> list[tuple[str, str]]:
+        """Up to `limit` repositories (user, repo) matching `query`."""
+        url = (self._base / "v2/search/repositories/").with_query(
+            query=query, page_size=str(_PAGE_SIZE)
+        )
+        found = []
+        async for item in self._pages(url, limit, f"search for {query!r}"):
+            repository = _split_repository(item.get("repo_name"))
+            if repository is not None:
+                found.append(repository)
+        return found
+
+    async def user_repositories(self, user: str, limit: int) -> list[tuple[str, str]]:
+        """Up to `limit` public repositories of `user` (none when Hub has no such user)."""
+        url = (self._base / "v2/repositories" / user / "").with_query(page_size=str(_PAGE_SIZE))
+        found = []
+        try:
+            async for item in self._pages(url, limit, f"repositories of {user}"):
+                name = item.get("name")
+                if isinstance(name, str) and _COMPONENT.fullmatch(name):
+                    found.append((user, name))
+        except NotFound:
+            return []
+        return found
+
+    async def _pages(self, url: URL, limit: int, what: str) -> AsyncIterator[dict[str, Any]]:
+        """The `results` entries of `url` and of the pages it links to, `limit` at most."""
+        count = 0
+        next_url: URL | None = url
+        while next_url is not None and count < limit:
+            page = await self._get(next_url, what)
+            results = page.get("results")
+            if not isinstance(results, list):
+                raise RegistryError(SOURCE, f"{what}: the answer has no list of results")
+            for item in results:
+                if isinstance(item, dict) and count < limit:
+                    count += 1
+                    yield item
+            following = page.get("next")
+            if not results or not following:
+                break
+            if not isinstance(following, str):
+                raise RegistryError(SOURCE, f"{what}: invalid next page link")
+            next_url = url.join(URL(following))
+            if next_url.origin() != self._base.origin():
+                raise RegistryError(SOURCE, f"{what}: next page link leaves {self._base.origin()}")
+
+    async def _get(self, url: URL, what: str) -> dict[str, Any]:
+        where = f"{what} at {self._base}"
+        try:
+            async with (
+                asyncio.timeout(self._timeout_s),
+                self._session.get(url, headers={"Accept": "application/json"}) as resp,
+            ):
+                if resp.status == 404:
+                    raise NotFound(SOURCE, f"{where}: not found", status=404)
+                if resp.status == 429:
+                    wait = resp.headers.get("Retry-After", "")
+                    after = f", retry after {wait} s" if wait.isdigit() else ""
+                    raise RegistryError(
+                        SOURCE, f"{where}: too many requests{after}", status=429, retryable=True
+                    )
+                if resp.status != 200:
+                    raise RegistryError(
+                        SOURCE,
+                        f"{where}: HTTP {resp.status}",
+                        status=resp.status,
+                        retryable=resp.status >= 500,
+                    )
+                body = await self._read(resp, where)
+        except TimeoutError:
+            raise RegistryError(
+                SOURCE, f"{where}: no answer within {self._timeout_s:g} s", retryable=True
+            ) from None
+        except aiohttp.ClientConnectorError as err:
+            errno = err.os_error.errno
+            reason = os.strerror(errno).lower() if errno else "connection failed"
+            raise RegistryError(
+                SOURCE, f"{where}: cannot connect ({reason})", retryable=True
+            ) from None
+        except aiohttp.ClientError as err:
+            raise RegistryError(
+                SOURCE, f"{where}: {type(err).__name__} ({err})", retryable=True
+            ) from None
+        try:
+            data = json.loads(body)
+        except ValueError:
+            raise RegistryError(SOURCE, f"{where}: the answer is not JSON") from None
+        if not isinstance(data, dict):
+            raise RegistryError(SOURCE, f"{where}: the answer is not a JSON object")
+        return data
+
+    async def _read(self, resp: aiohttp.ClientResponse, where: str) -> bytes:
+        too_big = RegistryError(SOURCE, f"{where}: the answer exceeds {self._max_body} bytes")
+        if (resp.content_length or 0) > self._max_body:
+            raise too_big
+        chunks, size = [], 0
+        async for chunk in resp.content.iter_chunked(65536):
+            size += len(chunk)
+            if size > self._max_body:
+                raise too_big
+            chunks.append(chunk)
+        return b"".join(chunks)
+
+
+@dataclass
+class _Found:
+    """What the inspection of repositories gathered."""
+
+    # every image read, WalT or not: what the registry says wins over metadata
+    images: dict[tuple[str, str, str], ImageInfo] = field(default_factory=dict)
+    # repositories the registry answered for (tags listed, or no such repository)
+    settled: set[tuple[str, str]] = field(default_factory=set)
+
+
+def _unique(items: Iterable[H]) -> list[H]:
+    """`items` in their order, each once."""
+    return list(dict.fromkeys(items))
+
+
+def _refused_credentials(err: AuthError) -> bool:
+    """Whether the token service refused the credentials (rather than one repository's pull).
+
+    Hub answers 401 for a repository that is private or absent: that one is skipped. A refusal
+    of the credentials themselves would otherwise hide every image, so it fails the search.
+    """
+    return "by the token service" in str(err)
+
+
+class HubSource:
+    """Docker Hub (or a stand-in: base URLs are configurable, e.g. a pull-through mirror).
+
+    `queries` are the Hub searches of discovery 2 (module docstring); `max_repositories` caps
+    the repositories inspected per search, and each Hub search's results. `cache` is the v2
+    client's cache of manifests and configs by digest, shared by every search; `session` an
+    aiohttp session to share (else each operation opens its own).
+    """
+
+    label = "hub"
+    kind = LOCATION_HUB
+
+    def __init__(
+        self,
+        *,
+        registry_url: str = DEFAULT_REGISTRY_URL,
+        hub_url: str = DEFAULT_HUB_URL,
+        queries: Sequence[str] = ("walt",),
+        max_repositories: int = 100,
+        timeout_s: float = 30.0,
+        max_body: int = 8 * 2**20,
+        verify_tls: bool = True,
+        cache: DigestCache | None = None,
+        session: aiohttp.ClientSession | None = None,
+    ) -> None:
+        self.registry_url = registry_url.rstrip("/")
+        self.hub_url = hub_url.rstrip("/")
+        self.queries = tuple(queries)
+        self.max_repositories = max_repositories
+        self.timeout_s = timeout_s
+        self.max_body = max_body
+        self.verify_tls = verify_tls
+        self.cache = cache
+        self.session = session
+
+    @property
+    def registry_host(self) -> str:
+        """Host of image references and auth files: `docker.io` for Hub itself."""
+        if self.registry_url == DEFAULT_REGISTRY_URL:
+            return "docker.io"
+        return urlsplit(self.registry_url).netloc
+
+    def transport(self, user: str, name: str, tag: str) -> str:
+        """skopeo's source string, `docker://docker.io/user/name:tag` (or the configured host)."""
+        return f"docker://{self.registry_host}/{user}/{name}:{tag}"
+
+    def skopeo_options(self) -> list[str]:
+        """skopeo options for `transport`: TLS checks off for a plain-HTTP or unverified URL."""
+        if self.registry_url.startswith("http://") or not self.verify_tls:
+            return ["--src-tls-verify=false"]
+        return []
+
+    @asynccontextmanager
+    async def _registry(self, creds: Credentials | None) -> AsyncIterator[V2Client]:
+        async with V2Client(
+            SOURCE,
+            self.registry_url,
+            creds=creds,
+            verify_tls=self.verify_tls,
+            timeout_s=self.timeout_s,
+            max_body=self.max_body,
+            cache=self.cache,
+            session=self.session,
+        ) as client:
+            yield client
+
+    @asynccontextmanager
+    async def _hub_api(self) -> AsyncIterator[_HubApi]:
+        if self.session is not None:
+            yield _HubApi(self.session, self.hub_url, self.max_body, self.timeout_s)
+            return
+        connector = aiohttp.TCPConnector(ssl=self.verify_tls)
+        async with aiohttp.ClientSession(connector=connector) as session:
+            yield _HubApi(session, self.hub_url, self.max_body, self.timeout_s)
+
+    def _info(self, user: str, name: str, tag: str, resolved: ResolvedImage) -> ImageInfo:
+        return ImageInfo(
+            location=self.label,
+            kind=self.kind,
+            user=user,
+            name=name,
+            tag=tag,
+            digest=resolved.digest,
+            labels=dict(resolved.labels),
+            created=resolved.created,
+            platforms=tuple(resolved.platforms),
+        )
+
+    async def resolve(
+        self,
+        user: str,
+        name: str,
+        tag: str,
+        creds: Credentials | None = None,
+        *,
+        models: Sequence[str] = (),
+    ) -> ImageInfo:
+        """Digest and labels of `user/name:tag` (of the platform for `models`, in a list)
+        from the registry; NotFound when absent (Hub says 401 for that: AuthError)."""
+        async with self._registry(creds) as registry:
+            resolved = await registry.image(f"{user}/{name}", tag, models)
+        return self._info(user, name, tag, resolved)
+
+    async def list_images(self, creds: Credentials | None = None) -> list[ImageInfo]:
+        """The WalT images found by both discoveries of the module docstring."""
+        limit = self.max_repositories
+        async with self._hub_api() as api, self._registry(creds) as registry:
+            queries = [METADATA_REPO, *self.queries]
+            owners, *results = await gather_all(api.search(q, limit) for q in queries)
+            users = [u for u, repo in owners if repo == METADATA_REPO]
+            if creds is not None and _COMPONENT.fullmatch(creds.username):
+                users.append(creds.username)  # the caller's own images
+            users = _unique(users)
+            per_user = await gather_all(self._user(api, registry, u, limit) for u in users)
+            metadata = {
+                u: meta for u, (meta, _) in zip(users, per_user, strict=True) if meta is not None
+            }
+            candidates = _unique(
+                [
+                    *((u, name) for u, meta in metadata.items() for name, _ in meta.images),
+                    *(repo for _, repos in per_user for repo in repos),
+                    *(repo for found in results for repo in found if repo[1] != METADATA_REPO),
+                ]
+            )
+            if len(candidates) > limit:
+                _log.warning(
+                    "hub_search_capped",
+                    registry=self.label,
+                    repositories=len(candidates),
+                    inspected=limit,
+                    left_out=[f"{u}/{r}" for u, r in candidates[limit:]],
+                )
+            found = _Found()
+            await gather_all(self._inspect(registry, u, r, found) for u, r in candidates[:limit])
+        images = dict(found.images)
+        for user, meta in metadata.items():
+            for (name, tag), labels in meta.images.items():
+                # the reference's way: labels from the metadata, for what could not be checked
+                if (user, name) not in found.settled:
+                    images.setdefault(
+                        (user, name, tag),
+                        ImageInfo(self.label, self.kind, user, name, tag, None, dict(labels)),
+                    )
+        return [info for _, info in sorted(images.items()) if info.is_walt]
+
+    async def _user(
+        self, api: _HubApi, registry: V2Client, user: str, limit: int
+    ) -> tuple[UserMetadata | None, list[tuple[str, str]]]:
+        """A walt user's metadata (None when absent or unreadable) and repositories."""
+        meta, repos = await gather_all(
+            [self._metadata(registry, user), api.user_repositories(user, limit)]
+        )
+        return meta, [r for r in repos if r[1] != METADATA_REPO]
+
+    async def _metadata(self, registry: V2Client, user: str) -> UserMetadata | None:
+        image = f"{user}/{METADATA_REPO}:latest"
+        try:
+            resolved = await registry.image(f"{user}/{METADATA_REPO}", "latest")
+        except NotFound:
+            return None
+        except AuthError as err:
+            if _refused_credentials(err):
+                raise
+            _log.info("hub_metadata_unreadable", registry=self.label, image=image, error=str(err))
+            return None
+        except Unsupported as err:
+            _log.warning("hub_metadata_invalid", registry=self.label, image=image, error=str(err))
+            return None
+        try:
+            encoded = resolved.labels.get(METADATA_LABEL)
+            if encoded is None:
+                raise MetadataError(f'the image has no "{METADATA_LABEL}" label')
+            meta = parse_walt_metadata(user, encoded)
+        except MetadataError as err:
+            _log.warning("hub_metadata_invalid", registry=self.label, image=image, error=str(err))
+            return None
+        for reason in meta.ignored:
+            _log.warning(
+                "hub_metadata_entry_ignored", registry=self.label, image=image, error=reason
+            )
+        return meta
+
+    async def _inspect(self, registry: V2Client, user: str, repo: str, found: _Found) -> None:
+        """Read every tag of `user/repo` into `found`."""
+        repository = f"{user}/{repo}"
+        try:
+            tags = await registry.tags(repository)
+        except NotFound:
+            found.settled.add((user, repo))
+            return
+        except AuthError as err:
+            if _refused_credentials(err):
+                raise
+            _log.info(
+                "hub_repository_skipped", registry=self.label, repository=repository, error=str(err)
+            )
+            return
+        found.settled.add((user, repo))
+
+        async def one(tag: str) -> None:
+            try:
+                resolved = await registry.image(repository, tag)
+            except AuthError as err:
+                if _refused_credentials(err):
+                    raise
+                return  # Hub's answer for a tag removed since the list was read
+            except (NotFound, Unsupported):
+                return  # removed meanwhile, or not a container image (schema 1, artifact)
+            found.images[user, repo, tag] = self._info(user, repo, tag, resolved)
+
+        await gather_all(one(tag) for tag in tags)
