@@ -4,12 +4,17 @@ from __future__ import annotations
 
 import contextlib
 import os
+import stat
 import tempfile
 from pathlib import Path
 
 
-def write_atomic(path: Path, data: bytes, mode: int) -> None:
+def write_atomic(
+    path: Path, data: bytes, mode: int | None = None, *, new_mode: int = 0o644
+) -> None:
     """Replace `path` (through a symlink, its target) with `data`, the file getting `mode`.
+
+    With `mode` None the file keeps its current mode (a new file gets `new_mode`).
 
     The temporary file is created 0600 in the same folder and gets `mode` before any byte is
     written, so a secret is never readable by others even for a moment. A file that exists keeps
@@ -25,6 +30,8 @@ def write_atomic(path: Path, data: bytes, mode: int) -> None:
     try:
         with os.fdopen(fd, "wb") as file:
             # fchmod is not subject to the umask.
+            if mode is None:
+                mode = stat.S_IMODE(old.st_mode) if old else new_mode
             os.fchmod(file.fileno(), mode)
             new = os.fstat(file.fileno())
             if old and (old.st_uid, old.st_gid) != (new.st_uid, new.st_gid):

@@ -19,13 +19,10 @@ Decisions an operator may want to know:
 
 from __future__ import annotations
 
-import contextlib
 import difflib
 import ipaddress
 import os
 import re
-import stat
-import tempfile
 from collections import Counter
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -35,6 +32,8 @@ from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
 import yaml
+
+from waltd.atomic import write_atomic
 
 EX_CONFIG = 78
 DEFAULT_PATH = Path("/etc/walt/server.conf")
@@ -898,32 +897,7 @@ def save(path: Path, config: Config) -> None:
     data = to_data(config)
     parse(data, str(path))
     text = yaml.safe_dump(data, sort_keys=False, allow_unicode=True)
-    try:
-        old = os.stat(path)
-    except FileNotFoundError:
-        old = None
-    fd, temp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as file:
-            file.write(text)
-            file.flush()
-            # mkstemp makes the file 0600; fchmod is not subject to the umask.
-            os.fchmod(file.fileno(), stat.S_IMODE(old.st_mode) if old else 0o644)
-            new = os.fstat(file.fileno())
-            if old and (old.st_uid, old.st_gid) != (new.st_uid, new.st_gid):
-                os.fchown(file.fileno(), old.st_uid, old.st_gid)
-            os.fsync(file.fileno())
-        os.replace(temp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(temp)
-        raise
-    # The rename is durable only once the folder's entry is on disk.
-    folder = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(folder)
-    finally:
-        os.close(folder)
+    write_atomic(path, text.encode(), None)
 
 
 def restart_needed(old: Config, new: Config) -> list[str]:

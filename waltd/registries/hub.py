@@ -50,7 +50,7 @@ from waltd.registries.base import (
     Unsupported,
 )
 from waltd.registries.cache import DigestCache
-from waltd.registries.v2 import ResolvedImage, V2Client, gather_all
+from waltd.registries.v2 import V2Client, gather_all
 
 _log = log.get("hub")
 H = TypeVar("H", bound=Hashable)
@@ -359,19 +359,6 @@ class HubSource:
         async with aiohttp.ClientSession(connector=connector) as session:
             yield _HubApi(session, self.hub_url, self.max_body, self.timeout_s)
 
-    def _info(self, user: str, name: str, tag: str, resolved: ResolvedImage) -> ImageInfo:
-        return ImageInfo(
-            location=self.label,
-            kind=self.kind,
-            user=user,
-            name=name,
-            tag=tag,
-            digest=resolved.digest,
-            labels=dict(resolved.labels),
-            created=resolved.created,
-            platforms=tuple(resolved.platforms),
-        )
-
     async def resolve(
         self,
         user: str,
@@ -385,7 +372,7 @@ class HubSource:
         from the registry; NotFound when absent (Hub says 401 for that: AuthError)."""
         async with self._registry(creds) as registry:
             resolved = await registry.image(f"{user}/{name}", tag, models)
-        return self._info(user, name, tag, resolved)
+        return resolved.info(self.label, self.kind, user, name, tag)
 
     async def list_images(self, creds: Credentials | None = None) -> list[ImageInfo]:
         """The WalT images found by both discoveries of the module docstring."""
@@ -492,6 +479,6 @@ class HubSource:
                 return  # Hub's answer for a tag removed since the list was read
             except (NotFound, Unsupported):
                 return  # removed meanwhile, or not a container image (schema 1, artifact)
-            found.images[user, repo, tag] = self._info(user, repo, tag, resolved)
+            found.images[user, repo, tag] = resolved.info(self.label, self.kind, user, repo, tag)
 
         await gather_all(one(tag) for tag in tags)

@@ -99,6 +99,20 @@ class ResolvedImage:
     platforms: tuple[str, ...] = ()
     platform: str | None = None
 
+    def info(self, location: str, kind: str, user: str, name: str, tag: str) -> ImageInfo:
+        """The image as a source reports it (location and kind are the source's)."""
+        return ImageInfo(
+            location=location,
+            kind=kind,
+            user=user,
+            name=name,
+            tag=tag,
+            digest=self.digest,
+            labels=dict(self.labels),
+            created=self.created,
+            platforms=tuple(self.platforms),
+        )
+
 
 @dataclass
 class _Reply:
@@ -884,7 +898,7 @@ class RegistryV2Source:
             except _SKIPPED as err:
                 self._skipped(f"{user}/{name}:{tag}", err)
                 return None
-            return self._info(user, name, tag, image)
+            return image.info(self.label, self.kind, user, name, tag)
 
         return [info for info in await gather_all(map(one, tags)) if info is not None]
 
@@ -900,7 +914,7 @@ class RegistryV2Source:
         """One image's digest and labels (of the platform for `models`, in a list)."""
         async with self.client(creds) as client:
             image = await client.image(self._repo(user, name), tag, models)
-        return self._info(user, name, tag, image)
+        return image.info(self.label, self.kind, user, name, tag)
 
     def transport(self, user: str, name: str, tag: str) -> str:
         """`docker://host:port/user/name:tag` for skopeo."""
@@ -915,16 +929,3 @@ class RegistryV2Source:
 
     def _skipped(self, image: str, err: RegistryError) -> None:
         _log.info("registry_image_skipped", registry=self.label, image=image, error=str(err))
-
-    def _info(self, user: str, name: str, tag: str, image: ResolvedImage) -> ImageInfo:
-        return ImageInfo(
-            location=self.label,
-            kind=self.kind,
-            user=user,
-            name=name,
-            tag=tag,
-            digest=image.digest,
-            labels=dict(image.labels),
-            created=image.created,
-            platforms=image.platforms,
-        )
