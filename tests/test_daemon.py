@@ -81,6 +81,9 @@ def test_status_and_events_over_the_socket(daemon: Daemon) -> None:
     names = [e["event"] for e in events]
     assert "daemon_ready" in names and "no_node_network" in names
     assert all({"event", "level", "timestamp", "seq"} <= e.keys() for e in events)
+    pretty = walt(daemon.socket, "log", "show").stdout.splitlines()
+    assert any(" info    daemon_ready services=database,api,detect" in line for line in pretty)
+    assert not pretty[0].startswith("{")
     # The stream carries what the log carries.
     logged = [r["event"] for r in daemon.records() if "event" in r]
     assert names == logged[: len(names)]

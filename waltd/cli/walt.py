@@ -74,7 +74,7 @@ async def _status(args: argparse.Namespace) -> int:
 
 async def _log_show(args: argparse.Namespace) -> int:
     query = f"?since={args.since}&limit={args.limit}" + ("&follow=1" if args.follow else "")
-    as_json = args.json or not sys.stdout.isatty()
+    as_json = args.json
     colour = sys.stdout.isatty()
     async with Client() as client:
         async for event in client.stream(f"/v1/events{query}"):
