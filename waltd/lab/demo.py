@@ -1,9 +1,10 @@
 """`make demo`: the lab-in-a-box, with waltd on its node network.
 
-A server namespace with a node bridge and two registries (a Docker Hub stand-in and a
-private one), waltd with its own dnsmasq on the bridge, and two simulated nodes of
-different models taking a lease. The terminal shows waltd's event stream; Ctrl-C stops
-waltd (SIGTERM, within its shutdown budget) and tears the whole lab down.
+A server namespace with a node bridge and a private registry, waltd with its own dnsmasq
+on the bridge, two simulated nodes of different models taking a lease, WalT images
+published to the registry and found by `walt image search`. The terminal shows waltd's
+event stream; Ctrl-C stops waltd (SIGTERM, within its shutdown budget) and tears the whole
+lab down.
 """
 
 from __future__ import annotations
@@ -20,9 +21,16 @@ import yaml
 
 from waltd.cli.client import Client, ClientError
 from waltd.cli.walt import format_event
-from waltd.lab.lab import Lab, LabProcess
+from waltd.lab.images import build_image, push_image
+from waltd.lab.lab import Lab, LabProcess, Registry
 
 NODES = (("walt.node.pc-x86-64", None), (None, "walt.node.rpi-3-b-plus"))
+# WalT images published to the lab's private registry, found by `walt image search`.
+IMAGES = (
+    ("waltplatform/pc-x86-64-default", ("pc-x86-64",)),
+    ("waltplatform/rpi-3-b-plus-default", ("rpi-3-b-plus",)),
+    ("demo/debian-tests", ("pc-x86-64", "rpi-3-b-plus")),
+)
 
 
 def demo_config(lab: Lab, folder: Path, local_registry_port: int) -> dict[str, Any]:
@@ -36,12 +44,8 @@ def demo_config(lab: Lab, folder: Path, local_registry_port: int) -> dict[str, A
                 "dhcp-range": f"{first}-{last}",
             }
         },
+        # No Docker Hub here (no internet): the hub is disabled, the lab's registry serves.
         "registries": [
-            {
-                "label": "hub",
-                "api": "docker-hub",
-                "description": "Public registry at hub.docker.com",
-            },
             {
                 "label": "local",
                 "api": "docker-registry-v2",
@@ -73,6 +77,30 @@ async def _show_events(socket: Path) -> None:
                 await asyncio.sleep(0.1)  # the daemon is still starting
 
 
+async def _publish(lab: Lab, registry: Registry) -> None:
+    for name, models in IMAGES:
+        files = {"etc/hostname": f"{name}\n", "etc/walt/models": ",".join(models) + "\n"}
+        await build_image(lab, f"docker.io/{name}:latest", models, files)
+        await push_image(lab, f"docker.io/{name}:latest", registry, f"{name}:latest")
+    say(f"published {len(IMAGES)} WalT images to the local registry")
+
+
+async def _search(folder: Path) -> None:
+    say("walt image search")
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "waltd.cli.walt",
+        "image",
+        "search",
+        env={**os.environ, "WALT_SOCKET": str(folder / "api.sock")},
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.STDOUT,
+    )
+    out, _ = await proc.communicate()
+    print(out.decode(errors="replace").rstrip(), flush=True)
+
+
 async def _nodes(lab: Lab) -> None:
     for vendor_class, user_class in NODES:
         node = await lab.add_node()
@@ -89,9 +117,8 @@ async def run_demo(stop: asyncio.Event) -> None:
             f"lab {lab.prefix}: server namespace {lab.server_netns}, bridge {lab.bridge}, "
             f"node network {lab.subnet}, folder {lab.root}"
         )
-        hub = await lab.start_registry("hub")
         local = await lab.start_registry("local")
-        say(f"registries: hub stand-in {hub.url}, local {local.url}")
+        say(f"registry: local {local.url}")
         folder = lab.root / "waltd"
         folder.mkdir()
         conf = folder / "server.conf"
@@ -103,7 +130,14 @@ async def run_demo(stop: asyncio.Event) -> None:
         )
         say(f"waltd (pid {waltd.pid}) on {lab.bridge}; its log: {waltd.log}")
         viewer = asyncio.create_task(_show_events(folder / "api.sock"))
-        nodes = asyncio.create_task(_nodes(lab))
+
+        async def story() -> None:
+            await _nodes(lab)
+            await _publish(lab, local)
+            await _search(folder)
+            say("the lab keeps running; Ctrl-C tears it down")
+
+        nodes = asyncio.create_task(story())
         try:
             await _first_of(stop.wait(), viewer)
         finally:
