@@ -65,7 +65,7 @@ def for_registries(registries: list[dict[str, Any]]) -> dict[str, dict[str, str]
             user = input(f"Login for registry {label} (empty to skip it): ").strip()
             if user:
                 creds[label] = {"username": user, "password": getpass.getpass("Password: ")}
-    for label in sorted(known.keys() - creds.keys()):
-        if label == "hub":  # Hub logins are optional: sent when the user has one
-            creds[label] = known[label]
+    configured = {r["label"] for r in registries}
+    if "hub" in configured and "hub" in known:
+        creds.setdefault("hub", known["hub"])  # optional on the hub: sent when the user has one
     return creds
