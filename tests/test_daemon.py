@@ -13,6 +13,7 @@ import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
+import pexpect
 import pytest
 import yaml
 
@@ -342,5 +343,44 @@ def test_unsafe_secrets_file_exits_78_and_refuses_reload(folder: Path) -> None:
         assert "server.secrets" in refused["error"]
         assert d.stop() == 0
         assert "s3cr3t-pw" not in d.log_path.read_text()
+    finally:
+        d.kill()
+
+
+def test_image_search_progress_line_on_a_terminal(folder: Path) -> None:
+    """On a terminal the client shows which sources answered, then clears the line."""
+    down = {
+        "label": "down",
+        "api": "docker-registry-v2",
+        "host": "127.0.0.1",
+        "port": 9,
+        "protocol": "http",
+    }
+    conf = write_config(
+        folder, registries=[down], images={"docker-socket": str(folder / "no-docker.sock")}
+    )
+    d = Daemon(folder, conf)
+    try:
+        d.start()
+        child = pexpect.spawn(
+            sys.executable,
+            ["-m", "waltd.cli.walt", "image", "search"],
+            env={
+                **os.environ,
+                "WALT_SOCKET": str(d.socket),
+                "PYTHONPATH": str(ROOT),
+                "WALT_CLIENT_CONFIG": str(folder / "none"),
+            },
+            encoding="utf-8",
+            timeout=20,
+        )
+        child.expect_exact("\rSearching... down failed")
+        child.expect_exact("\r\x1b[K")
+        child.expect_exact("Warning: down: cannot connect to 127.0.0.1:9")
+        child.expect_exact("Sorry, no image could match your request.")
+        child.expect(pexpect.EOF)
+        child.close()
+        assert child.exitstatus == 0
+        assert d.stop() == 0
     finally:
         d.kill()
