@@ -8,11 +8,11 @@ setup:
 	./scripts/setup.sh
 
 lint: setup
-	$(VENV)/bin/ruff check waltd tests
-	$(VENV)/bin/ruff format --check waltd tests
+	$(VENV)/bin/ruff check waltd tests bench
+	$(VENV)/bin/ruff format --check waltd tests bench
 
 test: setup
-	$(VENV)/bin/ruff check waltd tests
+	$(VENV)/bin/ruff check waltd tests bench
 	CI=$${CI-} $(PY) -m pytest -q -ra
 
 demo: setup

@@ -378,6 +378,8 @@ async def test_cache_memory_bound_and_disk_checks(tmp_path: Path) -> None:
     for digest, blob in zip(digests, blobs, strict=True):
         await cache.put(digest, blob)
     assert sum(map(len, cache._memory.values())) <= 8000
+    assert not any(tmp_path.iterdir())  # written together, at flush
+    await cache.flush()
     files, mode = _folder(tmp_path)
     assert files == sorted(d.replace(":", "-") + ".json" for d in digests)
     assert mode == 0o700

@@ -44,6 +44,10 @@ class DigestCache:
     temporary name, then renamed), so that a new process starts warm. The folder is made 0700:
     labels of a private registry are not for every local user. Disk errors only cost a miss.
 
+    The event loop leaves for a thread as little as it can: the folder is listed once, so a
+    miss needs no disk access, and new entries are written together by `flush()` (clients
+    call it when they close) rather than one thread hand-off each.
+
     Also remembers, in memory, the last digest seen for a tag (`remember_tag`): a client then
     asks the registry with a HEAD whether the tag still points there.
     """
@@ -57,29 +61,50 @@ class DigestCache:
         self._memory: OrderedDict[str, bytes] = OrderedDict()
         self._memory_size = 0
         self._tags: OrderedDict[str, str] = OrderedDict()
+        self._on_disk: set[str] | None = None  # digests with a file, once listed
+        self._unwritten: dict[str, bytes] = {}
 
     async def get(self, digest: str) -> bytes | None:
         """The bytes stored under `digest`, or None."""
-        data = self._memory.get(digest)
+        data = self._memory.get(digest) or self._unwritten.get(digest)
         if data is not None:
-            self._memory.move_to_end(digest)
+            if digest in self._memory:
+                self._memory.move_to_end(digest)
             return data
         if self.folder is None or not is_digest(digest):
             return None
+        if self._on_disk is None:
+            self._on_disk = await asyncio.to_thread(self._list)
+        if digest not in self._on_disk:
+            return None
         data = await asyncio.to_thread(self._read, digest)
-        if data is not None:
+        if data is None:
+            self._on_disk.discard(digest)
+        else:
             self._remember(digest, data)
         return data
 
     async def put(self, digest: str, data: bytes) -> None:
-        """Store `data` under `digest`; ValueError when they do not match."""
+        """Store `data` under `digest`; ValueError when they do not match.
+
+        The disk copy is written by the next `flush()`.
+        """
         if not is_digest(digest) or digest_of(data, digest) != digest:
             raise ValueError(f"content does not match digest {digest}")
-        if digest in self._memory:
+        if digest in self._memory or digest in self._unwritten:
             return
         self._remember(digest, data)
-        if self.folder is not None:
-            await asyncio.to_thread(self._write, digest, data)
+        if self.folder is not None and (self._on_disk is None or digest not in self._on_disk):
+            self._unwritten[digest] = data
+
+    async def flush(self) -> None:
+        """Write the entries not yet on disk, all in one thread hand-off."""
+        if not self._unwritten:
+            return
+        batch, self._unwritten = self._unwritten, {}
+        written = await asyncio.to_thread(self._write_all, batch)
+        if self._on_disk is not None:
+            self._on_disk.update(written)
 
     def tag_digest(self, key: str) -> str | None:
         """The digest last remembered for `key` (a registry, repository and tag)."""
@@ -120,7 +145,19 @@ class DigestCache:
             return None
         return data
 
-    def _write(self, digest: str, data: bytes) -> None:
+    def _list(self) -> set[str]:
+        assert self.folder is not None
+        try:
+            names = os.listdir(self.folder)
+        except OSError:
+            return set()
+        found = {n.removesuffix(".json").replace("-", ":", 1) for n in names if n.endswith(".json")}
+        return {d for d in found if is_digest(d)}
+
+    def _write_all(self, batch: dict[str, bytes]) -> list[str]:
+        return [digest for digest, data in batch.items() if self._write(digest, data)]
+
+    def _write(self, digest: str, data: bytes) -> bool:
         assert self.folder is not None
         path = self._path(digest)
         tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
@@ -132,3 +169,5 @@ class DigestCache:
             with contextlib.suppress(OSError):
                 tmp.unlink(missing_ok=True)
             _log.warning("registry_cache_write_failed", path=str(path), error=str(err))
+            return False
+        return True

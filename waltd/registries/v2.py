@@ -297,6 +297,7 @@ class V2Client:
         for task in pending:
             task.cancel()
         await asyncio.gather(*pending, return_exceptions=True)
+        await self._cache.flush()
         if self._owns_session and self._session is not None:
             await self._session.close()
             self._session = None
