@@ -116,3 +116,25 @@ async def test_without_node_network_nobody_gets_a_lease(lab: Lab) -> None:
         await lab.node_dhcp(node, vendor_class="walt.node.pc-x86-64", tries=2)
     assert not any(r.get("event") == "dnsmasq_started" for r in records(waltd))
     await lab.stop(waltd)
+
+
+async def test_dnsmasq_failure_is_reported_and_the_daemon_stays_up(lab: Lab) -> None:
+    """A node network on a missing interface: dnsmasq's own reason in the log, retries with
+    backoff, and the API still answers."""
+    folder = lab.root / "waltd"
+    folder.mkdir()
+    conf = lab_config(lab, folder)
+    data = yaml.safe_load(conf.read_text())
+    data["network"]["walt-net"]["interface"] = "no-such-if"
+    conf.write_text(yaml.safe_dump(data))
+    waltd = await start_waltd(lab, conf)
+    crash = await _wait(waltd, _event("service_crashed", service="dnsmasq"))
+    assert "dnsmasq exited with status" in crash["error"]
+    assert "no-such-if" in crash["error"]
+    await _wait(waltd, _event("service_restart_scheduled", service="dnsmasq"))
+    status = json.loads(walt(folder / "api.sock", "status", "--json").stdout)
+    services = {s["name"]: s for s in status["services"]}
+    assert services["api"]["state"] == "running" and services["detect"]["state"] == "running"
+    assert services["dnsmasq"]["restarts"] >= 1
+    await lab.stop(waltd)
+    assert waltd.process.returncode == 0

@@ -13,6 +13,7 @@ import asyncio
 import os
 import shutil
 import sys
+from collections import deque
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Self
@@ -164,14 +165,20 @@ class DnsmasqService(Service):
                 shutil.copyfile(source, self.paths.tftp_root / name)
 
     async def serve(self) -> None:
-        """Relay dnsmasq's output to the log; its exit is a crash (the supervisor restarts it)."""
+        """Relay dnsmasq's output to the log; its exit is a crash (the supervisor restarts it).
+
+        The crash message carries dnsmasq's last words (e.g. an unknown interface).
+        """
         assert self._proc is not None and self._proc.stdout is not None
+        last: deque[str] = deque(maxlen=3)
         async for raw in self._proc.stdout:
             line = raw.decode(errors="replace").rstrip()
             if line:
+                last.append(line)
                 _log.debug("dnsmasq_output", line=line)
         status = await self._ctx.children.wait(self._proc)
-        raise RuntimeError(f"dnsmasq exited with status {status}")
+        said = f": {' | '.join(last)}" if last else ""
+        raise RuntimeError(f"dnsmasq exited with status {status}{said}")
 
     async def __aexit__(self, *exc: object) -> None:
         self._ctx.dnsmasq = None
