@@ -359,12 +359,13 @@ async def test_warm_listing_rereads_only_what_changed(world: World, tmp_path: Pa
         assert warm["dave/img:v07"].digest != cold["dave/img:v07"].digest
         assert warm["dave/img:v06"] == cold["dave/img:v06"]
 
-        # a new process: the disk has every manifest and config, the tags are asked again
+        # a new process: the disk has every manifest, config and tag: HEADs only
         proxy.reset()
         fresh = RegistryV2Source(entry(proxy), cache=DigestCache(tmp_path / "cache"))
         assert _by_ref(await fresh.list_images()) == warm
         assert proxy.counts()["GET", "blobs"] == 0
-        assert proxy.counts()["GET", "manifests"] == 20
+        assert proxy.counts()["GET", "manifests"] == 0
+        assert proxy.counts()["HEAD", "manifests"] == 20
 
 
 def _folder(path: Path) -> tuple[list[str], int]:
@@ -394,3 +395,14 @@ async def test_cache_memory_bound_and_disk_checks(tmp_path: Path) -> None:
         await fresh.put(digests[3], blobs[4])
     assert await fresh.get("sha256:../../etc/passwd") is None
     assert await DigestCache().get(digests[0]) is None  # memory only: nothing on disk
+
+
+async def test_saved_tag_map_round_trip_and_garbage(tmp_path: Path) -> None:
+    digest = digest_of(b"{}")
+    cache = DigestCache(tmp_path)
+    cache.remember_tag("reg/user/img:latest", digest)
+    await cache.flush()
+    assert DigestCache(tmp_path).tag_digest("reg/user/img:latest") == digest
+    for garbage in (b"\xff{", b"[1, 2]", b'{"k": "not-a-digest"}'):
+        (tmp_path / "tags.json").write_bytes(garbage)
+        assert DigestCache(tmp_path).tag_digest("k") is None  # a cold start, not a crash

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
+import json
 import os
 import re
 import secrets
@@ -21,6 +22,8 @@ from waltd import log
 
 _log = log.get("registry-cache")
 
+TAGS_FILE = "tags.json"
+_MAX_TAGS_FILE = 64 * 2**20
 _DIGEST = re.compile(r"(sha256:[0-9a-f]{64})|(sha512:[0-9a-f]{128})")
 
 
@@ -37,6 +40,22 @@ def digest_of(data: bytes, like: str = "sha256:") -> str:
     return f"{algorithm}:{hashlib.new(algorithm, data).hexdigest()}"
 
 
+def _read_tags(path: Path, limit: int) -> dict[str, str]:
+    """The saved tag map; anything unreadable or malformed is an empty map (a cold start)."""
+    try:
+        if path.stat().st_size > _MAX_TAGS_FILE:
+            return {}
+        data = json.loads(path.read_bytes())
+    except (OSError, ValueError):
+        return {}
+    if not isinstance(data, dict):
+        return {}
+    tags = {
+        k: v for k, v in data.items() if isinstance(k, str) and isinstance(v, str) and is_digest(v)
+    }
+    return dict(list(tags.items())[-limit:])
+
+
 class DigestCache:
     """Bytes by digest: memory (least recently used out beyond `max_memory` bytes) and disk.
 
@@ -48,8 +67,9 @@ class DigestCache:
     miss needs no disk access, and new entries are written together by `flush()` (clients
     call it when they close) rather than one thread hand-off each.
 
-    Also remembers, in memory, the last digest seen for a tag (`remember_tag`): a client then
-    asks the registry with a HEAD whether the tag still points there.
+    Also remembers the last digest seen for a tag (`remember_tag`): a client then asks the
+    registry with a HEAD whether the tag still points there. With `folder` that map is saved
+    too (`tags.json`, by `flush()`), so a restarted daemon's first search is a warm one.
     """
 
     def __init__(
@@ -63,6 +83,9 @@ class DigestCache:
         self._tags: OrderedDict[str, str] = OrderedDict()
         self._on_disk: set[str] | None = None  # digests with a file, once listed
         self._unwritten: dict[str, bytes] = {}
+        self._tags_changed = False
+        if folder is not None:
+            self._tags.update(_read_tags(folder / TAGS_FILE, max_tags))
 
     async def get(self, digest: str) -> bytes | None:
         """The bytes stored under `digest`, or None."""
@@ -98,11 +121,13 @@ class DigestCache:
             self._unwritten[digest] = data
 
     async def flush(self) -> None:
-        """Write the entries not yet on disk, all in one thread hand-off."""
-        if not self._unwritten:
+        """Write the entries not yet on disk and the tag map, all in one thread hand-off."""
+        if self.folder is None or not (self._unwritten or self._tags_changed):
             return
         batch, self._unwritten = self._unwritten, {}
-        written = await asyncio.to_thread(self._write_all, batch)
+        tags = json.dumps(dict(self._tags)).encode() if self._tags_changed else None
+        self._tags_changed = False
+        written = await asyncio.to_thread(self._write_all, batch, tags)
         if self._on_disk is not None:
             self._on_disk.update(written)
 
@@ -112,6 +137,8 @@ class DigestCache:
 
     def remember_tag(self, key: str, digest: str) -> None:
         """Remember that `key` pointed to `digest`."""
+        if self._tags.get(key) != digest:
+            self._tags_changed = True
         self._tags[key] = digest
         self._tags.move_to_end(key)
         while len(self._tags) > self._max_tags:
@@ -126,9 +153,9 @@ class DigestCache:
             _, dropped = self._memory.popitem(last=False)
             self._memory_size -= len(dropped)
 
-    def _path(self, digest: str) -> Path:
+    def _path(self, name: str) -> Path:
         assert self.folder is not None
-        return self.folder / (digest.replace(":", "-") + ".json")
+        return self.folder / (name if name == TAGS_FILE else name.replace(":", "-") + ".json")
 
     def _read(self, digest: str) -> bytes | None:
         path = self._path(digest)
@@ -154,12 +181,15 @@ class DigestCache:
         found = {n.removesuffix(".json").replace("-", ":", 1) for n in names if n.endswith(".json")}
         return {d for d in found if is_digest(d)}
 
-    def _write_all(self, batch: dict[str, bytes]) -> list[str]:
-        return [digest for digest, data in batch.items() if self._write(digest, data)]
+    def _write_all(self, batch: dict[str, bytes], tags: bytes | None) -> list[str]:
+        if tags is not None:
+            self._write_file(self._path(TAGS_FILE), tags)
+        return [
+            digest for digest, data in batch.items() if self._write_file(self._path(digest), data)
+        ]
 
-    def _write(self, digest: str, data: bytes) -> bool:
+    def _write_file(self, path: Path, data: bytes) -> bool:
         assert self.folder is not None
-        path = self._path(digest)
         tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
         try:
             self.folder.mkdir(mode=0o700, parents=True, exist_ok=True)
