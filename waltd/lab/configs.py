@@ -32,10 +32,12 @@ def registry_config(
         raise ValueError(f"invalid port {port}")
     config: dict[str, object] = {
         "version": "0.1",
-        "log": {"level": "warn"},
+        # As a production registry is set up: no access log, blob descriptors cached.
+        "log": {"level": "warn", "accesslog": {"disabled": True}},
         "storage": {
             "filesystem": {"rootdirectory": str(storage)},
             "delete": {"enabled": True},
+            "cache": {"blobdescriptor": "inmemory"},
         },
         "http": {"addr": f"127.0.0.1:{port}", "secret": secret},
     }
