@@ -34,8 +34,12 @@ def test_registry_config_without_auth() -> None:
     config = yaml.safe_load(registry_config(LAB / "data", 5000, secret="s"))
     assert config == {
         "version": "0.1",
-        "log": {"level": "warn"},
-        "storage": {"filesystem": {"rootdirectory": f"{LAB}/data"}, "delete": {"enabled": True}},
+        "log": {"level": "warn", "accesslog": {"disabled": True}},
+        "storage": {
+            "filesystem": {"rootdirectory": f"{LAB}/data"},
+            "delete": {"enabled": True},
+            "cache": {"blobdescriptor": "inmemory"},
+        },
         "http": {"addr": "127.0.0.1:5000", "secret": "s"},
     }
 
