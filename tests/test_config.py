@@ -16,6 +16,7 @@ import yaml
 from hypothesis import given
 from hypothesis import strategies as st
 
+from tests.conftest import require_root
 from waltd import config
 from waltd.config import (
     DEFAULT_PATH,
@@ -1001,8 +1002,8 @@ def test_save_replaces_the_file_by_rename_and_keeps_its_mode(tmp_path: Path) -> 
     assert os.listdir(tmp_path) == ["server.conf"]
 
 
-@pytest.mark.skipif(os.geteuid() != 0, reason="changing a file's owner needs root")
 def test_save_keeps_the_owner(tmp_path: Path) -> None:
+    require_root()  # changing a file's owner needs root
     path = write(tmp_path, "")
     os.chown(path, 1234, 1235)
     save(path, a_config())
