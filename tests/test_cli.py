@@ -1,5 +1,15 @@
-"""The client's formatting of events."""
+"""The client: its formatting of events, its reading of NDJSON streams."""
 
+from __future__ import annotations
+
+import asyncio
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from waltd.cli.client import Client, ClientError
 from waltd.cli.walt import format_event
 
 
@@ -27,3 +37,72 @@ def test_format_event_with_traceback_and_colour() -> None:
         colour=True,
     )
     assert "\x1b[31m" in line and line.endswith("Traceback...\nBoom")
+
+
+def test_format_event_escapes_what_a_terminal_would_obey() -> None:
+    line = format_event(
+        {
+            "event": "node_lease\x1b[2J",
+            "level": "info",
+            "hostname": "evil\x9b31m\x7f",
+            "vendor_class": "a\ud800b",
+            "error": "two\x1b]0;title\x07 words",
+            "exception": "Traceback\n  hostile\x1b[1A\nError",
+        }
+    )
+    assert line == (
+        " info    node_lease\\x1b[2J hostname=evil\\x9b31m\\x7f vendor_class=a\\ud800b"
+        ' error="two\\u001b]0;title\\u0007 words"\nTraceback\n  hostile\\x1b[1A\nError'
+    )
+    assert all(c.isprintable() for c in line.replace("\n", ""))
+    line.encode("utf-8")  # no lone surrogate left to crash the terminal's encoder
+
+
+_BIG = {"event": "x" * 3_000_000, "seq": 1}
+
+
+async def _raw_server(path: Path, answer: bytes) -> asyncio.Server:
+    """An HTTP server on `path` that answers every request with `answer`, then hangs up."""
+
+    async def reply(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readuntil(b"\r\n\r\n")
+        writer.write(answer)
+        await writer.drain()
+        writer.close()
+
+    return await asyncio.start_unix_server(reply, str(path))
+
+
+def _ndjson_answer(body: bytes) -> bytes:
+    head = "HTTP/1.1 200 OK\r\nContent-Type: application/x-ndjson\r\n"
+    return f"{head}Content-Length: {len(body)}\r\nConnection: close\r\n\r\n".encode() + body
+
+
+async def _records(path: Path) -> list[dict[str, Any]]:
+    async with Client(path) as client:
+        return [r async for r in client.stream("/v1/events")]
+
+
+async def test_stream_takes_records_of_megabytes(tmp_path: Path) -> None:
+    path = tmp_path / "api.sock"
+    body = json.dumps(_BIG).encode() + b"\n" + b'{"seq": 2}\n\n{"seq": 3}'
+    async with await _raw_server(path, _ndjson_answer(body)):
+        records = await _records(path)
+    assert records == [_BIG, {"seq": 2}, {"seq": 3}]
+
+
+async def test_stream_cut_by_a_dying_daemon_is_a_client_error(tmp_path: Path) -> None:
+    path = tmp_path / "api.sock"
+    head = b"HTTP/1.1 200 OK\r\nContent-Type: application/x-ndjson\r\n"
+    # Chunked, and the daemon dies inside the second chunk.
+    cut = head + b'Transfer-Encoding: chunked\r\n\r\nb\r\n{"seq": 1}\n\r\n40\r\n{"seq"'
+    async with await _raw_server(path, cut):
+        with pytest.raises(ClientError, match="broke off"):
+            await _records(path)
+
+
+async def test_stream_with_a_broken_record_is_a_client_error(tmp_path: Path) -> None:
+    path = tmp_path / "api.sock"
+    async with await _raw_server(path, _ndjson_answer(b'{"seq": 1}\n{"seq": \n')):
+        with pytest.raises(ClientError, match="unreadable record"):
+            await _records(path)

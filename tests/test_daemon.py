@@ -4,14 +4,18 @@ from __future__ import annotations
 
 import json
 import os
+import random
 import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+from typing import Any
 
 import pexpect
 import pytest
@@ -70,6 +74,7 @@ def test_status_and_events_over_the_socket(daemon: Daemon) -> None:
     assert status["caller"]["walt_user"] == "root"
     assert {s["name"]: s["state"] for s in status["services"]} == {
         "database": "running",
+        "registries": "running",
         "api": "running",
         "detect": "running",
     }  # no dnsmasq service at all
@@ -83,7 +88,8 @@ def test_status_and_events_over_the_socket(daemon: Daemon) -> None:
     assert "daemon_ready" in names and "no_node_network" in names
     assert all({"event", "level", "timestamp", "seq"} <= e.keys() for e in events)
     pretty = walt(daemon.socket, "log", "show").stdout.splitlines()
-    assert any(" info    daemon_ready services=database,api,detect" in line for line in pretty)
+    ready = " info    daemon_ready services=database,registries,api,detect"
+    assert any(ready in line for line in pretty)
     assert not pretty[0].startswith("{")
     # The stream carries what the log carries.
     logged = [r["event"] for r in daemon.records() if "event" in r]
@@ -239,7 +245,9 @@ def test_sd_notify_protocol(folder: Path) -> None:
         assert b"MONOTONIC_USEC=" in msgs[-1]
         until(b"READY=1")
         d.signal(signal.SIGTERM)
-        until(b"STOPPING=1")
+        stopping = until(b"STOPPING=1")[-1]
+        # The budget (3 s) and room to stop children: systemd waits that long from now.
+        assert b"EXTEND_TIMEOUT_USEC=8000000" in stopping.split(b"\n")
         assert d.stop() == 0
     finally:
         listener.close()
@@ -384,3 +392,236 @@ def test_image_search_progress_line_on_a_terminal(folder: Path) -> None:
         assert d.stop() == 0
     finally:
         d.kill()
+
+
+def test_a_second_daemon_on_the_same_state_folder_touches_nothing(folder: Path) -> None:
+    conf = write_config(folder)
+    first = Daemon(
+        folder,
+        conf,
+        argv=[sys.executable, str(ROOT / "tests/support/harness.py"), str(conf), "long"],
+    )
+    try:
+        first.start()
+        (child,) = first.wait_for(lambda e: e.get("event") == "long_child_started")["pids"]
+        second = subprocess.run(
+            [sys.executable, "-m", "waltd", "--config", str(conf)],
+            capture_output=True,
+            text=True,
+            timeout=30,
+            env={**os.environ, "PYTHONPATH": str(ROOT)},
+        )
+        assert second.returncode == 1
+        assert f"another waltd uses {folder / 'state'} (pid {first.proc.pid})" in second.stderr
+        record = json.loads(second.stdout.splitlines()[-1])
+        assert record["event"] == "daemon_already_running" and record["level"] == "error"
+        assert _alive(child)  # its children were not killed
+        status = json.loads(walt(first.socket, "status", "--json").stdout)
+        assert status["pid"] == first.proc.pid
+        assert first.stop() == 0
+    finally:
+        first.kill()
+
+
+def test_a_failure_at_start_is_one_json_record_and_status_1(folder: Path) -> None:
+    (folder / "file").write_text("")
+    conf = write_config(folder, daemon={"state-dir": str(folder / "file" / "state")})
+    proc = subprocess.run(
+        [sys.executable, "-m", "waltd", "--config", str(conf)],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+    )
+    assert proc.returncode == 1
+    record = json.loads(proc.stdout.splitlines()[-1])
+    assert record["event"] == "daemon_failed" and "NotADirectoryError" in record["error"]
+    assert "Traceback" in record["exception"] and "Traceback" not in proc.stderr
+
+
+# Prints the HTTP status and JSON body of GET /v1/status, run as another user (see above).
+_RAW_GET = """
+import json, socket, sys
+s = socket.socket(socket.AF_UNIX)
+s.connect(sys.argv[1])
+s.sendall(b"GET /v1/status HTTP/1.1\\r\\nHost: waltd\\r\\nConnection: close\\r\\n\\r\\n")
+data = b""
+while chunk := s.recv(65536):
+    data += chunk
+head, body = data.split(b"\\r\\n\\r\\n", 1)
+print(json.dumps({"status": int(head.split()[1]), "body": json.loads(body)}))
+"""
+
+
+def _get_status_as(user: str, sock: Path) -> dict[str, Any]:
+    python = require_tool("/usr/bin/python3")
+    res = subprocess.run(
+        ["runuser", "-u", user, "--", python, "-c", _RAW_GET, str(sock)],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert res.returncode == 0, res.stderr
+    answer: dict[str, Any] = json.loads(res.stdout)
+    return answer
+
+
+def test_callers_without_a_walt_user_of_their_own_are_refused(daemon: Daemon) -> None:
+    require_root()
+    require_tool("useradd")
+    suffix = uuid.uuid4().hex[:6]
+    symbols = "_" + "".join(random.choice("._") for _ in range(12))  # normalises to ""
+    upper, lower = f"Walt_C{suffix}", f"walt-c{suffix}"  # both give walt-c<suffix>
+    users = [symbols, upper, lower]
+    for name in users:
+        subprocess.run(
+            ["useradd", "--badname", "-M", "-s", "/bin/sh", name], check=True, capture_output=True
+        )
+    daemon.folder.chmod(0o755)
+    try:
+        daemon.start()
+        nameless = _get_status_as(symbols, daemon.socket)
+        assert nameless["status"] == 403
+        assert "gives no walt user name" in nameless["body"]["error"]
+        for caller, other in ((upper, lower), (lower, upper)):
+            refused = _get_status_as(caller, daemon.socket)
+            assert refused["status"] == 403
+            message = refused["body"]["error"]
+            assert f"walt user name 'walt-c{suffix}'" in message and repr(other) in message
+        assert not any(r.get("event") == "service_crashed" for r in daemon.records())
+        root = json.loads(walt(daemon.socket, "status", "--json").stdout)["caller"]
+        assert root["walt_user"] == "root"
+        assert daemon.stop() == 0
+    finally:
+        for name in users:
+            subprocess.run(["userdel", name], capture_output=True)
+
+
+class _Registry(ThreadingHTTPServer):
+    """A plain-HTTP registry with an empty catalog on 127.0.0.1, in threads of this process.
+
+    `seen` records ("GET", client port) for each request and ("closed", client port) when a
+    connection ends. With `hang`, a request is never answered: its connection stays until the
+    client drops it.
+    """
+
+    daemon_threads = True
+
+    def __init__(self, *, hang: bool = False) -> None:
+        super().__init__(("127.0.0.1", 0), _RegistryHandler)
+        self.hang = hang
+        self.seen: list[tuple[str, int]] = []
+        self.port = self.server_address[1]
+        threading.Thread(target=self.serve_forever, daemon=True).start()
+
+    def entry(self, description: str = "test") -> dict[str, object]:
+        """Its server.conf entry, labelled `local`."""
+        return {
+            "label": "local",
+            "api": "docker-registry-v2",
+            "description": description,
+            "host": "127.0.0.1",
+            "port": self.port,
+            "protocol": "http",
+        }
+
+    def ports(self, kind: str) -> list[int]:
+        """The client ports of the `kind` events ("GET" or "closed"), in order."""
+        return [port for what, port in self.seen if what == kind]
+
+
+class _RegistryHandler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"  # keep-alive: a client may reuse the connection
+    server: _Registry
+
+    def do_GET(self) -> None:
+        self.server.seen.append(("GET", self.client_address[1]))
+        if self.server.hang:
+            self.connection.recv(1)  # b"" once the client closes the connection
+            return
+        body = b'{"repositories": []}'
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def finish(self) -> None:
+        super().finish()
+        self.server.seen.append(("closed", self.client_address[1]))
+
+    def log_message(self, format: str, *args: object) -> None:
+        """Quiet."""
+
+
+def _until(check: Callable[[], bool], timeout: float = 10) -> None:
+    deadline = time.monotonic() + timeout
+    while not check():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.05)
+
+
+def test_image_search_keeps_registry_connections_until_a_reload_changes_them(
+    folder: Path,
+) -> None:
+    registry = _Registry()
+    no_docker = {"docker-socket": str(folder / "no-docker.sock")}
+    conf = write_config(folder, registries=[registry.entry()], images=no_docker)
+    d = Daemon(folder, conf)
+
+    def search() -> None:
+        res = walt(d.socket, "image", "search")
+        assert res.returncode == 0 and res.stderr == "", res.stderr
+
+    def reload() -> None:
+        done = sum(r.get("event") == "config_reloaded" for r in d.records())
+        d.signal(signal.SIGHUP)
+        _until(lambda: sum(r.get("event") == "config_reloaded" for r in d.records()) > done)
+
+    try:
+        d.start()
+        search()
+        search()
+        reload()  # nothing changed: the same sources
+        search()
+        (port,) = set(registry.ports("GET"))  # one connection for the three searches
+        assert registry.ports("closed") == []
+
+        write_config(folder, registries=[registry.entry("changed")], images=no_docker)
+        reload()  # new sources; the old ones closed
+        _until(lambda: registry.ports("closed") == [port])
+        search()
+        assert len(set(registry.ports("GET"))) == 2
+        assert d.stop() == 0
+    finally:
+        d.kill()
+        registry.shutdown()
+
+
+def test_image_search_stops_when_the_caller_leaves(folder: Path) -> None:
+    registry = _Registry(hang=True)
+    no_docker = {"docker-socket": str(folder / "no-docker.sock")}
+    d = Daemon(folder, write_config(folder, registries=[registry.entry()], images=no_docker))
+    try:
+        d.start()
+        body = json.dumps({"keyword": None}).encode()
+        with socket.socket(socket.AF_UNIX) as client:
+            client.connect(str(d.socket))
+            client.sendall(
+                b"POST /v1/images/search HTTP/1.1\r\nHost: waltd\r\n"
+                b"Content-Type: application/json\r\n"
+                + f"Content-Length: {len(body)}\r\n\r\n".encode()
+                + body
+            )
+            answer = b""
+            while b"\r\n\r\n" not in answer:
+                answer += client.recv(4096)
+            assert answer.startswith(b"HTTP/1.1 200")
+            _until(lambda: registry.ports("GET") != [])
+        # the search ends with its caller, not when the registry's timeout (30 s) ends it
+        _until(lambda: registry.ports("closed") != [], timeout=5)
+        assert not any(r.get("event") == "image_search" for r in d.records())
+        assert d.stop() == 0
+    finally:
+        d.kill()
+        registry.shutdown()

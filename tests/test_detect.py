@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import socket
 import subprocess
 import sys
+import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
+from types import SimpleNamespace
+from typing import Any, cast
 
 import pytest
 from hypothesis import given
@@ -16,7 +21,9 @@ from hypothesis import strategies as st
 
 from tests.support.daemon import ROOT, Daemon, remove, short_dir, walt, write_config
 from waltd import dhcp_event
-from waltd.provision.detect import LeaseEvent, TftpEvent, parse_message
+from waltd.db import Database, StateError
+from waltd.provision import detect
+from waltd.provision.detect import DetectionService, LeaseEvent, TftpEvent, parse_message
 from waltd.provision.models import RPI_UNKNOWN_MODEL, detect_model, model_from_class
 
 MAC = "52:54:00:12:34:56"
@@ -79,6 +86,10 @@ def test_parse_lease_and_tftp() -> None:
         (_message(ip="10.0.0.300"), "not an IPv4 address"),
         (_message(user_classes="walt.node.x"), "user_classes"),
         (_message(hostname="a\nb"), "control characters"),
+        (_message(hostname="a\x7fb"), "non-printable"),
+        (_message(vendor_class="walt.node.pc\x9b2J"), "non-printable"),
+        (_message(hostname="a\ud800b"), "non-printable"),
+        (_message(user_classes=["iPXE", "\u2028"]), "non-printable"),
         (_message(vendor_class=5), "must be a string"),
         (b"{" + b" " * 9000 + b"}", "exceeds"),
     ],
@@ -209,3 +220,118 @@ def test_events_spooled_while_down_are_delivered_at_start(folder: Path) -> None:
         assert d.stop() == 0
     finally:
         d.kill()
+
+
+def test_hook_waits_for_room_in_a_full_queue_before_spooling(folder: Path) -> None:
+    """The kernel queues ~10 datagrams: a burst must wait for the daemon, not spool at once."""
+    path = str(folder / "events.sock")
+    daemon = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    daemon.bind(path)
+    filler = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    try:
+        queued = 0
+        with pytest.raises(BlockingIOError):
+            while queued < 10_000:
+                filler.sendto(b"{}", socket.MSG_DONTWAIT, path)
+                queued += 1
+
+        def read_later() -> None:
+            time.sleep(0.3)
+            for _ in range(queued):
+                daemon.recv(100)
+
+        reader = threading.Thread(target=read_later)
+        reader.start()
+        began = time.monotonic()
+        assert dhcp_event.send(b'{"action": "add"}', path)
+        assert 0.2 < time.monotonic() - began < dhcp_event.SEND_TIMEOUT_S
+        reader.join()
+        assert daemon.recv(100) == b'{"action": "add"}'
+
+        # Nobody reads: the hook gives up after its timeout (and then spools).
+        with pytest.raises(BlockingIOError):
+            while True:
+                filler.sendto(b"{}", socket.MSG_DONTWAIT, path)
+        began = time.monotonic()
+        assert not dhcp_event.send(b"{}", path)
+        assert time.monotonic() - began >= dhcp_event.SEND_TIMEOUT_S * 0.9
+    finally:
+        filler.close()
+        daemon.close()
+
+
+def test_events_spooled_while_running_are_delivered(folder: Path) -> None:
+    d = Daemon(folder, write_config(folder))
+    try:
+        d.start()
+        state = folder / "state"
+        event = dhcp_event.build_event(
+            ["add", MAC, "10.0.0.5"], {"DNSMASQ_VENDOR_CLASS": "walt.node.pc-x86-64"}
+        )
+        # What the hook does when the daemon's queue stays full.
+        dhcp_event.spool(dhcp_event.encode(event), str(state / "dhcp-spool"))
+        detected = d.wait_for(lambda e: e.get("event") == "node_detected", timeout=6)
+        assert (detected["mac"], detected["source"]) == (MAC, "spool")
+        assert list((state / "dhcp-spool").iterdir()) == []
+        assert d.stop() == 0
+    finally:
+        d.kill()
+
+
+class _BrokenDatabase:
+    async def get_node(self, mac: str) -> None:
+        raise StateError("state database waltd.db: disk I/O error")
+
+
+def _service(state: Path) -> tuple[Any, DetectionService]:
+    async def node_known(mac: str, name: str) -> None:
+        return None
+
+    ctx = SimpleNamespace(state_dir=state, db=None, event_socket=None, node_known=node_known)
+    return ctx, DetectionService(cast(Any, ctx))
+
+
+async def test_a_lease_waits_for_the_database(tmp_path: Path) -> None:
+    ctx, svc = _service(tmp_path)
+    async with svc:
+        handling = asyncio.create_task(svc.handle(_message(), source="socket"))
+        await asyncio.sleep(0.3)
+        assert not handling.done()  # waiting, neither crashed nor lost
+        async with Database(tmp_path / "waltd.db") as db:
+            ctx.db = db
+            await asyncio.wait_for(handling, 2)
+            node = await db.get_node(MAC)
+    assert node is not None and node.model == "pc-x86-64"
+    assert list(svc.spool.iterdir()) == []
+
+
+async def test_an_event_that_cannot_be_recorded_goes_back_to_the_spool(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(detect, "DB_WAIT_S", 0.2)
+    ctx, svc = _service(tmp_path)
+    first, second = _message(), _message(mac="52:54:00:00:00:02", ip="10.0.0.6")
+    async with svc:
+        await svc.handle(first, source="socket")  # no database at all
+        ctx.db = _BrokenDatabase()
+        await svc.handle(second, source="socket")  # a failing one
+        spooled = sorted(svc.spool.iterdir())
+        assert [p.read_bytes() for p in spooled] == [first, second]
+        assert await svc.drain_spool() == 0  # still failing: both stay, in order
+        assert sorted(svc.spool.iterdir()) == spooled
+        async with Database(tmp_path / "waltd.db") as db:
+            ctx.db = db
+            assert await svc.drain_spool() == 2
+            assert {n.mac for n in await db.list_nodes()} == {MAC, "52:54:00:00:00:02"}
+    assert list(svc.spool.iterdir()) == []
+
+
+async def test_datagrams_queued_when_detection_stops_are_spooled(tmp_path: Path) -> None:
+    _, svc = _service(tmp_path)
+    async with svc:
+        sender = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        for i in range(3):
+            sender.sendto(_message(ip=f"10.0.0.{i + 1}"), str(svc.socket_path))
+        sender.close()
+    ips = [json.loads(p.read_bytes())["ip"] for p in sorted(svc.spool.iterdir())]
+    assert ips == ["10.0.0.1", "10.0.0.2", "10.0.0.3"]

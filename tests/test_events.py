@@ -61,3 +61,54 @@ async def anext_with(stream, action):  # type: ignore[no-untyped-def]
     await asyncio.sleep(0)
     action()
     return await asyncio.wait_for(task, 1)
+
+
+def test_publishing_from_a_worker_thread_reaches_followers_on_the_loop() -> None:
+    # A loop of its own in debug mode: asyncio then refuses loop calls from other threads
+    # rather than losing wake-ups, and a loop left broken is not the suite's.
+    loop = asyncio.new_event_loop()
+    loop.set_debug(True)
+    try:
+        loop.run_until_complete(asyncio.wait_for(_publish_from_a_thread(), 2))
+    finally:
+        loop.close()
+
+
+async def _publish_from_a_thread() -> None:
+    bus = EventBus()
+    stream = bus.follow()
+    first = asyncio.ensure_future(stream.__anext__())
+    await asyncio.sleep(0)
+    numbered = await asyncio.to_thread(bus.publish, {"event": "from_thread"})
+    got = await asyncio.wait_for(first, 1)
+    assert got == numbered and got["event"] == "from_thread"
+    bus.end_followers()
+    assert [e async for e in stream] == []
+
+
+async def test_threads_and_the_loop_publishing_together_lose_nothing() -> None:
+    bus = EventBus(history=5000, follower_queue=5000)
+    got: list[int] = []
+
+    async def reader() -> None:
+        async for e in bus.follow():
+            got.append(e["seq"])
+
+    task = asyncio.create_task(reader())
+    await asyncio.sleep(0)
+
+    def burst() -> None:
+        for i in range(500):
+            bus.publish({"event": f"t{i}"})
+
+    threads = [asyncio.to_thread(burst) for _ in range(4)]
+    for i in range(500):
+        bus.publish({"event": f"l{i}"})
+        if i % 50 == 0:
+            await asyncio.sleep(0)
+    await asyncio.gather(*threads)
+    await asyncio.sleep(0.05)
+    bus.end_followers()
+    await asyncio.wait_for(task, 2)
+    assert sorted(got) == list(range(1, 2501))
+    assert [e["seq"] for e in bus.recent()] == list(range(1, 2501))

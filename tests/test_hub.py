@@ -7,6 +7,7 @@ of the lab behind a thin token-issuing front: only the Bearer auth layer is fake
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import json
 from collections.abc import AsyncIterator
@@ -29,6 +30,7 @@ from tests.support.hub_fake import (
     encode_metadata,
     publish_metadata,
 )
+from tests.support.registry_proxy import Proxy, rewrite_body, status
 from waltd.lab import Lab, Registry, build_image, push_image
 from waltd.registries.base import LOCATION_HUB, AuthError, Credentials, NotFound, RegistryError
 from waltd.registries.hub import HubSource, MetadataError, parse_walt_metadata
@@ -208,6 +210,45 @@ async def test_resolve_and_copy_with_skopeo(hub: HubEnv) -> None:
     assert out.stdout.strip() == RPI_MODELS
 
 
+@module
+async def test_a_busy_or_broken_tag_does_not_fail_the_hub(hub: HubEnv) -> None:
+    """A proxy in front of the token front answers for three tags: 429, 503, a lying body."""
+    async with Proxy(hub.front.url) as proxy:
+        faults = {
+            "alice/rpi-os/manifests/latest": status(429, Retry_After="0"),
+            "alice/rpi-os/manifests/v2": status(503),
+            "bob/walt-pc/manifests/latest": rewrite_body(
+                proxy, lambda b: b.replace(b'"size":', b'"size" :', 1)
+            ),
+        }
+
+        async def made_up(request: web.Request) -> web.StreamResponse | None:
+            fault = faults.get(request.path.removeprefix("/v2/"))
+            return await fault(request) if fault else None
+
+        proxy.fault = made_up
+        source = HubSource(registry_url=proxy.url, hub_url=hub.api.url)
+        with structlog.testing.capture_logs() as logs:
+            found = _by_name(await source.list_images())
+    # alice's tags were not inspected: her metadata's labels stand in, without a digest;
+    # bob's image is broken: left out; the others are there
+    assert sorted(found) == ["alice/rpi-os:latest", "alice/rpi-os:v2", "dave/node-image:latest"]
+    for tag in ("latest", "v2"):
+        alice = found[f"alice/rpi-os:{tag}"]
+        assert alice.digest is None and alice.models == ("rpi-3-b-plus", "rpi-4-b")
+    assert found["dave/node-image:latest"].digest
+    not_inspected = {
+        r["image"]: r["error"] for r in logs if r["event"] == "hub_image_not_inspected"
+    }
+    assert set(not_inspected) == {"alice/rpi-os:latest", "alice/rpi-os:v2"}
+    assert (
+        not_inspected["alice/rpi-os:v2"] == "hub: HTTP 503 from GET /v2/alice/rpi-os/manifests/v2"
+    )
+    (skipped,) = [r for r in logs if r["event"] == "registry_image_skipped"]
+    assert skipped["image"] == "bob/walt-pc:latest"
+    assert skipped["error"].startswith("hub: digest mismatch: GET /v2/bob/walt-pc/manifests/latest")
+
+
 # ---- Hub's web API alone (no registry reached) ----------------------------------------------
 
 
@@ -238,6 +279,51 @@ async def test_next_page_on_another_origin_is_refused() -> None:
         source = HubSource(hub_url=server.url, registry_url="http://127.0.0.1:9")
         with pytest.raises(RegistryError, match=r"next page link leaves http://127\.0\.0\.1:"):
             await source.list_images()
+
+
+async def test_hub_api_paging_ends_and_stays_on_its_server() -> None:
+    """Hub search answers that would keep the daemon paging forever, or send it elsewhere."""
+    asked: list[str] = []
+    mode = ["own link"]
+
+    async def page(request: web.Request) -> web.Response:
+        asked.append(request.path_qs)
+        if mode[0] == "own link":  # `next` is the very page
+            results = [{"repo_name": "waltz"}]
+            return web.json_response({"results": results, "next": str(request.url)})
+        if mode[0] == "nothing, forever":  # new pages of null items
+            following = request.url.update_query(page=str(int(request.query.get("page", 1)) + 1))
+            return web.json_response({"results": [None], "next": str(following)})
+        raise web.HTTPFound(f"{elsewhere.url}/v2/search/repositories/")
+
+    async def empty(request: web.Request) -> web.Response:
+        asked.append("elsewhere")
+        return web.json_response({"results": [], "next": None})
+
+    server, elsewhere = LocalServer(), LocalServer()
+    server.app.router.add_get("/v2/search/repositories/", page)
+    elsewhere.app.router.add_get("/v2/search/repositories/", empty)
+    async with server, elsewhere:
+        source = HubSource(hub_url=server.url, registry_url="http://127.0.0.1:9")
+        async with asyncio.timeout(20):
+            assert await source.list_images() == []
+            assert len(asked) == 2  # one page per query (walt_metadata, walt)
+
+            asked.clear()
+            mode[0] = "nothing, forever"
+            with structlog.testing.capture_logs() as logs:
+                assert await source.list_images() == []
+            assert len(asked) == 200  # 100 pages per query
+            capped = [r for r in logs if r["event"] == "hub_pages_capped"]
+            assert len(capped) == 2 and capped[0]["pages"] == 100
+
+            asked.clear()
+            mode[0] = "redirect"
+            with pytest.raises(RegistryError) as caught:
+                await source.list_images()
+    assert "elsewhere" not in asked
+    assert str(caught.value).startswith("hub: search for ")
+    assert str(caught.value).endswith(f"at {server.url}: redirected (HTTP 302), not followed")
 
 
 def test_transport_of_hub_and_of_a_stand_in() -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+import logging
 
 import pytest
 import structlog
@@ -95,3 +96,25 @@ def test_records_reach_the_event_bus_redacted(out: io.StringIO) -> None:
 
 def teardown_module() -> None:
     structlog.reset_defaults()
+
+
+def test_stdlib_records_are_json_redacted_and_streamed(out: io.StringIO) -> None:
+    bus = EventBus()
+    log.setup(stream=out, bus=bus)
+    log.redactor.register("s3cr3t-Pa55")
+    try:
+        logging.getLogger("aiohttp.server").error("Error handling request from %s", "s3cr3t-Pa55")
+        try:
+            raise RuntimeError("boom")
+        except RuntimeError:
+            logging.getLogger("asyncio").exception("Task exception was never retrieved")
+        logging.getLogger("asyncio").debug("below the level")
+    finally:
+        log.redactor.forget("s3cr3t-Pa55")
+    assert "s3cr3t-Pa55" not in out.getvalue()
+    first, second = _lines(out)
+    assert first["event"] == "Error handling request from ***"
+    assert (first["level"], first["logger"]) == ("error", "aiohttp.server")
+    assert str(first["timestamp"]).endswith("Z")
+    assert second["level"] == "error" and "RuntimeError: boom" in str(second["exception"])
+    assert [e["seq"] for e in bus.recent()] == [first["seq"], second["seq"]]

@@ -7,9 +7,14 @@ each node's namespace, the `waltd-dhcp-event` hook called by dnsmasq.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
+import os
+import pwd
+import signal
 import time
 from collections.abc import AsyncIterator, Callable
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -18,6 +23,7 @@ import yaml
 from tests.conftest import require_root, require_tool
 from tests.support.daemon import walt
 from tests.support.lab_daemon import lab_config, records, start_waltd
+from waltd import dhcp_event
 from waltd.lab.lab import Lab, LabProcess
 
 pytestmark = pytest.mark.lab
@@ -136,5 +142,80 @@ async def test_dnsmasq_failure_is_reported_and_the_daemon_stays_up(lab: Lab) -> 
     services = {s["name"]: s for s in status["services"]}
     assert services["api"]["state"] == "running" and services["detect"]["state"] == "running"
     assert services["dnsmasq"]["restarts"] >= 1
+    await lab.stop(waltd)
+    assert waltd.process.returncode == 0
+
+
+def _dnsmasq_pids(conf: Path) -> list[int]:
+    """PIDs of the dnsmasq processes (main and helper) running with configuration `conf`."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            argv = (entry / "cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if Path(argv[0].decode()).name == "dnsmasq" and f"--conf-file={conf}".encode() in argv:
+            found.append(int(entry.name))
+    return found
+
+
+def _owners(pids: list[int]) -> set[int]:
+    return {Path(f"/proc/{pid}").stat().st_uid for pid in pids}
+
+
+async def _within(seconds: float, check: Callable[[], bool]) -> bool:
+    """Whether `check()` becomes true within `seconds`."""
+    for _ in range(int(seconds / 0.05)):
+        if check():
+            return True
+        await asyncio.sleep(0.05)
+    return check()
+
+
+async def test_dnsmasq_dies_with_a_killed_waltd(lab: Lab) -> None:
+    """dnsmasq drops to `nobody`, which clears PDEATHSIG: its keeper must still end it."""
+    folder = lab.root / "waltd"
+    folder.mkdir()
+    waltd = await start_waltd(lab, lab_config(lab, folder))
+    await _wait(waltd, _event("dnsmasq_started"))
+    conf = folder / "state" / "dnsmasq" / "dnsmasq.conf"
+    pids = _dnsmasq_pids(conf)
+    try:
+        assert pids
+        nobody = pwd.getpwnam("nobody").pw_uid
+        assert nobody in _owners(pids)
+        waltd.process.kill()  # no clean-up code runs
+        await waltd.process.wait()
+        assert await _within(5, lambda: not _dnsmasq_pids(conf)), _dnsmasq_pids(conf)
+    finally:
+        for pid in _dnsmasq_pids(conf):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+
+
+async def test_a_node_seen_while_dnsmasq_is_down_gets_its_host_entry(lab: Lab) -> None:
+    """dnsmasq fails (missing interface) and waits to be restarted; a node arrives meanwhile,
+    from the spool: the next start of dnsmasq writes its hosts.d entry."""
+    folder = lab.root / "waltd"
+    folder.mkdir()
+    conf = lab_config(lab, folder)
+    data = yaml.safe_load(conf.read_text())
+    data["network"]["walt-net"]["interface"] = "no-such-if"
+    conf.write_text(yaml.safe_dump(data))
+    waltd = await start_waltd(lab, conf)
+    await _wait(waltd, _event("service_crashed", service="dnsmasq"))
+    state = folder / "state"
+    mac = "52:54:00:aa:bb:01"
+    event = dhcp_event.build_event(
+        ["add", mac, str(lab.dhcp_range[0])], {"DNSMASQ_VENDOR_CLASS": "walt.node.pc-x86-64"}
+    )
+    dhcp_event.spool(dhcp_event.encode(event), str(state / "dhcp-spool"))
+    detected = await _wait(waltd, _event("node_detected", mac=mac, source="spool"))
+    entry = state / "dnsmasq" / "hosts.d" / mac.replace(":", "-")
+    # The restart delay doubles from 1 s (with jitter): the next start comes within ~5 s.
+    assert await _within(10, entry.exists)
+    assert entry.read_text() == f"{mac},{detected['name']}\n"
     await lab.stop(waltd)
     assert waltd.process.returncode == 0

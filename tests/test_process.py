@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
+import pwd
 import signal
 import subprocess
 import sys
 import time
 from pathlib import Path
 
+from tests.conftest import require_root
 from tests.support.daemon import ROOT
 from waltd.process import Children, kill_recorded, start_time
 
@@ -112,3 +115,84 @@ def test_kill_recorded_survives_a_corrupt_record(tmp_path: Path) -> None:
     record.write_text("{not json")
     assert kill_recorded(record) == []
     assert kill_recorded(tmp_path / "absent.json") == []
+
+
+def test_kill_recorded_skips_malformed_records(tmp_path: Path) -> None:
+    record = tmp_path / "children.json"
+    stray = subprocess.Popen(["sleep", "300"], start_new_session=True)
+    try:
+        record.write_text(
+            json.dumps(
+                [
+                    1,
+                    "dnsmasq",
+                    None,
+                    [stray.pid],
+                    {"pid": str(stray.pid), "start_time": start_time(stray.pid)},
+                    {"pid": True, "start_time": 1},
+                    {"pid": stray.pid},
+                    {"pid": stray.pid, "start_time": start_time(stray.pid), "argv0": "sleep"},
+                ]
+            )
+        )
+        assert kill_recorded(record) == [stray.pid]
+        assert stray.wait(5) == -signal.SIGKILL
+        assert not record.exists()
+    finally:
+        stray.kill()
+
+
+_DROPPING_CHILD = (
+    "import asyncio, sys\n"
+    "from pathlib import Path\n"
+    "from waltd.process import Children\n"
+    "async def main():\n"
+    "    c = Children(Path(sys.argv[1]))\n"
+    # Like dnsmasq: the child becomes `nobody`, which clears PDEATHSIG.
+    "    argv = ['setpriv', '--reuid=nobody', '--regid=nogroup', '--clear-groups',\n"
+    "            'sleep', '300']\n"
+    "    p = await c.spawn(argv, drops_privileges=True)\n"
+    "    print(p.pid, flush=True)\n"
+    "    await asyncio.sleep(300)\n"
+    "asyncio.run(main())\n"
+)
+
+
+def test_a_child_that_drops_privileges_dies_with_a_killed_daemon(tmp_path: Path) -> None:
+    require_root()
+    parent = subprocess.Popen(
+        [sys.executable, "-c", _DROPPING_CHILD, str(tmp_path / "c.json")],
+        stdout=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+    )
+    group: list[int] = []
+    try:
+        assert parent.stdout is not None
+        keeper = int(parent.stdout.readline())
+        deadline = time.monotonic() + 5
+        while time.monotonic() < deadline and not _sleeping_as_nobody(group):
+            time.sleep(0.05)
+            group = [int(p) for p in os.listdir("/proc") if p.isdigit() and _pgid(int(p)) == keeper]
+        assert _sleeping_as_nobody(group), "the child never became nobody"
+        parent.send_signal(signal.SIGKILL)
+        parent.wait()
+        assert all(_gone(p) for p in group)
+    finally:
+        parent.kill()
+        for pid in group:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+
+
+def _sleeping_as_nobody(pids: list[int]) -> bool:
+    nobody = pwd.getpwnam("nobody").pw_uid
+    for pid in pids:
+        try:
+            status = Path(f"/proc/{pid}/status").read_text()
+        except FileNotFoundError:
+            continue
+        fields = dict(line.split(":\t", 1) for line in status.splitlines() if ":\t" in line)
+        if fields.get("Name") == "sleep" and int(fields["Uid"].split()[0]) == nobody:
+            return True
+    return False

@@ -11,11 +11,13 @@ import asyncio
 import json
 import socket
 import time
+from collections import Counter
 from collections.abc import AsyncIterator
 
 import aiohttp
 import pytest
 import pytest_asyncio
+import structlog
 from aiohttp import web
 
 from tests.conftest import require_root, require_tool
@@ -23,6 +25,7 @@ from tests.support.registry_images import build, entry, push_tags
 from tests.support.registry_proxy import (
     Proxy,
     endless_body,
+    fan_out,
     hang,
     reset_mid_body,
     rewrite_body,
@@ -385,3 +388,119 @@ async def test_credentials_stay_with_their_server(proxy: Proxy, registry: Regist
     assert image.labels["walt.node.models"] == "pc-x86-64"
     assert storage.count("GET", r"/v2/alice/img/blobs/sha256:[0-9a-f]{64}") == 1
     assert seen == [None]  # the storage got the request without credentials
+
+
+async def test_a_challenge_from_a_redirect_target_gets_no_credentials(
+    proxy: Proxy, registry: Registry
+) -> None:
+    """The registry (Basic) redirects blobs to storage elsewhere, whose 401 names a Bearer realm
+    of its own: neither the storage nor that realm gets the credentials."""
+    seen: list[str | None] = []
+    async with Proxy(registry.url) as storage, Proxy(registry.url) as realm:
+
+        async def challenge(request: web.Request) -> web.StreamResponse:
+            seen.append(request.headers.get("Authorization"))
+            bearer = f'Bearer realm="{realm.url}/token",service="storage"'
+            return web.Response(status=401, headers={"WWW-Authenticate": bearer})
+
+        async def basic_then_redirect(request: web.Request) -> web.StreamResponse | None:
+            if "Authorization" not in request.headers:
+                return web.Response(status=401, headers={"WWW-Authenticate": 'Basic realm="x"'})
+            if "/blobs/" in request.path:
+                raise web.HTTPTemporaryRedirect(storage.url + request.path)
+            return None
+
+        storage.fault = challenge
+        proxy.fault = basic_then_redirect
+        async with client(proxy, creds=CREDS) as registry_client:
+            with pytest.raises(AuthError) as err:
+                await registry_client.image("alice/img", "v03")
+    assert str(err.value) == (
+        f"local: authentication required (401) by 127.0.0.1:{storage.port}, where the registry "
+        "redirected the request for the config of alice/img:v03: no credentials are sent there"
+    )
+    assert seen == [None]  # asked once, without credentials
+    assert realm.requests == []
+    no_secret(err.value)
+
+
+async def test_tls_to_a_plain_http_registry_says_so(proxy: Proxy) -> None:
+    https = proxy.url.replace("http://", "https://")
+    for verify in (True, False):  # https, https-no-verify: no certificate to blame either way
+        async with V2Client("local", https, verify_tls=verify) as registry:
+            with pytest.raises(RegistryError) as err:
+                await registry.catalog()
+        assert str(err.value) == (
+            f"local: TLS handshake with 127.0.0.1:{proxy.port} failed (wrong version number); "
+            "a plain-HTTP registry needs protocol http"
+        )
+
+
+async def test_one_broken_image_is_left_out_of_the_listing(proxy: Proxy) -> None:
+    """Made-up manifests for a few tags; the other tags are the real registry's."""
+    oci_manifest = "application/vnd.oci.image.manifest.v1+json"
+    answers = {
+        "v01": status(200, json.dumps({"pad": "x" * 100_000}), content_type=oci_manifest),
+        "v02": rewrite_body(proxy, lambda b: b.replace(b'"size":', b'"size" :', 1)),
+        "v03": status(200, '{"schemaVersion": 2, ', content_type=oci_manifest),
+        "v04": status(200, "[]", content_type=oci_manifest),
+    }
+
+    async def made_up(request: web.Request) -> web.StreamResponse | None:
+        tag = request.path.rpartition("/")[2]
+        fault = answers.get(tag) if "/manifests/" in request.path else None
+        return await fault(request) if fault else None
+
+    proxy.fault = made_up
+    with structlog.testing.capture_logs() as logs:
+        found = await RegistryV2Source(entry(proxy), max_body=64 * 1024).list_images()
+    assert sorted(i.tag for i in found) == sorted(t for t in TAGS if t not in answers)
+    skipped = {r["image"]: r["error"] for r in logs if r["event"] == "registry_image_skipped"}
+    manifests = "/v2/alice/img/manifests"
+    assert skipped.pop("alice/img:v01") == (
+        f"local: response body over 64 KiB limit (GET {manifests}/v01)"
+    )
+    assert skipped.pop("alice/img:v02").startswith(f"local: digest mismatch: GET {manifests}/v02")
+    assert skipped == {
+        "alice/img:v03": "local: invalid JSON in image alice/img:v03",
+        "alice/img:v04": "local: invalid manifest for image alice/img:v04",
+    }
+
+
+async def test_a_listing_runs_a_bounded_pool_and_caps_what_it_reads(proxy: Proxy) -> None:
+    """Made-up catalog and tag lists (tests/support fan_out) over the real alice/img:latest."""
+    repositories = ["u0/img", "u1/img", "u2/img"]
+    fan = fan_out(proxy, repositories, 300, "alice/img:latest")
+    baseline = len(asyncio.all_tasks())
+    most = [0]
+
+    async def counting(request: web.Request) -> web.StreamResponse | None:
+        most[0] = max(most[0], len(asyncio.all_tasks()))
+        return await fan(request)
+
+    proxy.fault = counting
+    source = RegistryV2Source(entry(proxy), concurrency=4, max_tags=250, max_images=600)
+    with structlog.testing.capture_logs() as logs:
+        found = await source.list_images()
+    # the proxy's connections and the pool's workers, not a task per tag
+    assert most[0] - baseline < 30
+    per_repository = Counter(f"{i.user}/{i.name}" for i in found)
+    assert sorted(per_repository.values()) == [100, 250, 250]
+    tags_capped = [r for r in logs if r["event"] == "registry_tags_capped"]
+    assert sorted(r["repository"] for r in tags_capped) == repositories
+    assert {(r["tags"], r["inspected"], r["log_level"]) for r in tags_capped} == {
+        (300, 250, "warning")
+    }
+    (images_capped,) = [r for r in logs if r["event"] == "registry_images_capped"]
+    assert (images_capped["registry"], images_capped["inspected"]) == ("local", 600)
+
+
+async def test_the_clients_of_a_source_share_one_bound(proxy: Proxy) -> None:
+    async def slow(request: web.Request) -> None:
+        await asyncio.sleep(0.05)
+
+    proxy.fault = slow
+    source = RegistryV2Source(entry(proxy), concurrency=3)
+    found = await asyncio.gather(*(source.list_images() for _ in range(3)))
+    assert all(len(images) == len(TAGS) for images in found)
+    assert proxy.max_in_flight == 3  # three searches at once, still three requests at most

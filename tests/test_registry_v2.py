@@ -12,12 +12,14 @@ import json
 import math
 import os
 import ssl
+import threading
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, replace
 from pathlib import Path
 
 import pytest
 import pytest_asyncio
+from aiohttp import web
 
 from tests.conftest import require_root, require_tool
 from tests.support.registry_images import (
@@ -298,12 +300,11 @@ async def test_bearer_tokens_anonymous_renewed_and_rechallenged(world: World) ->
         assert proxy.count("GET", r"/v2/alice/walt-a/tags/list\?n=\d+") == unauthorised + 2
 
 
-@lab_test
-async def test_https_verified_or_not(world: World, tmp_path: Path) -> None:
-    """A TLS-terminating proxy with a self-signed certificate in front of the real registry."""
+async def _self_signed(lab: Lab, folder: Path) -> ssl.SSLContext:
+    """A server TLS context with a new self-signed certificate for 127.0.0.1."""
     require_tool("openssl")
-    key, cert = tmp_path / "key.pem", tmp_path / "cert.pem"
-    await world.lab.run(
+    key, cert = folder / "key.pem", folder / "cert.pem"
+    await lab.run(
         [
             *("openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt"),
             *("ec_paramgen_curve:prime256v1", "-nodes", "-days", "1", "-subj", "/CN=127.0.0.1"),
@@ -312,18 +313,53 @@ async def test_https_verified_or_not(world: World, tmp_path: Path) -> None:
     )
     context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     context.load_cert_chain(cert, key)
+    return context
+
+
+@lab_test
+async def test_https_verified_or_not(world: World, tmp_path: Path) -> None:
+    """A TLS-terminating proxy with a self-signed certificate in front of the real registry."""
+    context = await _self_signed(world.lab, tmp_path)
     async with Proxy(world.anon.url, tls=context) as proxy:
         verified = replace(entry(proxy), protocol="https")
         with pytest.raises(RegistryError) as err:
             await RegistryV2Source(verified).list_images()
-        assert str(err.value).startswith(
-            f"local: TLS failure with 127.0.0.1:{proxy.port} (certificate not trusted?"
+        assert str(err.value) == (
+            f"local: TLS certificate of 127.0.0.1:{proxy.port} not trusted (self-signed "
+            "certificate); protocol https-no-verify skips the check"
         )
         unverified = RegistryV2Source(replace(verified, protocol="https-no-verify"))
         assert unverified.base_url == f"https://127.0.0.1:{proxy.port}"
         assert RegistryV2Source(verified).skopeo_options() == []
         assert unverified.skopeo_options() == ["--src-tls-verify=false"]
         assert len(await unverified.list_images()) == 67
+
+
+@lab_test
+async def test_https_no_verify_is_for_the_registry_alone(world: World, tmp_path: Path) -> None:
+    """TLS proxies with a self-signed certificate: the registry, and storage it redirects to."""
+    context = await _self_signed(world.lab, tmp_path)
+    async with (
+        Proxy(world.anon.url, tls=context) as registry,
+        Proxy(world.anon.url, tls=context) as storage,
+    ):
+
+        async def blobs_elsewhere(request: web.Request) -> web.StreamResponse | None:
+            if "/blobs/" in request.path:
+                raise web.HTTPTemporaryRedirect(storage.url + request.path)
+            return None
+
+        registry.fault = blobs_elsewhere
+        async with V2Client("local", registry.url, verify_tls=False) as client:
+            with pytest.raises(RegistryError) as err:
+                await client.image("alice/walt-a", "v01")
+    # the registry's own certificate was not checked, the storage's was (no advice: the
+    # protocol setting is about the registry)
+    assert str(err.value) == (
+        f"local: TLS certificate of 127.0.0.1:{storage.port} not trusted (self-signed certificate)"
+    )
+    assert registry.count("GET", r"/v2/alice/walt-a/blobs/.*") == 1
+    assert storage.requests == []  # refused in the handshake
 
 
 def _key(info: ImageInfo) -> tuple[str, str, str, str | None]:
@@ -406,3 +442,46 @@ async def test_saved_tag_map_round_trip_and_garbage(tmp_path: Path) -> None:
     for garbage in (b"\xff{", b"[1, 2]", b'{"k": "not-a-digest"}'):
         (tmp_path / "tags.json").write_bytes(garbage)
         assert DigestCache(tmp_path).tag_digest("k") is None  # a cold start, not a crash
+
+
+async def test_cache_writes_to_disk_once_enough_waits(tmp_path: Path) -> None:
+    blobs = [json.dumps({"n": i, "pad": "x" * 1000}).encode() for i in range(20)]
+    cache = DigestCache(tmp_path, max_unwritten=5000)
+    for blob in blobs:
+        await cache.put(digest_of(blob), blob)
+        assert sum(map(len, cache._unwritten.values())) <= 5000
+    assert len(os.listdir(tmp_path)) >= 15  # without a call of flush()
+    await cache.flush()
+    assert len(os.listdir(tmp_path)) == 20
+
+
+async def test_cache_counts_concurrent_disk_reads_once(tmp_path: Path) -> None:
+    blob = b"x" * 1000
+    writer = DigestCache(tmp_path)
+    await writer.put(digest_of(blob), blob)
+    await writer.flush()
+    cache = DigestCache(tmp_path, max_memory=4096)
+    for _ in range(2):
+        found = await asyncio.gather(*(cache.get(digest_of(blob)) for _ in range(5)))
+        assert found == [blob] * 5
+    assert list(cache._memory) == [digest_of(blob)]
+    assert cache._memory_size == 1000  # not 10 reads' worth, which would evict everything
+
+
+async def test_cache_serializes_the_tag_map_in_a_thread(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    threads: list[str] = []
+    dumps = json.dumps
+
+    def recording_dumps(obj: object, **kwargs: object) -> str:
+        threads.append(threading.current_thread().name)
+        return dumps(obj, **kwargs)  # type: ignore[arg-type]
+
+    cache = DigestCache(tmp_path)
+    for i in range(1000):
+        cache.remember_tag(f"reg/user/img:{i}", digest_of(str(i).encode()))
+    monkeypatch.setattr("waltd.registries.cache.json.dumps", recording_dumps)
+    await cache.flush()
+    assert threads and threading.main_thread().name not in threads
+    assert DigestCache(tmp_path).tag_digest("reg/user/img:999") == digest_of(b"999")

@@ -32,8 +32,10 @@ def test_path_and_abstract_sockets(tmp_path: Path) -> None:
         n = Notifier(address)
         n.ready()
         n.stopping()
+        n.stopping(needs_s=25.5)
         assert rx.recv(100) == b"READY=1\nSTATUS=running"
         assert rx.recv(100).startswith(b"STOPPING=1")
+        assert rx.recv(100) == b"STOPPING=1\nSTATUS=stopping\nEXTEND_TIMEOUT_USEC=25500000"
         n.close()
         rx.close()
 

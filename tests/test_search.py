@@ -16,7 +16,7 @@ from waltd.registries.base import (
     ImageInfo,
     RegistryError,
 )
-from waltd.registries.search import NO_MATCH, SearchResult, render, search
+from waltd.registries.search import NO_MATCH, SearchResult, render, search, table
 
 
 def _img(
@@ -118,3 +118,28 @@ def test_table_and_minversion() -> None:
     assert "hub:waltplatform/rpi-default" in lines[2] and "rpi-b,rpi-3-b" in lines[2]
     assert lines[3].endswith("[Need server upgrade, version>=9]")
     assert "future:1.0" in lines[3] and "local:bob/future:1.0" not in lines[3]
+
+
+def test_minversion_is_a_plain_decimal_number() -> None:
+    def image(minversion: str) -> ImageInfo:
+        return _img(
+            "local", LOCATION_REGISTRY, "bob", "x", **{"walt.server.minversion": minversion}
+        )
+
+    assert image(" 7 ").minversion == 7
+    # str.isdigit() accepts the first ones, int() does not; the last is too long for int()
+    for odd in ("²", "٣", "7²", "-1", "", "9" * 5000):
+        assert image(odd).minversion is None, odd
+    assert "local:bob/x" in render(SearchResult((image("²"),), ()), server_version=5)
+
+
+def test_label_text_reaches_no_terminal_raw() -> None:
+    models = "rpi-b, \x1b[2J\x1b[31mpc\x1b[0m ,pc-x86-64,Bad Model,rpi-3-b-plus"
+    image = _img("local", LOCATION_REGISTRY, "bob", "x", models=models)
+    assert image.models == ("rpi-b", "pc-x86-64", "rpi-3-b-plus")
+    assert not _img("local", LOCATION_REGISTRY, "bob", "y", models="\x1b]0;owned\x07").is_walt
+
+    text = table([["bob\x1b[2J", "x\u202etxt", "custom registry", "rpi-b", "a\tb\nc"]])
+    assert all(c.isprintable() for line in text.splitlines() for c in line)
+    _header, _rule, row = text.splitlines()  # the newline in a cell made no line of its own
+    assert row == "bob\\x1b[2J | x\\u202etxt | custom registry | rpi-b         | a\\tb\\nc"

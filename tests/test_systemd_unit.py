@@ -71,3 +71,13 @@ def test_no_private_mount_namespace() -> None:
 def test_capabilities_listed() -> None:
     caps = set(_unit()["Service"]["CapabilityBoundingSet"].split())
     assert {"CAP_NET_ADMIN", "CAP_NET_BIND_SERVICE", "CAP_NET_RAW", "CAP_SYS_ADMIN"} <= caps
+
+
+def test_a_daemon_failing_at_start_is_not_restarted_forever() -> None:
+    unit = _unit()
+    interval = _seconds(unit["Unit"]["StartLimitIntervalSec"])
+    burst = int(unit["Unit"]["StartLimitBurst"])
+    restart = _seconds(unit["Service"]["RestartSec"])
+    assert burst >= 2  # one crash in a long while is still restarted
+    # A daemon that fails at once starts every RestartSec: it must hit the limit.
+    assert burst * restart < interval

@@ -46,7 +46,13 @@ def main(argv: list[str] | None = None) -> int:
         logger.error("config_invalid", path=str(path), error=str(err))
         print(f"waltd: invalid configuration:\n{err}", file=sys.stderr)
         return configuration.EX_CONFIG
-    return asyncio.run(run(config, config_path=path, bus=bus))
+    try:
+        return asyncio.run(run(config, config_path=path, bus=bus))
+    except Exception as err:
+        # A start-up failure (e.g. an unusable state folder): a JSON, redacted record rather
+        # than a bare traceback, and status 1 (systemd's start limit ends a restart loop).
+        logger.exception("daemon_failed", error=f"{type(err).__name__}: {err}")
+        return 1
 
 
 if __name__ == "__main__":

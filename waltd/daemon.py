@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import sys
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -10,7 +11,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Self
 
 from waltd import config as configuration
-from waltd import credentials, log
+from waltd import credentials, instance, log
 from waltd.db import Database
 from waltd.events import EventBus
 from waltd.process import Children, kill_recorded
@@ -20,6 +21,7 @@ from waltd.supervisor import Service, ServiceStatus, Supervisor
 
 if TYPE_CHECKING:
     from waltd.provision.dnsmasq import DnsmasqService
+    from waltd.registries.sources import SourceSet
 
 _log = log.get("daemon")
 
@@ -41,6 +43,8 @@ class Context:
     server_credentials: dict[str, Credentials] = field(default_factory=dict)
     # Manifests and image configs by digest, shared by every registry client.
     registry_cache: DigestCache | None = None
+    # The image sources of the running configuration (RegistriesService keeps them).
+    registry_sources: SourceSet | None = None
 
     def load_credentials(self) -> None:
         """(Re)read server.secrets beside the configuration; SecretsError when unusable."""
@@ -106,8 +110,14 @@ def standard_services(config: configuration.Config) -> list[ServiceFactory]:
     from waltd.api.server import ApiService
     from waltd.provision.detect import DetectionService
     from waltd.provision.dnsmasq import DnsmasqService
+    from waltd.registries.sources import RegistriesService
 
-    services: list[ServiceFactory] = [DatabaseService, ApiService, DetectionService]
+    services: list[ServiceFactory] = [
+        DatabaseService,
+        RegistriesService,
+        ApiService,
+        DetectionService,
+    ]
     if config.walt_net is not None:
         services.append(DnsmasqService)
     return services
@@ -121,9 +131,33 @@ async def run(
     extra: Sequence[ServiceFactory] = (),
     restart_min_s: float = 1.0,
 ) -> int:
-    """Run the daemon until SIGTERM/SIGINT; returns its exit status."""
+    """Run the daemon until SIGTERM/SIGINT; returns its exit status.
+
+    It holds the state folder's lock throughout. When another daemon holds it, this one
+    touches nothing of that daemon's (children, sockets) and returns 1.
+    """
     state_dir = config.daemon.state_dir
-    state_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        held = instance.lock(state_dir)
+    except instance.AlreadyRunning as err:
+        _log.error("daemon_already_running", state_dir=str(state_dir), pid=err.pid)
+        print(f"waltd: {err}", file=sys.stderr)
+        return 1
+    with held:
+        return await _run(
+            config, config_path=config_path, bus=bus, extra=extra, restart_min_s=restart_min_s
+        )
+
+
+async def _run(
+    config: configuration.Config,
+    *,
+    config_path: Path | None,
+    bus: EventBus,
+    extra: Sequence[ServiceFactory],
+    restart_min_s: float,
+) -> int:
+    state_dir = config.daemon.state_dir
     # Traversable but not listable: dnsmasq, once it drops to `nobody`, reads its own
     # folder inside.
     state_dir.chmod(0o711)

@@ -2,8 +2,9 @@
 
 dnsmasq runs this hook one call at a time and waits for it, so it must be quick: it imports
 only the standard library's basics, sends one datagram to the daemon's event socket and
-exits. When the daemon is not there it writes the event as one file into the spool folder
-(atomic rename); the daemon drains the spool when it starts, so no event is lost.
+exits. When the daemon is not there, or its socket's queue stays full for SEND_TIMEOUT_S (a
+burst of leases), it writes the event as one file into the spool folder (atomic rename); the
+daemon drains the spool whenever it holds events, so no event is lost.
 
 Calls (from dnsmasq's manual): `add|old|del MAC IP [HOSTNAME]` with DNSMASQ_VENDOR_CLASS,
 DNSMASQ_USER_CLASS0.., DNSMASQ_INTERFACE in the environment; `tftp SIZE IP FILE` after a
@@ -15,12 +16,16 @@ from __future__ import annotations
 import json
 import os
 import socket
+import struct
 import sys
 import time
 
 SOCKET_ENV = "WALTD_EVENT_SOCKET"
 SPOOL_ENV = "WALTD_EVENT_SPOOL"
 MAX_MESSAGE = 8192  # the daemon reads datagrams of at most this size
+# The kernel queues only net.unix.max_dgram_qlen (10) datagrams per socket: wait this long
+# for room before spooling, short enough that dnsmasq is not held up for long.
+SEND_TIMEOUT_S = 1
 
 
 def build_event(argv: list[str], environ: dict[str, str] | os._Environ[str]) -> dict[str, object]:
@@ -58,10 +63,14 @@ def encode(event: dict[str, object]) -> bytes:
 
 
 def send(data: bytes, sock_path: str) -> bool:
-    """Deliver to the daemon; False when it is not listening (or cannot take it now)."""
+    """Deliver to the daemon; False when it is not listening or has no room in time."""
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
     try:
-        sock.sendto(data, socket.MSG_DONTWAIT, sock_path)
+        # A blocking send bounded by SO_SNDTIMEO (struct timeval); Python's own timeouts
+        # would poll the unconnected socket, which is always writable, and spin.
+        timeout = struct.pack("@ll", SEND_TIMEOUT_S, 0)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, timeout)
+        sock.sendto(data, sock_path)
         return True
     except OSError:
         return False

@@ -1,13 +1,16 @@
 """The event stream: every log record, numbered, kept in a ring and fanned out to followers.
 
 The API's `GET /v1/events` and `walt log show` read from here, so they show exactly what
-the log shows.
+the log shows. Records may come from worker threads (`asyncio.to_thread`, the database's
+thread): numbering and history are guarded by a lock, and followers, which are asyncio
+objects, are only ever fed on the event loop's thread.
 """
 
 from __future__ import annotations
 
 import asyncio
 import itertools
+import threading
 from collections import deque
 from collections.abc import AsyncIterator
 from typing import Any
@@ -27,42 +30,73 @@ class EventBus:
         self._followers: set[_Follower] = set()
         self._seq = itertools.count(1)
         self._queue_size = follower_queue
+        self._lock = threading.Lock()
+        # The loop that owns the followers, remembered when the bus is first used from one.
+        self._loop: asyncio.AbstractEventLoop | None = None
 
     def publish(self, event: Event) -> Event:
-        """Number `event`, keep it, hand it to every follower; returns the numbered event."""
-        event = {"seq": next(self._seq), **event}
-        self._history.append(event)
+        """Number `event`, keep it, hand it to every follower; returns the numbered event.
+
+        Safe from any thread: off the loop's thread, followers get it through the loop.
+        """
+        with self._lock:
+            event = {"seq": next(self._seq), **event}
+            self._history.append(event)
+        loop = self._owner()
+        if loop is None:
+            self._offer(event)
+        else:
+            try:
+                loop.call_soon_threadsafe(self._offer, event)
+            except RuntimeError:
+                pass  # the loop is closed: its followers are gone with it
+        return event
+
+    def _owner(self) -> asyncio.AbstractEventLoop | None:
+        """The loop to hand events over to, or None when the caller may offer them itself."""
+        try:
+            running: asyncio.AbstractEventLoop | None = asyncio.get_running_loop()
+        except RuntimeError:
+            running = None
+        if running is not None and (self._loop is None or self._loop.is_closed()):
+            self._loop = running
+        if self._loop is None or running is self._loop:
+            return None
+        return self._loop
+
+    def _offer(self, event: Event) -> None:
         for follower in self._followers:
             follower.offer(event)
-        return event
 
     def last_seq(self) -> int:
         """Number of the newest kept event (0 when none)."""
-        return self._history[-1]["seq"] if self._history else 0
+        with self._lock:
+            return self._history[-1]["seq"] if self._history else 0
 
     def recent(self, since: int = 0, limit: int | None = None) -> list[Event]:
         """Kept events with a number above `since` (the last `limit` of them)."""
-        events = [e for e in self._history if e["seq"] > since]
+        with self._lock:
+            events = [e for e in self._history if e["seq"] > since]
         return events[-limit:] if limit else events
 
     async def follow(self, since: int = 0) -> AsyncIterator[Event]:
         """Kept events after `since`, then live ones until `end_followers()`."""
+        self._owner()
         follower = _Follower(self._queue_size)
         self._followers.add(follower)
         try:
-            last = since
-            for event in self.recent(since):
-                last = event["seq"]
+            backlog = self.recent(since)
+            for event in backlog:
                 yield event
+            # Live events kept before the backlog was read were in it. Events from other
+            # threads may arrive a little out of order, so only this number filters.
+            seen = backlog[-1]["seq"] if backlog else since
             while True:
                 event = await follower.get()
                 if event is None:
                     return
                 seq = event.get("seq")
-                if seq is None:
-                    yield event
-                elif seq > last:
-                    last = seq
+                if seq is None or seq > seen:
                     yield event
         finally:
             self._followers.discard(follower)

@@ -2,7 +2,8 @@
 
 Every record has `event`, `level` and `timestamp`; subjects (`mac`, `ip`, `model`, `image`,
 `registry`, `duration_s`, `error`) are keys, never formatted into the text. Secrets are
-redacted before any renderer or the event stream sees them.
+redacted before any renderer or the event stream sees them. Records of the standard library's
+`logging` (aiohttp, asyncio) take the same road, with their logger's name as `logger`.
 """
 
 from __future__ import annotations
@@ -79,6 +80,8 @@ def _is_secret_key(key: object) -> bool:
 
 
 redactor = SecretRedactor()
+# The root logger's handler installed by `setup`, replaced when `setup` runs again.
+_stdlib_handler: logging.Handler | None = None
 
 
 class _Publish:
@@ -110,22 +113,44 @@ def setup(
         if pretty
         else structlog.processors.JSONRenderer(sort_keys=False)
     )
-    processors: list[Any] = [
+    stamped: list[Any] = [
         structlog.contextvars.merge_contextvars,
         structlog.processors.add_log_level,
         structlog.processors.TimeStamper(fmt="iso", utc=True),
+    ]
+    finished: list[Any] = [
         # Tracebacks become an `exception` string so the JSON line and the stream carry them.
         structlog.processors.format_exc_info,
         redactor,
         _Publish(bus),
         renderer,
     ]
+    numeric_level = logging.getLevelName(level.upper())
     structlog.configure(
-        processors=processors,
-        wrapper_class=structlog.make_filtering_bound_logger(logging.getLevelName(level.upper())),
+        processors=[*stamped, *finished],
+        wrapper_class=structlog.make_filtering_bound_logger(numeric_level),
         logger_factory=structlog.PrintLoggerFactory(stream),
         cache_logger_on_first_use=False,
     )
+    _route_stdlib(stream, numeric_level, stamped, finished)
+
+
+def _route_stdlib(stream: TextIO, level: int, stamped: list[Any], finished: list[Any]) -> None:
+    """Send the standard library's log records through the same processors."""
+    global _stdlib_handler
+    handler = logging.StreamHandler(stream)
+    handler.setFormatter(
+        structlog.stdlib.ProcessorFormatter(
+            foreign_pre_chain=[*stamped, structlog.stdlib.add_logger_name],
+            processors=[structlog.stdlib.ProcessorFormatter.remove_processors_meta, *finished],
+        )
+    )
+    root = logging.getLogger()
+    if _stdlib_handler is not None:
+        root.removeHandler(_stdlib_handler)
+    root.addHandler(handler)
+    root.setLevel(level)
+    _stdlib_handler = handler
 
 
 def get(name: str | None = None, **bound: Any) -> Any:

@@ -5,6 +5,10 @@ Each child starts in its own session (so its whole process group can be signalle
 (no `preexec_fn`: it is unsafe once the daemon has threads). Every live child is recorded in
 a file of the state folder with its start time; the next daemon kills what a crashed one
 left behind, and the start time keeps it from killing an unrelated process that reused a PID.
+
+PDEATHSIG does not survive a change of uid: a child that drops privileges (dnsmasq becomes
+`nobody`) is started under a small root keeper shell instead, which holds the death signal and
+kills the child when it fires.
 """
 
 from __future__ import annotations
@@ -20,6 +24,16 @@ from pathlib import Path
 from waltd import log
 
 _log = log.get("process")
+
+# The keeper of a child that drops privileges: it stays root, so the kernel's death signal
+# (SIGTERM here) still reaches it, and it kills the child. `term` covers a signal arriving
+# before `pid` is set; the child's own arguments arrive as "$@", never as shell text.
+_KEEPER = (
+    'trap \'term=1; [ -n "$pid" ] && kill -KILL "$pid"\' TERM; '
+    '"$@" & pid=$!; '
+    '[ -n "$term" ] && kill -KILL "$pid"; '
+    'wait "$pid"'
+)
 
 
 def start_time(pid: int) -> int | None:
@@ -44,8 +58,11 @@ def kill_recorded(record_file: Path) -> list[int]:
         records = []
     killed = []
     for rec in records if isinstance(records, list) else []:
-        pid, started = rec.get("pid"), rec.get("start_time")
-        if isinstance(pid, int) and pid > 1 and start_time(pid) == started:
+        if not _valid_record(rec):
+            _log.warning("child_record_invalid", path=str(record_file), record=str(rec)[:200])
+            continue
+        pid, started = rec["pid"], rec["start_time"]
+        if start_time(pid) == started:
             with contextlib.suppress(ProcessLookupError, PermissionError):
                 os.killpg(pid, signal.SIGKILL)
             with contextlib.suppress(ProcessLookupError):
@@ -54,6 +71,15 @@ def kill_recorded(record_file: Path) -> list[int]:
             _log.warning("stale_child_killed", pid=pid, argv0=rec.get("argv0"))
     record_file.unlink(missing_ok=True)
     return killed
+
+
+def _valid_record(rec: object) -> bool:
+    """A record as `Children` writes it: an object with an int PID above 1 and start time."""
+    if not isinstance(rec, dict):
+        return False
+    pid, started = rec.get("pid"), rec.get("start_time")
+    # bool is an int to Python but never a PID.
+    return type(pid) is int and pid > 1 and type(started) is int
 
 
 class Children:
@@ -72,15 +98,20 @@ class Children:
         stdout: int | None = None,
         stderr: int | None = None,
         cwd: str | Path | None = None,
+        drops_privileges: bool = False,
     ) -> asyncio.subprocess.Process:
-        """Start `argv` (a list, never a shell string) as a tracked child."""
+        """Start `argv` (a list, never a shell string) as a tracked child.
+
+        `drops_privileges`: the child changes its uid, which clears PDEATHSIG; a root keeper
+        shell then holds it and kills the child when the daemon dies.
+        """
         if not argv:
             raise ValueError("empty command")
+        guard = ["setpriv", "--pdeathsig", "SIGKILL", "--"]
+        if drops_privileges:
+            guard = ["setpriv", "--pdeathsig", "SIGTERM", "--", "sh", "-c", _KEEPER, "sh"]
         proc = await asyncio.create_subprocess_exec(
-            "setpriv",
-            "--pdeathsig",
-            "SIGKILL",
-            "--",
+            *guard,
             *argv,
             env=env,
             stdin=stdin,

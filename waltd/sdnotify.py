@@ -61,9 +61,17 @@ class Notifier:
         """RELOADING=1 with the monotonic time systemd wants alongside it."""
         self.notify(RELOADING=1, MONOTONIC_USEC=time.clock_gettime_ns(time.CLOCK_MONOTONIC) // 1000)
 
-    def stopping(self) -> None:
-        """STOPPING=1: shutdown began."""
-        self.notify(STOPPING=1, STATUS="stopping")
+    def stopping(self, needs_s: float | None = None) -> None:
+        """STOPPING=1: shutdown began; it may take `needs_s` seconds from now.
+
+        EXTEND_TIMEOUT_USEC makes systemd wait that long even beyond TimeoutStopSec, so a
+        shutdown budget configured above the unit's timeout is not cut short by SIGKILL.
+        """
+        if needs_s is None:
+            self.notify(STOPPING=1, STATUS="stopping")
+        else:
+            usec = int(needs_s * 1_000_000)
+            self.notify(STOPPING=1, STATUS="stopping", EXTEND_TIMEOUT_USEC=usec)
 
     def watchdog(self) -> None:
         """WATCHDOG=1: the event loop is alive."""

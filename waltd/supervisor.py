@@ -28,6 +28,8 @@ _log = log.get("supervisor")
 
 # After this long without a crash a service's restart delay goes back to the minimum.
 _STABLE_AFTER_S = 60.0
+# What shutdown may need beyond its budget: stopping children, closing, exiting.
+_STOP_MARGIN_S = 5.0
 
 
 class Service:
@@ -185,8 +187,8 @@ class Supervisor:
 
     async def _shutdown(self) -> None:
         self._stopping = True
-        self._notifier.stopping()
         budget = self.config.daemon.shutdown_budget_s
+        self._notifier.stopping(needs_s=budget + _STOP_MARGIN_S)
         deadline = time.monotonic() + budget
         _log.info("daemon_stopping", budget_s=budget)
         # Draining may take most of the budget; cancelling and releasing get the rest.

@@ -236,3 +236,27 @@ def rewrite_body(proxy: Proxy, change: Callable[[bytes], bytes]) -> Fault:
         return answer
 
     return apply
+
+
+def fan_out(proxy: Proxy, repositories: list[str], tags: int, image: str) -> Fault:
+    """A registry of `repositories` with `tags` tags each (`t0000`, ...), all the one image
+    `image` (`repo:tag`) of the upstream: the catalog and tag lists are made up, manifests and
+    blobs asked of the upstream's `image`."""
+    repo, _, tag = image.partition(":")
+    names = [f"t{i:04d}" for i in range(tags)]
+    path = re.compile(r"/v2/(.+)/(tags/list|manifests/[^/]+|blobs/[^/]+)")
+
+    async def apply(request: web.Request) -> web.StreamResponse | None:
+        if request.path == "/v2/_catalog":
+            return web.json_response({"repositories": repositories})
+        match = path.fullmatch(request.path)
+        if match is None or match.group(1) not in repositories:
+            return None
+        what = match.group(2)
+        if what == "tags/list":
+            return web.json_response({"name": match.group(1), "tags": names})
+        if what.startswith("manifests/t"):
+            what = f"manifests/{tag}"
+        return await proxy.forward(request, f"/v2/{repo}/{what}")
+
+    return apply

@@ -23,7 +23,11 @@ class Identity:
     walt_user: str
 
 
-class UnknownCaller(Exception):
+class RefusedCaller(Exception):
+    """The caller has no walt user of its own; the message says why (an HTTP 403)."""
+
+
+class UnknownCaller(RefusedCaller):
     """The peer's uid has no Unix user (no passwd entry), so it has no walt user."""
 
 
@@ -35,9 +39,34 @@ def peer_credentials(sock: socket.socket) -> tuple[int, int, int]:
 
 
 def identify(pid: int, uid: int, gid: int) -> Identity:
-    """uid -> Unix user -> walt user (REFERENCE.md: the Unix name, normalised)."""
+    """uid -> Unix user -> walt user (REFERENCE.md: the Unix name, normalised).
+
+    RefusedCaller when the name normalises to nothing, or to the walt user of another
+    account (`Bob` and `bob`): one user must never act as another.
+    """
     try:
         unix_user = pwd.getpwuid(uid).pw_name
     except KeyError:
         raise UnknownCaller(f"uid {uid} has no user account on this server") from None
-    return Identity(pid=pid, uid=uid, gid=gid, unix_user=unix_user, walt_user=walt_user(unix_user))
+    try:
+        name = walt_user(unix_user)
+    except ValueError:
+        raise RefusedCaller(
+            f"your Unix user name {unix_user!r} gives no walt user name (it needs a letter or "
+            "a digit); ask the administrator for an account with a usable name"
+        ) from None
+    for entry in pwd.getpwall():
+        if entry.pw_uid != uid and _walt_user_or_none(entry.pw_name) == name:
+            raise RefusedCaller(
+                f"your Unix user name {unix_user!r} gives the walt user name {name!r}, as does "
+                f"the account {entry.pw_name!r} (uid {entry.pw_uid}); ask the administrator "
+                "to rename one of them"
+            )
+    return Identity(pid=pid, uid=uid, gid=gid, unix_user=unix_user, walt_user=name)
+
+
+def _walt_user_or_none(unix_user: str) -> str | None:
+    try:
+        return walt_user(unix_user)
+    except ValueError:
+        return None

@@ -15,10 +15,9 @@ from typing import TYPE_CHECKING, Any, Self
 from aiohttp import web
 
 from waltd import SERVER_VERSION, __version__, log
-from waltd.api.identity import Identity, UnknownCaller, identify, peer_credentials
+from waltd.api.identity import Identity, RefusedCaller, identify, peer_credentials
 from waltd.registries.base import Credentials, ImageInfo
-from waltd.registries.search import search
-from waltd.registries.sources import sources
+from waltd.registries.search import SearchResult, search
 from waltd.supervisor import Service
 
 if TYPE_CHECKING:
@@ -40,8 +39,9 @@ async def _identify(request: web.Request, handler: Handler) -> web.StreamRespons
     if sock is None or sock.family != socket.AF_UNIX:
         return _error(403, "the API only answers local callers on its unix socket")
     try:
-        request["identity"] = identify(*peer_credentials(sock))
-    except UnknownCaller as err:
+        # The passwd lookups may go to a directory service: not on the event loop.
+        request["identity"] = await asyncio.to_thread(identify, *peer_credentials(sock))
+    except RefusedCaller as err:
         return _error(403, str(err))
     return await handler(request)
 
@@ -158,10 +158,10 @@ async def search_images(request: web.Request) -> web.StreamResponse:
         creds = _caller_credentials(body)
     except ValueError as err:
         return _error(400, f"bad search request: {err}")
-    for c in creds.values():
-        log.redactor.register(c.password)
+    registries = ctx.registry_sources
+    if registries is None:
+        return _error(503, "the registries are not ready (the daemon is starting or stopping)")
     resp = web.StreamResponse(headers={"Content-Type": "application/x-ndjson"})
-    await resp.prepare(request)
     pending: list[bytes] = []
 
     def progress(source: str, status: str, count: int | None) -> None:
@@ -170,35 +170,47 @@ async def search_images(request: web.Request) -> web.StreamResponse:
         )
 
     began = time.monotonic()
-    task = asyncio.ensure_future(
-        search(sources(ctx.config, ctx.registry_cache), keyword, creds, progress)
-    )
-    try:
-        while not task.done():
-            await asyncio.wait([task], timeout=0.2)
-            while pending:
-                await resp.write(pending.pop(0))
-        result = task.result()
-        _log.info(
-            "image_search",
-            user=_caller(request).walt_user,
-            keyword=keyword,
-            found=len(result.images),
-            failed_sources=len(result.warnings),
-            duration_s=round(time.monotonic() - began, 3),
-        )
-        record = {
-            "type": "result",
-            "server_version": SERVER_VERSION,
-            "images": [image_record(i) for i in result.images],
-            "warnings": list(result.warnings),
-        }
-        await resp.write(_line(record))
-    finally:
-        # The caller may have gone away: the search must not outlive its request.
-        task.cancel()
-        for c in creds.values():
-            log.redactor.forget(c.password)
+    registered: list[str] = []
+    task: asyncio.Future[SearchResult] | None = None
+    # entered at once: a reload cannot close these sources before the search takes them
+    async with registries.using() as sources:
+        try:
+            for c in creds.values():
+                log.redactor.register(c.password)
+                registered.append(c.password)
+            await resp.prepare(request)
+            task = asyncio.ensure_future(search(sources, keyword, creds, progress))
+            while not task.done():
+                await asyncio.wait([task], timeout=0.2)
+                if request.transport is None or request.transport.is_closing():
+                    return resp  # the caller went away: nobody to answer
+                while pending:
+                    await resp.write(pending.pop(0))
+            result = task.result()
+            _log.info(
+                "image_search",
+                user=_caller(request).walt_user,
+                keyword=keyword,
+                found=len(result.images),
+                failed_sources=len(result.warnings),
+                duration_s=round(time.monotonic() - began, 3),
+            )
+            record = {
+                "type": "result",
+                "server_version": SERVER_VERSION,
+                "images": [image_record(i) for i in result.images],
+                "warnings": list(result.warnings),
+            }
+            await resp.write(_line(record))
+        finally:
+            try:
+                # the search must not outlive its request, nor log after its secrets are gone
+                if task is not None:
+                    task.cancel()
+                    await asyncio.gather(task, return_exceptions=True)
+            finally:
+                for password in registered:
+                    log.redactor.forget(password)
     await resp.write_eof()
     return resp
 

@@ -61,18 +61,49 @@ class Client:
             raise ClientError(f"waltd sent an unreadable answer: {err}") from err
 
     async def stream(self, path: str, body: Any = None) -> AsyncIterator[dict[str, Any]]:
-        """GET (or POST `body` as JSON to) a newline-delimited JSON stream; yields each record."""
+        """GET (or POST `body` as JSON to) a newline-delimited JSON stream; yields each record.
+
+        Records may be of any size; a broken stream or record becomes a ClientError.
+        """
         assert self._session is not None
         method = "GET" if body is None else "POST"
+        answered = False
         try:
             async with self._session.request(method, f"http://waltd{path}", json=body) as resp:
+                answered = True
                 if resp.status >= 400:
                     raise ClientError(_message(await resp.json(content_type=None), resp.status))
-                async for raw in resp.content:
-                    if raw.strip():
-                        yield json.loads(raw)
-        except aiohttp.ClientConnectionError as err:
-            raise self._unreachable(err) from err
+                async for record in _ndjson(resp.content):
+                    yield record
+        except aiohttp.ClientError as err:
+            if not answered:
+                raise self._unreachable(err) from err
+            raise ClientError(
+                f"the answer from waltd broke off ({err or type(err).__name__})"
+            ) from err
+        except ValueError as err:
+            raise ClientError(f"waltd sent an unreadable record: {err}") from err
+
+
+async def _ndjson(content: aiohttp.StreamReader) -> AsyncIterator[Any]:
+    """The records of a newline-delimited JSON body.
+
+    Read in chunks rather than lines: aiohttp's line reader refuses lines longer than its
+    buffer, and one record (a long image list) may take megabytes.
+    """
+    partial: list[bytes] = []
+    async for chunk in content.iter_any():
+        *complete, rest = chunk.split(b"\n")
+        for piece in complete:
+            line = b"".join([*partial, piece])
+            partial = []
+            if line.strip():
+                yield json.loads(line)
+        if rest:
+            partial.append(rest)
+    line = b"".join(partial)
+    if line.strip():
+        yield json.loads(line)
 
 
 def _message(body: Any, status: int) -> str:

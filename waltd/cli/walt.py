@@ -18,21 +18,28 @@ _FIXED = ("seq", "event", "level", "timestamp", "component")
 
 
 def format_event(event: dict[str, Any], colour: bool = False) -> str:
-    """One readable line for a log event: time, level, event, then key=value pairs."""
-    stamp = str(event.get("timestamp", ""))
+    """One readable line for a log event: time, level, event, then key=value pairs.
+
+    Events carry text from the network (DHCP options, registry answers): every
+    non-printable character is shown escaped, never sent to the terminal as is.
+    """
+    stamp = _printable(str(event.get("timestamp", "")))
     clock = stamp[11:19] if len(stamp) >= 19 else stamp
     level = str(event.get("level", "info"))
-    tag = f"{level:<7}"
+    tag = f"{_printable(level):<7}"
     if colour:
         tag = f"\x1b[{_LEVEL_COLOURS.get(level, '0')}m{tag}\x1b[0m"
     pairs = " ".join(
-        f"{key}={_value(val)}"
+        f"{_printable(str(key))}={_value(val)}"
         for key, val in event.items()
         if key not in _FIXED and key != "exception"
     )
-    line = f"{clock} {tag} {event.get('event', '?')}" + (f" {pairs}" if pairs else "")
+    name = _printable(str(event.get("event", "?")))
+    line = f"{clock} {tag} {name}" + (f" {pairs}" if pairs else "")
     if "exception" in event:
-        line += "\n" + str(event["exception"]).rstrip()
+        # A traceback keeps its lines; only "\n" separates them here.
+        lines = str(event["exception"]).rstrip().split("\n")
+        line += "\n" + "\n".join(_printable(text) for text in lines)
     return line
 
 
@@ -41,7 +48,16 @@ def _value(val: Any) -> str:
         text = ",".join(str(v) for v in val)
     else:
         text = val if isinstance(val, str) else json.dumps(val, default=str)
-    return json.dumps(text) if (" " in text or not text) else text
+    if " " in text or not text:
+        text = json.dumps(text, ensure_ascii=False)
+    return _printable(text)
+
+
+def _printable(text: str) -> str:
+    """`text` with each non-printable character (controls, lone surrogates...) escaped."""
+    if text.isprintable():
+        return text
+    return "".join(c if c.isprintable() else c.encode("unicode_escape").decode() for c in text)
 
 
 def _print_status(status: dict[str, Any], out: TextIO) -> None:

@@ -1,7 +1,9 @@
 """Detection: dnsmasq's lease events (socket and spool) become nodes, log records, state.
 
-The hook (`waltd-dhcp-event`) sends one JSON datagram per call. Parsing is a pure function;
-the service around it owns the socket, drains the spool at start, and records nodes.
+The hook (`waltd-dhcp-event`) sends one JSON datagram per call, and spools it as a file when
+the daemon cannot take it. Parsing is a pure function; the service around it owns the socket,
+drains the spool whenever it holds events, and records nodes. An event it cannot record (the
+database is away) goes back to the spool and is retried.
 """
 
 from __future__ import annotations
@@ -12,11 +14,13 @@ import ipaddress
 import json
 import os
 import socket
+import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Self
 
 from waltd import log
-from waltd.dhcp_event import MAX_MESSAGE
+from waltd.db import Database, StateError
+from waltd.dhcp_event import MAX_MESSAGE, spool
 from waltd.provision.models import detect_model, normalise_mac
 from waltd.supervisor import Service
 
@@ -25,6 +29,10 @@ if TYPE_CHECKING:
 
 _log = log.get("detect")
 LEASE_ACTIONS = ("add", "old", "del")
+# How often the spool is looked at while no datagram arrives.
+SPOOL_TICK_S = 2.0
+# How long a live event waits for the database before it goes to the spool instead.
+DB_WAIT_S = 5.0
 
 
 @dataclass(frozen=True)
@@ -57,8 +65,12 @@ def _text(data: dict[str, Any], key: str, limit: int = 255, required: bool = Fal
         return None
     if not isinstance(value, str):
         raise ValueError(f"field {key!r} must be a string")
-    if len(value) > limit or any(ord(c) < 32 for c in value):
-        raise ValueError(f"field {key!r} is too long or holds control characters")
+    if len(value) > limit:
+        raise ValueError(f"field {key!r} is longer than {limit} characters")
+    # Refuses C0 and C1 controls, DEL, separators other than space and lone surrogates
+    # (category Cs): they would reach terminals through `walt log show`.
+    if not value.isprintable():
+        raise ValueError(f"field {key!r} holds control characters or other non-printable ones")
     return value
 
 
@@ -129,50 +141,132 @@ class DetectionService(Service):
 
     async def __aexit__(self, *exc: object) -> None:
         if self._sock is not None:
-            self._sock.close()
-            self._sock = None
+            sock, self._sock = self._sock, None
+            # Datagrams still queued would die with the socket: the spool keeps them.
+            self._spool_queued(sock)
+            sock.close()
         with contextlib.suppress(FileNotFoundError):
             self.socket_path.unlink()
 
-    async def serve(self) -> None:
-        """Deliver what was spooled while no daemon listened, then live events."""
-        assert self._sock is not None
-        await self.drain_spool()
-        loop = asyncio.get_running_loop()
+    def _spool_queued(self, sock: socket.socket) -> None:
         while True:
-            raw = await loop.sock_recv(self._sock, MAX_MESSAGE + 1)
-            await self.handle(raw, source="socket")
+            try:
+                raw = sock.recv(MAX_MESSAGE + 1)
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError as err:
+                _log.error("dhcp_queue_unreadable", error=str(err))
+                return
+            self._respool(raw, "the detection service is stopping")
+
+    async def serve(self) -> None:
+        """Deliver live events, and spooled ones whenever the spool holds some.
+
+        The hook spools when it cannot reach the daemon or the socket's queue stays full;
+        the spool is drained after each datagram and every SPOOL_TICK_S.
+        """
+        assert self._sock is not None
+        loop = asyncio.get_running_loop()
+        await self.drain_spool()
+        receiving: asyncio.Future[bytes] | None = None
+        try:
+            while True:
+                if receiving is None:
+                    receiving = asyncio.ensure_future(loop.sock_recv(self._sock, MAX_MESSAGE + 1))
+                # The receive stays pending across ticks: cancelling it could lose a datagram.
+                done, _ = await asyncio.wait([receiving], timeout=SPOOL_TICK_S)
+                if done:
+                    raw, receiving = receiving.result(), None
+                    await self.handle(raw, source="socket")
+                await self.drain_spool()
+        finally:
+            # cancel() fails on a finished receive: a datagram taken while a drain ran.
+            if receiving is not None and not receiving.cancel():
+                if not receiving.cancelled() and receiving.exception() is None:
+                    self._respool(receiving.result(), "the detection service is stopping")
 
     async def drain_spool(self) -> int:
-        """Handle every spooled event in arrival order, removing each once handled."""
+        """Handle spooled events in arrival order, removing each once handled.
+
+        It stops at the first event it cannot record (the database is away), leaving it and
+        the later ones in place for the next pass; returns how many it handled.
+        """
+        if self._ctx.db is None:
+            return 0  # nothing could be recorded: the next pass retries
         files = sorted(p for p in self.spool.iterdir() if p.suffix == ".json")
+        handled = 0
         for path in files:
             try:
                 raw = path.read_bytes()
+            except FileNotFoundError:
+                continue
             except OSError as err:
                 _log.error("dhcp_spool_unreadable", path=str(path), error=str(err))
                 continue
-            await self.handle(raw, source="spool")
+            if not await self._handle(raw, source="spool"):
+                break
             path.unlink(missing_ok=True)
-        if files:
-            _log.info("dhcp_spool_drained", count=len(files))
-        return len(files)
+            handled += 1
+        if handled:
+            _log.info("dhcp_spool_drained", count=handled, left=len(files) - handled)
+        return handled
 
     async def handle(self, raw: bytes, source: str) -> None:
-        """One hook message: parse it, then record and log what it means."""
+        """One live hook message: parse it, then record and log what it means.
+
+        An event that cannot be recorded goes back to the spool, to be retried.
+        """
+        try:
+            recorded = await self._handle(raw, source)
+        except asyncio.CancelledError:
+            self._respool(raw, "the detection service is stopping")
+            raise
+        if not recorded:
+            self._respool(raw, "it could not be recorded")
+
+    async def _handle(self, raw: bytes, source: str) -> bool:
+        """Parse and record one message; False when recording failed (logged)."""
         try:
             event = parse_message(raw)
         except ValueError as err:
             _log.warning("dhcp_event_malformed", source=source, error=str(err))
-            return
+            return True  # retrying would not make it any better
         if isinstance(event, TftpEvent):
             _log.info("tftp_transfer", ip=event.ip, file=event.file, size=event.size)
+            return True
+        try:
+            await self._lease(event, source)
+        except Exception as err:
+            _log.error(
+                "dhcp_event_not_recorded",
+                mac=event.mac,
+                ip=event.ip,
+                action=event.action,
+                source=source,
+                error=f"{type(err).__name__}: {err}",
+            )
+            return False
+        return True
+
+    def _respool(self, raw: bytes, why: str) -> None:
+        try:
+            path = spool(raw, str(self.spool))
+        except OSError as err:
+            _log.error("dhcp_event_lost", reason=why, error=str(err))
             return
-        await self._lease(event, source)
+        _log.warning("dhcp_event_spooled", reason=why, path=path)
+
+    async def _database(self) -> Database:
+        """The database, waiting for it a while when its service is (re)starting."""
+        deadline = time.monotonic() + DB_WAIT_S
+        while self._ctx.db is None:
+            if time.monotonic() >= deadline:
+                raise StateError("the state database is not open")
+            await asyncio.sleep(0.1)
+        return self._ctx.db
 
     async def _lease(self, ev: LeaseEvent, source: str) -> None:
-        db = self._ctx.db
-        assert db is not None, "the database service starts before detection"
+        db = await self._database()
         model = detect_model(ev.mac, ev.vendor_class, ev.user_classes)
         known = await db.get_node(ev.mac)
         subject = {"mac": ev.mac, "ip": ev.ip, "action": ev.action, "source": source}

@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Self
 
 from waltd import log
 from waltd.config import WaltNet
+from waltd.db import StateError
 from waltd.dhcp_event import SOCKET_ENV, SPOOL_ENV
 from waltd.provision.models import normalise_mac
 from waltd.supervisor import Service
@@ -146,10 +147,21 @@ class DnsmasqService(Service):
             SPOOL_ENV: str(self._ctx.state_dir / "dhcp-spool"),
         }
         argv = ["dnsmasq", "--keep-in-foreground", f"--conf-file={self.paths.conf}", "--pid-file"]
-        self._proc = await self._ctx.children.spawn(
-            argv, env=env, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT
-        )
+        # Published before the hosts are rebuilt, so a node detected meanwhile writes its own
+        # entry rather than fall between the two.
         self._ctx.dnsmasq = self
+        try:
+            await self._write_known_hosts()
+            self._proc = await self._ctx.children.spawn(
+                argv,
+                env=env,
+                stdout=asyncio.subprocess.PIPE,
+                stderr=asyncio.subprocess.STDOUT,
+                drops_privileges=True,  # it becomes `nobody`
+            )
+        except BaseException:
+            self._ctx.dnsmasq = None
+            raise
         _log.info(
             "dnsmasq_started",
             pid=self._proc.pid,
@@ -157,6 +169,27 @@ class DnsmasqService(Service):
             dhcp_range=f"{net.dhcp_range[0]}-{net.dhcp_range[1]}",
         )
         return self
+
+    async def _write_known_hosts(self) -> None:
+        """Give every recorded node its hosts.d entry.
+
+        Nodes first seen while dnsmasq was not running (from the spool at start, or during
+        a restart backoff) got none when they were detected.
+        """
+        db = self._ctx.db
+        try:
+            if db is None:
+                raise StateError("the state database is not open")
+            nodes = await db.list_nodes()
+        except (StateError, RuntimeError) as err:
+            # DHCP matters more than names: start without them rather than not at all.
+            _log.warning("known_hosts_not_written", error=str(err))
+            return
+        for node in nodes:
+            try:
+                self.add_host(node.mac, node.name)
+            except ValueError as err:
+                _log.warning("known_host_skipped", mac=node.mac, error=str(err))
 
     def _install_boot_files(self) -> None:
         (self.paths.tftp_root / "bootstrap.ipxe").write_text(BOOTSTRAP_IPXE)

@@ -11,6 +11,7 @@ import base64
 import contextlib
 import json
 import os
+import re
 import tempfile
 from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -26,6 +27,12 @@ LOCATION_HUB = "docker hub"
 LOCATION_REGISTRY = "custom registry"
 LOCATION_DOCKER = "docker daemon"
 LOCATION_WALT = "walt (other user)"
+
+# A node model name: anything else in the label (escape sequences, spaces) is left out.
+_MODEL = re.compile(r"[a-z0-9][a-z0-9._-]*")
+# A plain decimal number ("²".isdigit() is true, yet int() refuses it); 18 digits at most,
+# as int() refuses very long numbers too.
+_MINVERSION = re.compile(r"[0-9]{1,18}")
 
 
 @dataclass(frozen=True)
@@ -60,6 +67,11 @@ class Unsupported(RegistryError):
     """An image the client cannot use (schema 1, not a container image, no platform fits)."""
 
 
+class BadImage(RegistryError):
+    """One image's manifest or config is unusable: over the size limit, not matching its
+    digest, or invalid. A listing leaves that image out instead of failing."""
+
+
 @dataclass(frozen=True)
 class ImageInfo:
     """A WalT image as a source holds it."""
@@ -76,9 +88,9 @@ class ImageInfo:
 
     @property
     def models(self) -> tuple[str, ...]:
-        """Node models from the `walt.node.models` label."""
+        """Node models from the `walt.node.models` label (entries not named like one left out)."""
         raw = self.labels.get(MODELS_LABEL, "")
-        return tuple(m.strip() for m in raw.split(",") if m.strip())
+        return tuple(m for m in (e.strip() for e in raw.split(",")) if _MODEL.fullmatch(m))
 
     @property
     def is_walt(self) -> bool:
@@ -87,9 +99,9 @@ class ImageInfo:
 
     @property
     def minversion(self) -> int | None:
-        """`walt.server.minversion` as an int (None when absent or not a number)."""
-        raw = self.labels.get(MINVERSION_LABEL)
-        return int(raw) if raw and raw.strip().isdigit() else None
+        """`walt.server.minversion` as an int (None when absent or not a plain decimal number)."""
+        raw = self.labels.get(MINVERSION_LABEL, "").strip()
+        return int(raw) if _MINVERSION.fullmatch(raw) else None
 
     @property
     def clone_url(self) -> str:

@@ -65,7 +65,8 @@ class DigestCache:
 
     The event loop leaves for a thread as little as it can: the folder is listed once, so a
     miss needs no disk access, and new entries are written together by `flush()` (clients
-    call it when they close) rather than one thread hand-off each.
+    call it when they close, `put` once `max_unwritten` bytes wait) rather than one thread
+    hand-off each.
 
     Also remembers the last digest seen for a tag (`remember_tag`): a client then asks the
     registry with a HEAD whether the tag still points there. With `folder` that map is saved
@@ -73,17 +74,26 @@ class DigestCache:
     """
 
     def __init__(
-        self, folder: Path | None = None, *, max_memory: int = 32 * 2**20, max_tags: int = 100_000
+        self,
+        folder: Path | None = None,
+        *,
+        max_memory: int = 32 * 2**20,
+        max_tags: int = 100_000,
+        max_unwritten: int = 8 * 2**20,
     ) -> None:
         self.folder = folder
         self._max_memory = max_memory
         self._max_tags = max_tags
+        self._max_unwritten = max_unwritten
         self._memory: OrderedDict[str, bytes] = OrderedDict()
         self._memory_size = 0
         self._tags: OrderedDict[str, str] = OrderedDict()
         self._on_disk: set[str] | None = None  # digests with a file, once listed
         self._unwritten: dict[str, bytes] = {}
+        self._unwritten_size = 0
         self._tags_changed = False
+        # one flush at a time: an older tag map must not be renamed over a newer one
+        self._flush_lock = asyncio.Lock()
         if folder is not None:
             self._tags.update(_read_tags(folder / TAGS_FILE, max_tags))
 
@@ -110,7 +120,7 @@ class DigestCache:
     async def put(self, digest: str, data: bytes) -> None:
         """Store `data` under `digest`; ValueError when they do not match.
 
-        The disk copy is written by the next `flush()`.
+        The disk copy is written by the next `flush()`, at once when too much waits for it.
         """
         if not is_digest(digest) or digest_of(data, digest) != digest:
             raise ValueError(f"content does not match digest {digest}")
@@ -119,17 +129,22 @@ class DigestCache:
         self._remember(digest, data)
         if self.folder is not None and (self._on_disk is None or digest not in self._on_disk):
             self._unwritten[digest] = data
+            self._unwritten_size += len(data)
+            if self._unwritten_size > self._max_unwritten:
+                await self.flush()
 
     async def flush(self) -> None:
         """Write the entries not yet on disk and the tag map, all in one thread hand-off."""
-        if self.folder is None or not (self._unwritten or self._tags_changed):
-            return
-        batch, self._unwritten = self._unwritten, {}
-        tags = json.dumps(dict(self._tags)).encode() if self._tags_changed else None
-        self._tags_changed = False
-        written = await asyncio.to_thread(self._write_all, batch, tags)
-        if self._on_disk is not None:
-            self._on_disk.update(written)
+        async with self._flush_lock:
+            if self.folder is None or not (self._unwritten or self._tags_changed):
+                return
+            batch, self._unwritten, self._unwritten_size = self._unwritten, {}, 0
+            # a copy: the loop goes on changing the map while the thread serializes it
+            tags = dict(self._tags) if self._tags_changed else None
+            self._tags_changed = False
+            written = await asyncio.to_thread(self._write_all, batch, tags)
+            if self._on_disk is not None:
+                self._on_disk.update(written)
 
     def tag_digest(self, key: str) -> str | None:
         """The digest last remembered for `key` (a registry, repository and tag)."""
@@ -145,6 +160,9 @@ class DigestCache:
             self._tags.popitem(last=False)
 
     def _remember(self, digest: str, data: bytes) -> None:
+        if digest in self._memory:  # concurrent reads of one digest from disk: counted once
+            self._memory.move_to_end(digest)
+            return
         if len(data) > self._max_memory // 4:
             return  # one huge entry would evict everything else: disk only
         self._memory[digest] = data
@@ -181,9 +199,9 @@ class DigestCache:
         found = {n.removesuffix(".json").replace("-", ":", 1) for n in names if n.endswith(".json")}
         return {d for d in found if is_digest(d)}
 
-    def _write_all(self, batch: dict[str, bytes], tags: bytes | None) -> list[str]:
+    def _write_all(self, batch: dict[str, bytes], tags: dict[str, str] | None) -> list[str]:
         if tags is not None:
-            self._write_file(self._path(TAGS_FILE), tags)
+            self._write_file(self._path(TAGS_FILE), json.dumps(tags).encode())
         return [
             digest for digest, data in batch.items() if self._write_file(self._path(digest), data)
         ]

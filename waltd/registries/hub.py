@@ -12,11 +12,13 @@ Docker Hub's registry API has no catalog, so WalT images are found in two ways, 
 
 The repositories so gathered (those named in metadata first, then the walt users' other
 repositories, then the search results) are inspected over the registry API, concurrently: tags,
-then each tag's manifest and config (cached by digest by the v2 client). What the registry says
-wins: a metadata entry whose repository is gone is dropped. An entry whose repository could not
-be inspected (beyond the cap, or no pull access) is kept with the metadata's labels and no digest,
-as the reference shows it. At most `max_repositories` repositories are inspected per search; a
-log record says when the cap cut the list.
+then each tag's manifest and config (cached by digest by the v2 client), `concurrency` at a
+time. What the registry says wins: a metadata entry whose repository is gone is dropped. An
+entry that could not be inspected (its repository beyond the cap or without pull access, its tag
+beyond the cap or answered with 429 or 5xx) is kept with the metadata's labels and no digest, as
+the reference shows it. An image whose manifest or config is broken is left out. At most
+`max_repositories` repositories are inspected per search, with the tag caps of v2.py; a log
+record says when a cap cut the list.
 
 Anonymous by default. Credentials, when given, go to the token service of the registry's
 Bearer challenge (the v2 client does this); Hub's web API is only read anonymously.
@@ -27,6 +29,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
+import functools
 import json
 import os
 import re
@@ -43,6 +46,7 @@ from waltd import log
 from waltd.registries.base import (
     LOCATION_HUB,
     AuthError,
+    BadImage,
     Credentials,
     ImageInfo,
     NotFound,
@@ -50,7 +54,7 @@ from waltd.registries.base import (
     Unsupported,
 )
 from waltd.registries.cache import DigestCache
-from waltd.registries.v2 import V2Client, gather_all
+from waltd.registries.v2 import ImageBudget, Job, V2Client, gather_all, run_jobs
 
 _log = log.get("hub")
 H = TypeVar("H", bound=Hashable)
@@ -62,6 +66,7 @@ METADATA_LABEL = "metadata"
 METADATA_KEY = "walt.user.images"
 SOURCE = "hub"
 _PAGE_SIZE = 100  # Hub's largest page
+_MAX_PAGES = 100  # per listing: an answer cannot keep the daemon paging forever
 # Docker's reference grammar (as v2.py checks it): path components and tags.
 _COMPONENT = re.compile(r"[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*")
 _TAG = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}")
@@ -144,16 +149,23 @@ class _HubApi:
     """Hub's web API (search, a user's repositories): anonymous GETs of JSON pages.
 
     Every request has a timeout and a body limit; `next` links are followed only on the same
-    origin as `base_url`, so that an answer cannot send the daemon anywhere else.
+    origin as `base_url`, each once, `_MAX_PAGES` at most, and redirects not at all, so that an
+    answer cannot send the daemon anywhere else nor keep it paging.
     """
 
     def __init__(
-        self, session: aiohttp.ClientSession, base_url: str, max_body: int, timeout_s: float
+        self,
+        session: aiohttp.ClientSession,
+        base_url: str,
+        max_body: int,
+        timeout_s: float,
+        verify_tls: bool = True,
     ) -> None:
         self._session = session
         self._base = URL(base_url.rstrip("/"))
         self._max_body = max_body
         self._timeout_s = timeout_s
+        self._ssl = verify_tls
 
     async def search(self, query: str, limit: int) -> list[tuple[str, str]]:
         """Up to `limit` repositories (user, repo) matching `query`."""
@@ -183,8 +195,9 @@ class _HubApi:
     async def _pages(self, url: URL, limit: int, what: str) -> AsyncIterator[dict[str, Any]]:
         """The `results` entries of `url` and of the pages it links to, `limit` at most."""
         count = 0
-        next_url: URL | None = url
-        while next_url is not None and count < limit:
+        next_url = url
+        seen = {url}
+        for _ in range(_MAX_PAGES):
             page = await self._get(next_url, what)
             results = page.get("results")
             if not isinstance(results, list):
@@ -194,21 +207,34 @@ class _HubApi:
                     count += 1
                     yield item
             following = page.get("next")
-            if not results or not following:
-                break
+            if count >= limit or not results or not following:
+                return
             if not isinstance(following, str):
                 raise RegistryError(SOURCE, f"{what}: invalid next page link")
             next_url = url.join(URL(following))
             if next_url.origin() != self._base.origin():
                 raise RegistryError(SOURCE, f"{what}: next page link leaves {self._base.origin()}")
+            if next_url in seen:
+                return  # sent round in circles: what was read is all there is
+            seen.add(next_url)
+        _log.warning("hub_pages_capped", registry=SOURCE, listing=what, pages=_MAX_PAGES)
 
     async def _get(self, url: URL, what: str) -> dict[str, Any]:
         where = f"{what} at {self._base}"
         try:
             async with (
                 asyncio.timeout(self._timeout_s),
-                self._session.get(url, headers={"Accept": "application/json"}) as resp,
+                self._session.get(
+                    url,
+                    headers={"Accept": "application/json"},
+                    allow_redirects=False,
+                    ssl=self._ssl,
+                ) as resp,
             ):
+                if 300 <= resp.status < 400:
+                    raise RegistryError(
+                        SOURCE, f"{where}: redirected (HTTP {resp.status}), not followed"
+                    )
                 if resp.status == 404:
                     raise NotFound(SOURCE, f"{where}: not found", status=404)
                 if resp.status == 429:
@@ -268,6 +294,8 @@ class _Found:
     images: dict[tuple[str, str, str], ImageInfo] = field(default_factory=dict)
     # repositories the registry answered for (tags listed, or no such repository)
     settled: set[tuple[str, str]] = field(default_factory=set)
+    # tags of settled repositories left unread (beyond the cap, or 429/5xx): not known gone
+    unread: set[tuple[str, str, str]] = field(default_factory=set)
 
 
 def _unique(items: Iterable[H]) -> list[H]:
@@ -290,7 +318,8 @@ class HubSource:
     `queries` are the Hub searches of discovery 2 (module docstring); `max_repositories` caps
     the repositories inspected per search, and each Hub search's results. `cache` is the v2
     client's cache of manifests and configs by digest, shared by every search; `session` an
-    aiohttp session to share (else each operation opens its own).
+    aiohttp session to share (else each operation opens its own); `concurrency` bounds the
+    registry requests of every operation together.
     """
 
     label = "hub"
@@ -308,6 +337,7 @@ class HubSource:
         verify_tls: bool = True,
         cache: DigestCache | None = None,
         session: aiohttp.ClientSession | None = None,
+        concurrency: int = 32,
     ) -> None:
         self.registry_url = registry_url.rstrip("/")
         self.hub_url = hub_url.rstrip("/")
@@ -318,6 +348,8 @@ class HubSource:
         self.verify_tls = verify_tls
         self.cache = cache
         self.session = session
+        self.concurrency = concurrency
+        self._semaphore = asyncio.Semaphore(concurrency)
 
     @property
     def registry_host(self) -> str:
@@ -345,19 +377,22 @@ class HubSource:
             verify_tls=self.verify_tls,
             timeout_s=self.timeout_s,
             max_body=self.max_body,
+            concurrency=self.concurrency,
             cache=self.cache,
             session=self.session,
+            semaphore=self._semaphore,
         ) as client:
             yield client
 
     @asynccontextmanager
     async def _hub_api(self) -> AsyncIterator[_HubApi]:
         if self.session is not None:
-            yield _HubApi(self.session, self.hub_url, self.max_body, self.timeout_s)
+            yield _HubApi(
+                self.session, self.hub_url, self.max_body, self.timeout_s, self.verify_tls
+            )
             return
-        connector = aiohttp.TCPConnector(ssl=self.verify_tls)
-        async with aiohttp.ClientSession(connector=connector) as session:
-            yield _HubApi(session, self.hub_url, self.max_body, self.timeout_s)
+        async with aiohttp.ClientSession() as session:
+            yield _HubApi(session, self.hub_url, self.max_body, self.timeout_s, self.verify_tls)
 
     async def resolve(
         self,
@@ -404,12 +439,19 @@ class HubSource:
                     left_out=[f"{u}/{r}" for u, r in candidates[limit:]],
                 )
             found = _Found()
-            await gather_all(self._inspect(registry, u, r, found) for u, r in candidates[:limit])
+            budget = ImageBudget(self.label)
+            await run_jobs(
+                (
+                    functools.partial(self._inspect, registry, budget, u, r, found)
+                    for u, r in candidates[:limit]
+                ),
+                self.concurrency,
+            )
         images = dict(found.images)
         for user, meta in metadata.items():
             for (name, tag), labels in meta.images.items():
                 # the reference's way: labels from the metadata, for what could not be checked
-                if (user, name) not in found.settled:
+                if (user, name) not in found.settled or (user, name, tag) in found.unread:
                     images.setdefault(
                         (user, name, tag),
                         ImageInfo(self.label, self.kind, user, name, tag, None, dict(labels)),
@@ -436,7 +478,7 @@ class HubSource:
                 raise
             _log.info("hub_metadata_unreadable", registry=self.label, image=image, error=str(err))
             return None
-        except Unsupported as err:
+        except (Unsupported, BadImage) as err:
             _log.warning("hub_metadata_invalid", registry=self.label, image=image, error=str(err))
             return None
         try:
@@ -453,32 +495,55 @@ class HubSource:
             )
         return meta
 
-    async def _inspect(self, registry: V2Client, user: str, repo: str, found: _Found) -> None:
-        """Read every tag of `user/repo` into `found`."""
+    async def _inspect(
+        self, registry: V2Client, budget: ImageBudget, user: str, repo: str, found: _Found
+    ) -> list[Job]:
+        """List the tags of `user/repo`: a job for each tag to read into `found`."""
         repository = f"{user}/{repo}"
+        if budget.full():
+            return []
         try:
             tags = await registry.tags(repository)
         except NotFound:
             found.settled.add((user, repo))
-            return
+            return []
         except AuthError as err:
             if _refused_credentials(err):
                 raise
             _log.info(
                 "hub_repository_skipped", registry=self.label, repository=repository, error=str(err)
             )
-            return
+            return []
         found.settled.add((user, repo))
+        kept = budget.take(repository, tags)
+        found.unread.update((user, repo, tag) for tag in tags[len(kept) :])
+        return [
+            functools.partial(self._inspect_tag, registry, user, repo, tag, found) for tag in kept
+        ]
 
-        async def one(tag: str) -> None:
-            try:
-                resolved = await registry.image(repository, tag)
-            except AuthError as err:
-                if _refused_credentials(err):
-                    raise
-                return  # Hub's answer for a tag removed since the list was read
-            except (NotFound, Unsupported):
-                return  # removed meanwhile, or not a container image (schema 1, artifact)
-            found.images[user, repo, tag] = resolved.info(self.label, self.kind, user, repo, tag)
-
-        await gather_all(one(tag) for tag in tags)
+    async def _inspect_tag(
+        self, registry: V2Client, user: str, repo: str, tag: str, found: _Found
+    ) -> list[Job]:
+        """Read `user/repo:tag` into `found` (or leave it out, or unread)."""
+        try:
+            resolved = await registry.image(f"{user}/{repo}", tag)
+        except AuthError as err:
+            if _refused_credentials(err):
+                raise
+            return []  # Hub's answer for a tag removed since the list was read
+        except (NotFound, Unsupported):
+            return []  # removed meanwhile, or not a container image (schema 1, artifact)
+        except BadImage as err:
+            image = f"{user}/{repo}:{tag}"
+            _log.info("registry_image_skipped", registry=self.label, image=image, error=str(err))
+            return []
+        except RegistryError as err:
+            if err.status != 429 and not 500 <= (err.status or 0) < 600:
+                raise
+            # Hub busy with this one: not inspected, as beyond the cap (metadata fills in)
+            found.unread.add((user, repo, tag))
+            image = f"{user}/{repo}:{tag}"
+            _log.info("hub_image_not_inspected", registry=self.label, image=image, error=str(err))
+            return []
+        found.images[user, repo, tag] = resolved.info(self.label, self.kind, user, repo, tag)
+        return []

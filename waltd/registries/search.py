@@ -48,13 +48,23 @@ def row(image: ImageInfo, server_version: int) -> tuple[str, str, str, str, str]
     return (image.user, f"{image.name}{tag}", image.kind, ",".join(image.models), link)
 
 
+def _printable(text: str) -> str:
+    """`text` with each non-printable character escaped (`\\x1b`, `\\u202e`, ...)."""
+    if text.isprintable():
+        return text
+    return "".join(
+        c if c.isprintable() else c.encode("unicode_escape").decode("ascii") for c in text
+    )
+
+
 def table(rows: Sequence[Sequence[str]], headers: Sequence[str] = HEADERS) -> str:
-    """A plain text table with a header line and a rule, columns padded."""
-    widths = [max(len(str(r[i])) for r in [headers, *rows]) for i in range(len(headers))]
-    lines = [
-        " | ".join(str(c).ljust(w) for c, w in zip(r, widths, strict=True)).rstrip()
-        for r in [headers, *rows]
-    ]
+    """A plain text table with a header line and a rule, columns padded.
+
+    Cells come from registries: control characters are escaped, never sent to a terminal.
+    """
+    cells = [[_printable(str(c)) for c in r] for r in [headers, *rows]]
+    widths = [max(len(r[i]) for r in cells) for i in range(len(headers))]
+    lines = [" | ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in cells]
     lines.insert(1, "-+-".join("-" * w for w in widths))
     return "\n".join(lines)
 

@@ -1,6 +1,18 @@
-"""The image sources of a configuration: its registries in order, then the docker daemon."""
+"""The image sources of a configuration: its registries in order, then the docker daemon.
+
+They are built once per configuration (`SourceSet`) and kept while it runs: each registry
+source holds a long-lived aiohttp session (connections and TLS sessions reused from one search
+to the next) and one bound on its concurrent requests, shared by every search.
+`RegistriesService` keeps the set of the running configuration on the daemon's context.
+"""
 
 from __future__ import annotations
+
+import contextlib
+from collections.abc import AsyncIterator
+from typing import TYPE_CHECKING, Self
+
+import aiohttp
 
 from waltd import config as configuration
 from waltd.registries.artifactory import ArtifactorySource
@@ -8,23 +20,114 @@ from waltd.registries.base import Source
 from waltd.registries.cache import DigestCache
 from waltd.registries.docker_daemon import DockerDaemonSource
 from waltd.registries.hub import HubSource
-from waltd.registries.v2 import RegistryV2Source
+from waltd.registries.v2 import RegistryV2Source, new_session
+from waltd.supervisor import Service
+
+if TYPE_CHECKING:
+    from waltd.daemon import Context
+
+_CONCURRENCY = 32  # requests at once per registry
+_TIMEOUT_S = 30.0
 
 
-def registry_source(entry: configuration.Registry, cache: DigestCache | None) -> Source:
-    """The client of one configured registry."""
+def registry_source(
+    entry: configuration.Registry, cache: DigestCache | None, session: aiohttp.ClientSession
+) -> Source:
+    """The client of one configured registry, its requests sent through `session`."""
     if entry.api == "docker-hub":
         urls = {"registry_url": entry.registry_url, "hub_url": entry.hub_url}
-        return HubSource(cache=cache, **{k: v for k, v in urls.items() if v})
-    if entry.api == "jfrog-artifactory":
-        return ArtifactorySource(entry, cache=cache)
-    return RegistryV2Source(entry, cache=cache)
+        return HubSource(
+            cache=cache,
+            session=session,
+            concurrency=_CONCURRENCY,
+            timeout_s=_TIMEOUT_S,
+            **{k: v for k, v in urls.items() if v},
+        )
+    make = ArtifactorySource if entry.api == "jfrog-artifactory" else RegistryV2Source
+    return make(entry, cache=cache, session=session, concurrency=_CONCURRENCY, timeout_s=_TIMEOUT_S)
 
 
-def sources(config: configuration.Config, cache: DigestCache | None) -> list[Source]:
-    """Every source, in the order default images are looked for (REFERENCE.md)."""
-    found = [registry_source(entry, cache) for entry in config.registries]
-    # No socket: no docker on this server, which is normal, not worth a warning each time.
-    if config.images.docker_socket.exists():
-        found.append(DockerDaemonSource(str(config.images.docker_socket)))
-    return found
+class SourceSet:
+    """The sources of one configuration, each registry with a session of its own.
+
+    A search takes the sources with `using()`; `close()` ends the sessions once the searches
+    using them are over (a reload does not cut a running search short).
+    """
+
+    def __init__(self, config: configuration.Config, cache: DigestCache | None) -> None:
+        self.registries = config.registries
+        self.images = config.images
+        # one per registry: each has its own TLS setting and connection pool
+        self._sessions = [new_session(_CONCURRENCY, _TIMEOUT_S) for _ in config.registries]
+        self._registries = [
+            registry_source(entry, cache, session)
+            for entry, session in zip(config.registries, self._sessions, strict=True)
+        ]
+        self._docker = DockerDaemonSource(str(config.images.docker_socket))
+        self._users = 0
+        self._closing = False
+
+    def serves(self, config: configuration.Config) -> bool:
+        """Whether these are the sources of `config` (its registries and images unchanged)."""
+        return config.registries == self.registries and config.images == self.images
+
+    def sources(self) -> list[Source]:
+        """Every source, in the order default images are looked for (REFERENCE.md)."""
+        # No socket: no docker on this server, which is normal, not worth a warning each time.
+        # Looked at each time: a docker daemon may be installed while waltd runs.
+        if self.images.docker_socket.exists():
+            return [*self._registries, self._docker]
+        return list(self._registries)
+
+    @contextlib.asynccontextmanager
+    async def using(self) -> AsyncIterator[list[Source]]:
+        """The sources, kept open until the block ends."""
+        self._users += 1
+        try:
+            yield self.sources()
+        finally:
+            self._users -= 1
+            if self._closing and self._users == 0:
+                await self._close_sessions()
+
+    async def close(self) -> None:
+        """Close the sessions now, or when the last search using them ends."""
+        self._closing = True
+        if self._users == 0:
+            await self._close_sessions()
+
+    async def _close_sessions(self) -> None:
+        sessions, self._sessions = self._sessions, []
+        for session in sessions:
+            await session.close()
+
+
+class RegistriesService(Service):
+    """The sources of the running configuration, on the context (`registry_sources`).
+
+    Built at start, rebuilt when a reload changes `registries` or `images` (the old ones
+    closed), closed at shutdown.
+    """
+
+    name = "registries"
+
+    def __init__(self, ctx: Context) -> None:
+        self._ctx = ctx
+
+    async def __aenter__(self) -> Self:
+        self._ctx.registry_sources = SourceSet(self._ctx.config, self._ctx.registry_cache)
+        return self
+
+    async def reload(self, config: configuration.Config) -> None:
+        """New sources when `registries` or `images` changed; the old ones closed."""
+        old = self._ctx.registry_sources
+        if old is not None and old.serves(config):
+            return
+        self._ctx.registry_sources = SourceSet(config, self._ctx.registry_cache)
+        if old is not None:
+            await old.close()
+
+    async def __aexit__(self, *exc: object) -> None:
+        old, self._ctx.registry_sources = self._ctx.registry_sources, None
+        if old is not None:
+            await old.close()

@@ -5,10 +5,12 @@ lists (with `Link` pagination), manifests (Docker schema 2, OCI manifest, manife
 index, a platform chosen by `platforms.py`) and config blobs (labels, creation date).
 
 Every request has a timeout, every body a size limit read as it streams, and at most
-`concurrency` requests run at once. 429 waits for `Retry-After`; 5xx and broken connections are
-retried a couple of times with jittered backoff; 401/403/404 never are. Content addressed by
-digest is checked against it, and kept in a `DigestCache`, so a warm listing asks each tag for
-its digest (HEAD) and reads only what changed.
+`concurrency` requests of a source run at once, whichever client sends them. 429 waits for
+`Retry-After`; 5xx and broken connections are retried a couple of times with jittered backoff;
+401/403/404 never are. Content addressed by digest is checked against it, and kept in a
+`DigestCache`, so a warm listing asks each tag for its digest (HEAD) and reads only what
+changed. A listing runs `concurrency` jobs at a time over a queue, with caps on the tags and
+images it inspects; one image that cannot be read is left out (a log record says why).
 
 Authentication follows the `/v2/` challenge a registry answers with: none, Basic (credentials
 on each request), or Bearer (a token per scope from the realm, as Docker Hub does, kept until it
@@ -19,12 +21,14 @@ from __future__ import annotations
 
 import asyncio
 import email.utils
+import functools
 import json
 import os
 import random
 import re
 import time
-from collections.abc import Awaitable, Iterable, Sequence
+from collections import deque
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from types import MappingProxyType, TracebackType
 from typing import Any, TypeVar
@@ -38,6 +42,7 @@ from waltd.registries import platforms
 from waltd.registries.base import (
     LOCATION_REGISTRY,
     AuthError,
+    BadImage,
     Credentials,
     ImageInfo,
     NotFound,
@@ -68,6 +73,9 @@ _BACKOFF_S = 0.25  # first backoff step, doubling
 _MAX_RETRY_AFTER_S = 30.0  # a longer Retry-After fails at once: a search would not wait that long
 _MAX_REDIRECTS = 5
 _MAX_PAGES = 10_000
+# What one listing inspects at most: a registry cannot make a search endless.
+MAX_TAGS_PER_REPOSITORY = 1000
+MAX_IMAGES_PER_SOURCE = 10_000
 _ERROR_BODY = 64 * 1024  # how much of an error answer is read (for its error code)
 _REDIRECTS = (301, 302, 303, 307, 308)
 # Docker's reference grammar: what may go into a request path.
@@ -78,6 +86,7 @@ _ERROR_CODE = re.compile(r"[A-Z][A-Z_]{0,63}")
 _LINK_NEXT = re.compile(r'<([^>]*)>\s*;\s*rel="?next"?', re.I)
 _CHALLENGE_PARAM = re.compile(r'([A-Za-z]+)\s*=\s*(?:"([^"]*)"|([^\s,]*))')
 _SCOPE_PATH = re.compile(r"/v2/(.+)/(?:tags/list|manifests/[^/]+|blobs/[^/]+)")
+_IMAGE_OBJECT_PATH = re.compile(r"/v2/.+/(?:manifests|blobs)/[^/]+")  # one image's, not a list
 
 T = TypeVar("T")
 _log = log.get("registry")
@@ -225,6 +234,104 @@ async def _awaited(aw: Awaitable[T]) -> T:
     return await aw
 
 
+# A piece of a listing: it returns the pieces it found to do (a repository: one per tag).
+Job = Callable[[], Awaitable[Iterable["Job"]]]
+
+
+async def run_jobs(jobs: Iterable[Job], workers: int) -> None:
+    """Run `jobs`, and the jobs they return, `workers` at a time (never a task per job).
+
+    The jobs a job returns come after those already queued: every repository's tags are
+    asked for first, so that no worker waits for a tag list while others read images. On
+    the first failure the others are cancelled and that failure is raised.
+    """
+    queue: deque[Job] = deque(jobs)
+    running = 0  # jobs under way: they may queue more
+    changed = asyncio.Condition()
+
+    def ready() -> bool:
+        return bool(queue) or running == 0
+
+    async def worker() -> None:
+        nonlocal running
+        while True:
+            async with changed:
+                await changed.wait_for(ready)
+                if not queue:
+                    return  # nothing queued, nothing running that could queue more
+                job = queue.popleft()
+                running += 1
+            more = list(await job())
+            async with changed:
+                running -= 1
+                queue.extend(more)
+                changed.notify_all()
+
+    await gather_all(worker() for _ in range(max(1, workers)))
+
+
+class ImageBudget:
+    """How many tags one listing inspects: `per_repository` per repository, `total` in all.
+
+    `take` gives the tags of a repository to inspect and logs a record when a cap leaves
+    some out (`registry_tags_capped` per repository, `registry_images_capped` once).
+    """
+
+    def __init__(
+        self,
+        source: str,
+        per_repository: int = MAX_TAGS_PER_REPOSITORY,
+        total: int = MAX_IMAGES_PER_SOURCE,
+    ) -> None:
+        self.source = source
+        self.per_repository = per_repository
+        self.left = total
+        self._total = total
+        self._capped = False
+
+    def full(self) -> bool:
+        """True once `total` tags were handed out: the repositories left need no listing."""
+        if self.left > 0:
+            return False
+        self._capped_once()
+        return True
+
+    def take(self, repository: str, tags: list[str]) -> list[str]:
+        """The first of `tags` within both caps."""
+        kept = tags[: self.per_repository]
+        if len(kept) < len(tags):
+            _log.warning(
+                "registry_tags_capped",
+                registry=self.source,
+                repository=repository,
+                tags=len(tags),
+                inspected=len(kept),
+            )
+        if len(kept) > self.left:
+            self._capped_once()
+            kept = kept[: self.left]
+        self.left -= len(kept)
+        return kept
+
+    def _capped_once(self) -> None:
+        if not self._capped:  # one record, not one per repository left out
+            self._capped = True
+            _log.warning("registry_images_capped", registry=self.source, inspected=self._total)
+
+
+def new_session(concurrency: int, timeout_s: float) -> aiohttp.ClientSession:
+    """An aiohttp session for the clients of one registry.
+
+    TLS is verified by default: a client turns the check off, per request, only for its own
+    registry's origin (`https-no-verify`), never for servers it is redirected to.
+    """
+    connector = aiohttp.TCPConnector(limit=concurrency)
+    # asyncio.timeout bounds each exchange; these only end a stalled socket early
+    timeout = aiohttp.ClientTimeout(total=None, sock_connect=timeout_s, sock_read=timeout_s)
+    headers = {"User-Agent": "waltd"}
+    return aiohttp.ClientSession(connector=connector, timeout=timeout, headers=headers)
+
+
 class V2Client:
     """A client of one registry's API v2, for one set of credentials (or none).
 
@@ -232,7 +339,8 @@ class V2Client:
     request goes under (Artifactory's repository-path layout: `/v2/<prefix>/_catalog`,
     `/v2/<prefix>/<name>/...`); repository names given to and returned by the client are then
     relative to it. Use it as an async context manager; it owns its aiohttp session unless it
-    was given one.
+    was given one. `semaphore`, when given, bounds its requests together with those of the
+    other clients sharing it (else the bound is `concurrency` of its own).
     """
 
     def __init__(
@@ -249,6 +357,7 @@ class V2Client:
         path_prefix: str = "",
         session: aiohttp.ClientSession | None = None,
         page_size: int = 1000,
+        semaphore: asyncio.Semaphore | None = None,
     ) -> None:
         self.source = source
         self._base = URL(base_url.rstrip("/"))
@@ -266,7 +375,7 @@ class V2Client:
         self._timeout_s = timeout_s
         self._max_body = max_body
         self._concurrency = concurrency
-        self._semaphore = asyncio.Semaphore(concurrency)
+        self._semaphore = semaphore or asyncio.Semaphore(concurrency)
         # without a shared cache, one of its own still merges the fetches of one digest
         self._cache = cache if cache is not None else DigestCache()
         self._session = session
@@ -304,14 +413,7 @@ class V2Client:
 
     def _http(self) -> aiohttp.ClientSession:
         if self._session is None:
-            connector = aiohttp.TCPConnector(limit=self._concurrency, ssl=self._ssl)
-            # asyncio.timeout bounds each exchange; these only end a stalled socket early
-            timeout = aiohttp.ClientTimeout(
-                total=None, sock_connect=self._timeout_s, sock_read=self._timeout_s
-            )
-            self._session = aiohttp.ClientSession(
-                connector=connector, timeout=timeout, headers={"User-Agent": "waltd"}
-            )
+            self._session = new_session(self._concurrency, self._timeout_s)
         return self._session
 
     # ---- public API ---------------------------------------------------------------------
@@ -337,7 +439,7 @@ class V2Client:
         if is_digest(digest):
             return digest
         if digest:
-            raise RegistryError(self.source, f"invalid digest in the answer about {repo}:{ref}")
+            raise BadImage(self.source, f"invalid digest in the answer about {repo}:{ref}")
         return (await self._manifest_by_ref(repo, ref))[0]  # a registry that does not say
 
     async def image(self, repo: str, ref: str, models: Sequence[str] = ()) -> ResolvedImage:
@@ -354,7 +456,7 @@ class V2Client:
         if media_type in _LISTS:
             entries = manifest.get("manifests")
             if not isinstance(entries, list) or not all(isinstance(e, dict) for e in entries):
-                raise RegistryError(self.source, f"invalid manifest list for {repo}:{ref}")
+                raise BadImage(self.source, f"invalid manifest list for {repo}:{ref}")
             offered = platforms.platforms(entries)
             try:
                 entry = platforms.choose(entries, models)
@@ -362,7 +464,7 @@ class V2Client:
                 raise Unsupported(self.source, f"{repo}:{ref}: {err}") from None
             child = entry.get("digest")
             if not isinstance(child, str) or not is_digest(child):
-                raise RegistryError(self.source, f"invalid digest in the list of {repo}:{ref}")
+                raise BadImage(self.source, f"invalid digest in the list of {repo}:{ref}")
             child_type, image = await self._manifest_by_digest(repo, child)
             if child_type not in _IMAGE_MANIFESTS:
                 raise Unsupported(self.source, f"{repo}:{ref}: list entry of type {child_type}")
@@ -407,7 +509,7 @@ class V2Client:
         reply = await self._call("GET", url, what=what, accept=_ACCEPT)
         claimed = reply.headers.get("Docker-Content-Digest", "")
         if claimed and not is_digest(claimed):
-            raise RegistryError(self.source, f"invalid digest in the answer about {what}")
+            raise BadImage(self.source, f"invalid digest in the answer about {what}")
         digest = digest_of(reply.body, claimed or "sha256:")
         if claimed and digest != claimed:
             raise self._mismatch("GET", url, claimed, digest)
@@ -430,12 +532,12 @@ class V2Client:
             raise Unsupported(self.source, f"{what} is a Docker schema 1 manifest (unsupported)")
         readable = (*_IMAGE_MANIFESTS, *_LISTS, "application/json", "application/octet-stream")
         if header_type and header_type not in readable:
-            raise RegistryError(
+            raise BadImage(
                 self.source, f"unexpected content type {header_type} for {what} (not a manifest)"
             )
-        data = self._decode(body, what)
+        data = self._decode(body, what, BadImage)
         if not isinstance(data, dict):
-            raise RegistryError(self.source, f"invalid manifest for {what}")
+            raise BadImage(self.source, f"invalid manifest for {what}")
         media_type = _manifest_type(header_type, data)
         if media_type in _SCHEMA1:
             raise Unsupported(self.source, f"{what} is a Docker schema 1 manifest (unsupported)")
@@ -450,15 +552,15 @@ class V2Client:
         descriptor = manifest.get("config")
         digest = descriptor.get("digest") if isinstance(descriptor, dict) else None
         if not isinstance(digest, str) or not is_digest(digest):
-            raise RegistryError(self.source, f"invalid config reference in {repo}:{ref}")
+            raise BadImage(self.source, f"invalid config reference in {repo}:{ref}")
         config_type = descriptor.get("mediaType") if isinstance(descriptor, dict) else None
         if config_type not in (None, *_IMAGE_CONFIGS):
             raise Unsupported(self.source, f"{repo}:{ref} is not a container image ({config_type})")
         what = f"the config of {repo}:{ref}"
         body = await self._verified(self._url(f"{repo}/blobs/{digest}"), digest, what, None)
-        data = self._decode(body, what)
+        data = self._decode(body, what, BadImage)
         if not isinstance(data, dict):
-            raise RegistryError(self.source, f"invalid content in {what}")
+            raise BadImage(self.source, f"invalid content in {what}")
         inner = data.get("config")
         raw_labels = inner.get("Labels") if isinstance(inner, dict) else None
         labels = (
@@ -497,18 +599,18 @@ class V2Client:
         await self._cache.put(digest, reply.body)
         return reply.body
 
-    def _mismatch(self, method: str, url: URL, expected: str, actual: str) -> RegistryError:
-        return RegistryError(
+    def _mismatch(self, method: str, url: URL, expected: str, actual: str) -> BadImage:
+        return BadImage(
             self.source,
             f"digest mismatch: {method} {url.path} should be {expected} but its content is "
             f"{actual} (content refused)",
         )
 
-    def _decode(self, body: bytes, what: str) -> Any:
+    def _decode(self, body: bytes, what: str, error: type[RegistryError] = RegistryError) -> Any:
         try:
             return json.loads(body)
         except (ValueError, UnicodeDecodeError):
-            raise RegistryError(self.source, f"invalid JSON in {what}") from None
+            raise error(self.source, f"invalid JSON in {what}") from None
 
     async def _paged(self, url: URL, key: str, what: str) -> list[str]:
         """The `key` lists of every page, following `Link: <...>; rel="next"`."""
@@ -577,6 +679,16 @@ class V2Client:
             status = reply.status
             if 200 <= status < 300:
                 return reply
+            if status == 401 and not token_service and reply.url.origin() != self._origin:
+                # a server the registry redirected to: its challenge would send the
+                # credentials (or a token request with them) wherever it says
+                where = _host_port(reply.url.host or "", reply.url.port or 0)
+                raise AuthError(
+                    self.source,
+                    f"authentication required (401) by {where}, where the registry redirected "
+                    f"the request for {what}: no credentials are sent there",
+                    status=401,
+                )
             if status == 401 and not token_service and challenges < 2:
                 challenges += 1
                 if await self._challenged(reply, scope, authorization):
@@ -644,12 +756,8 @@ class V2Client:
                     f"no answer within {self._timeout_s:g} s to {method} {url.path}",
                     retryable=True,
                 ) from None
-            except aiohttp.ClientSSLError:
-                raise RegistryError(
-                    self.source,
-                    f"TLS failure with {url.host}:{url.port} (certificate not trusted? "
-                    "protocol https-no-verify skips the check)",
-                ) from None
+            except aiohttp.ClientSSLError as err:
+                raise self._tls_error(err) from None
             except aiohttp.ClientConnectorDNSError:
                 raise RegistryError(
                     self.source, f"cannot resolve host name {url.host}", retryable=True
@@ -669,6 +777,24 @@ class V2Client:
                     self.source, f"{type(err).__name__} during {method} {url.path}"
                 ) from None
 
+    def _tls_error(self, err: aiohttp.ClientSSLError) -> RegistryError:
+        """What went wrong in a TLS handshake, with advice only where it applies."""
+        where = _host_port(err.host, err.port)
+        own = (err.host, err.port) == (self._base.host, self._base.port)
+        if isinstance(err, aiohttp.ClientConnectorCertificateError):
+            cause = err.certificate_error
+            detail = getattr(cause, "verify_message", None) or str(cause)
+            advice = "; protocol https-no-verify skips the check" if own else ""
+            return RegistryError(
+                self.source, f"TLS certificate of {where} not trusted ({detail}){advice}"
+            )
+        reason = getattr(err.os_error, "reason", None) or type(err.os_error).__name__
+        advice = "; a plain-HTTP registry needs protocol http" if own else ""
+        return RegistryError(
+            self.source,
+            f"TLS handshake with {where} failed ({reason.replace('_', ' ').lower()}){advice}",
+        )
+
     async def _follow(self, method: str, url: URL, headers: dict[str, str]) -> _Reply:
         current = url
         for _ in range(_MAX_REDIRECTS + 1):
@@ -676,8 +802,10 @@ class V2Client:
             if current.origin() != self._origin and current.origin() != url.origin():
                 # credentials stay with their server (blobs may redirect to a storage service)
                 send = {k: v for k, v in headers.items() if k != "Authorization"}
+            # https-no-verify is about the registry: elsewhere, certificates are checked
+            verify = self._ssl if current.origin() == self._origin else True
             request = self._http().request(
-                method, current, headers=send, allow_redirects=False, ssl=self._ssl
+                method, current, headers=send, allow_redirects=False, ssl=verify
             )
             async with request as response:
                 location = response.headers.get("Location")
@@ -687,12 +815,13 @@ class V2Client:
                         raise RegistryError(self.source, f"invalid redirect from {url.path}")
                     current = target
                     continue
-                body = await self._body(response, method, current)
+                body = await self._body(response, method, url)
                 return _Reply(response.status, response.headers, body, current)
         raise RegistryError(self.source, f"too many redirects from {method} {url.path}")
 
     async def _body(self, response: aiohttp.ClientResponse, method: str, url: URL) -> bytes:
-        """The body, read as it streams; over the limit is an error (error answers: cut)."""
+        """The body of the answer to `url`, read as it streams; over the limit is an error
+        (error answers: cut)."""
         if method == "HEAD":
             return b""
         ok = 200 <= response.status < 300
@@ -709,7 +838,11 @@ class V2Client:
         return bytes(data)
 
     def _too_big(self, method: str, url: URL) -> RegistryError:
-        return RegistryError(
+        one_image = url.origin() == self._origin and _IMAGE_OBJECT_PATH.fullmatch(
+            url.raw_path.removeprefix(self._base_path)
+        )
+        error = BadImage if one_image else RegistryError
+        return error(
             self.source,
             f"response body over {_size(self._max_body)} limit ({method} {url.path})",
         )
@@ -805,8 +938,9 @@ class V2Client:
 
 
 # What leaves a repository or a tag out of a listing instead of failing it: deleted since it
-# was listed, not readable with these credentials (the catalog was), or not a usable image.
-_SKIPPED = (NotFound, AuthError, Unsupported)
+# was listed, not readable with these credentials (the catalog was), not a usable image, or
+# one whose manifest or config is broken.
+_SKIPPED = (NotFound, AuthError, Unsupported, BadImage)
 
 
 def _host_port(host: str, port: int) -> str:
@@ -818,7 +952,9 @@ class RegistryV2Source:
 
     Repositories named `user/name` (exactly two components) holding images labelled
     `walt.node.models` are WalT images. Each operation uses a client of its own with the
-    caller's credentials; the digest cache is shared.
+    caller's credentials; the digest cache, the `session` (when given) and the bound of
+    `concurrency` requests at once are shared by them all. A listing inspects at most
+    `max_tags` tags per repository and `max_images` images in all.
     """
 
     kind = LOCATION_REGISTRY
@@ -832,6 +968,8 @@ class RegistryV2Source:
         timeout_s: float = 30,
         max_body: int = 8 * 2**20,
         concurrency: int = 32,
+        max_tags: int = MAX_TAGS_PER_REPOSITORY,
+        max_images: int = MAX_IMAGES_PER_SOURCE,
     ) -> None:
         if entry.host is None or entry.port is None:
             raise ValueError(f"registry {entry.label}: host and port are required")
@@ -846,6 +984,9 @@ class RegistryV2Source:
         self._timeout_s = timeout_s
         self._max_body = max_body
         self._concurrency = concurrency
+        self._semaphore = asyncio.Semaphore(concurrency)
+        self._max_tags = max_tags
+        self._max_images = max_images
 
     def client(self, creds: Credentials | None = None) -> V2Client:
         """A client of this registry with `creds` (use it with `async with`)."""
@@ -860,6 +1001,7 @@ class RegistryV2Source:
             cache=self._cache,
             path_prefix=self._path_prefix(),
             session=self._session,
+            semaphore=self._semaphore,
         )
 
     def _path_prefix(self) -> str:
@@ -875,33 +1017,51 @@ class RegistryV2Source:
         return f"{user}/{name}"
 
     async def list_images(self, creds: Credentials | None = None) -> list[ImageInfo]:
-        """Every WalT image: catalog, then tags, then images, all concurrently."""
+        """Every WalT image: catalog, then tags, then images, `concurrency` at a time."""
+        budget = ImageBudget(self.label, self._max_tags, self._max_images)
+        found: dict[tuple[int, int], ImageInfo] = {}  # by (repository, tag) index: their order
         async with self.client(creds) as client:
             catalog = await client.catalog()
             named = [(repo, split) for repo in catalog if (split := self._split(repo))]
-            found = await gather_all(
-                self._repository(client, repo, *split) for repo, split in named
+            await run_jobs(
+                (
+                    functools.partial(self._repository, client, budget, found, index, repo, *split)
+                    for index, (repo, split) in enumerate(named)
+                ),
+                self._concurrency,
             )
-        return [info for infos in found for info in infos if info.is_walt]
+        return [info for _, info in sorted(found.items()) if info.is_walt]
 
     async def _repository(
-        self, client: V2Client, repo: str, user: str, name: str
-    ) -> list[ImageInfo]:
+        self,
+        client: V2Client,
+        budget: ImageBudget,
+        found: dict[tuple[int, int], ImageInfo],
+        index: int,
+        repo: str,
+        user: str,
+        name: str,
+    ) -> list[Job]:
+        """List the tags of `repo`: a job for each tag to read."""
+        if budget.full():
+            return []
         try:
             tags = await client.tags(repo)
         except _SKIPPED as err:
             self._skipped(f"{user}/{name}", err)
             return []
 
-        async def one(tag: str) -> ImageInfo | None:
+        async def one(position: int, tag: str) -> list[Job]:
             try:
                 image = await client.image(repo, tag)
             except _SKIPPED as err:
                 self._skipped(f"{user}/{name}:{tag}", err)
-                return None
-            return image.info(self.label, self.kind, user, name, tag)
+                return []
+            found[index, position] = image.info(self.label, self.kind, user, name, tag)
+            return []
 
-        return [info for info in await gather_all(map(one, tags)) if info is not None]
+        kept = budget.take(f"{user}/{name}", tags)
+        return [functools.partial(one, position, tag) for position, tag in enumerate(kept)]
 
     async def resolve(
         self,
