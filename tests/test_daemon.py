@@ -625,3 +625,57 @@ def test_image_search_stops_when_the_caller_leaves(folder: Path) -> None:
     finally:
         d.kill()
         registry.shutdown()
+
+
+def _post_search(socket_path: Path, body: dict[str, object]) -> tuple[int, str]:
+    """POST a search over the raw socket; (HTTP status, body text)."""
+    data = json.dumps(body).encode()
+    with socket.socket(socket.AF_UNIX) as client:
+        client.connect(str(socket_path))
+        client.sendall(
+            b"POST /v1/images/search HTTP/1.1\r\nHost: waltd\r\nConnection: close\r\n"
+            b"Content-Type: application/json\r\n"
+            + f"Content-Length: {len(data)}\r\n\r\n".encode()
+            + data
+        )
+        answer = b""
+        while chunk := client.recv(65536):
+            answer += chunk
+    head, _, rest = answer.partition(b"\r\n\r\n")
+    return int(head.split()[1]), rest.decode(errors="replace")
+
+
+def test_a_caller_cannot_blank_the_log_through_search_logins(folder: Path) -> None:
+    """Logins for labels the server does not know are dropped, short passwords refused:
+    the redactor only ever hides real registry passwords."""
+    down = {
+        "label": "down",
+        "api": "docker-registry-v2",
+        "host": "127.0.0.1",
+        "port": 9,
+        "protocol": "http",
+        "auth": "basic",
+    }
+    no_docker = {"docker-socket": str(folder / "no-docker.sock")}
+    d = Daemon(folder, write_config(folder, registries=[down], images=no_docker))
+    try:
+        d.start()
+        status, text = _post_search(
+            d.socket, {"credentials": {"down": {"username": "u", "password": "info"}}}
+        )
+        assert status == 400 and "too short" in text
+        status, _ = _post_search(
+            d.socket,
+            {
+                "credentials": {
+                    "image_search": {"username": "u", "password": "image_search"},
+                    "down": {"username": "u", "password": "a-real-password"},
+                }
+            },
+        )
+        assert status == 200
+        record = d.wait_for(lambda e: e.get("event") == "image_search")
+        assert record["level"] == "info" and record["user"] == "root"
+        assert d.stop() == 0
+    finally:
+        d.kill()

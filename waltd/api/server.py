@@ -108,8 +108,18 @@ async def events(request: web.Request) -> web.StreamResponse:
     return resp
 
 
-def _caller_credentials(body: Any) -> dict[str, Credentials]:
-    """The caller's registry logins from a request body: for this request only."""
+# Logins are for registries: their number and size are bounded, so that a request cannot
+# make the log redactor (which hides every password it is given) blank ordinary words.
+_MAX_LOGIN_CHARS = 1024
+_MIN_PASSWORD_CHARS = 6
+
+
+def _caller_credentials(body: Any, labels: set[str]) -> dict[str, Credentials]:
+    """The caller's registry logins from a request body, for this request only.
+
+    Only configured registries that take a login (`labels`) are kept; a password shorter
+    than a few characters is refused, since redacting it would blank ordinary text.
+    """
     raw = body.get("credentials") if isinstance(body, dict) else None
     if raw is None:
         return {}
@@ -123,7 +133,17 @@ def _caller_credentials(body: Any) -> dict[str, Credentials]:
             or not isinstance(value.get("password"), str)
         ):
             raise ValueError(f"credentials for {str(label)[:40]!r} need a username and password")
-        creds[str(label)] = Credentials(value["username"], value["password"])
+        if label not in labels:
+            continue  # not a registry of this server that takes a login: never used
+        username, password = value["username"], value["password"]
+        if len(username) + len(password) > _MAX_LOGIN_CHARS:
+            raise ValueError(f"the login for {label!r} is too long")
+        if len(password) < _MIN_PASSWORD_CHARS:
+            raise ValueError(
+                f"the password for {label!r} is too short (at least {_MIN_PASSWORD_CHARS} "
+                "characters)"
+            )
+        creds[label] = Credentials(username, password)
     return creds
 
 
@@ -155,7 +175,10 @@ async def search_images(request: web.Request) -> web.StreamResponse:
         keyword = body.get("keyword") if isinstance(body, dict) else None
         if keyword is not None and (not isinstance(keyword, str) or len(keyword) > 255):
             raise ValueError("keyword must be a string of at most 255 characters")
-        creds = _caller_credentials(body)
+        logins = {
+            r.label for r in ctx.config.registries if r.auth == "basic" or r.api == "docker-hub"
+        }
+        creds = _caller_credentials(body, logins)
     except ValueError as err:
         return _error(400, f"bad search request: {err}")
     registries = ctx.registry_sources
