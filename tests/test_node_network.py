@@ -162,7 +162,11 @@ def _dnsmasq_pids(conf: Path) -> list[int]:
 
 
 def _owners(pids: list[int]) -> set[int]:
-    return {Path(f"/proc/{pid}").stat().st_uid for pid in pids}
+    owners = set()
+    for pid in pids:
+        with contextlib.suppress(FileNotFoundError):  # gone meanwhile
+            owners.add(Path(f"/proc/{pid}").stat().st_uid)
+    return owners
 
 
 async def _within(seconds: float, check: Callable[[], bool]) -> bool:
@@ -174,6 +178,11 @@ async def _within(seconds: float, check: Callable[[], bool]) -> bool:
     return check()
 
 
+def nobody_owns(pids: list[int]) -> bool:
+    """Whether one of `pids` runs as `nobody` (dnsmasq once it dropped its privileges)."""
+    return pwd.getpwnam("nobody").pw_uid in _owners(pids)
+
+
 async def test_dnsmasq_dies_with_a_killed_waltd(lab: Lab) -> None:
     """dnsmasq drops to `nobody`, which clears PDEATHSIG: its keeper must still end it."""
     folder = lab.root / "waltd"
@@ -181,11 +190,11 @@ async def test_dnsmasq_dies_with_a_killed_waltd(lab: Lab) -> None:
     waltd = await start_waltd(lab, lab_config(lab, folder))
     await _wait(waltd, _event("dnsmasq_started"))
     conf = folder / "state" / "dnsmasq" / "dnsmasq.conf"
-    pids = _dnsmasq_pids(conf)
     try:
+        # The keeper starts first; dnsmasq itself and its drop to nobody follow shortly.
+        assert await _within(5, lambda: nobody_owns(_dnsmasq_pids(conf)))
+        pids = _dnsmasq_pids(conf)
         assert pids
-        nobody = pwd.getpwnam("nobody").pw_uid
-        assert nobody in _owners(pids)
         waltd.process.kill()  # no clean-up code runs
         await waltd.process.wait()
         assert await _within(5, lambda: not _dnsmasq_pids(conf)), _dnsmasq_pids(conf)
