@@ -22,7 +22,7 @@ import pytest
 import yaml
 
 from tests.conftest import require_root, require_tool
-from tests.support.daemon import ROOT, Daemon, remove, short_dir, walt, write_config
+from tests.support.daemon import ROOT, Daemon, harness, remove, short_dir, walt, write_config
 from waltd.process import start_time
 
 
@@ -162,11 +162,7 @@ def test_sighup_with_broken_file_keeps_running_config(daemon: Daemon) -> None:
 
 def test_sigterm_within_budget_kills_a_child_that_ignores_term(folder: Path) -> None:
     conf = write_config(folder)  # shutdown-budget-s: 3
-    d = Daemon(
-        folder,
-        conf,
-        argv=[sys.executable, str(ROOT / "tests/support/harness.py"), str(conf), "long"],
-    )
+    d = harness(folder, conf, "long")
     try:
         d.start()
         rec = d.wait_for(lambda e: e.get("event") == "long_child_started")
@@ -196,11 +192,7 @@ def _pgid(pid: int) -> int | None:
 
 def test_crashing_service_restarts_while_api_answers(folder: Path) -> None:
     conf = write_config(folder)
-    d = Daemon(
-        folder,
-        conf,
-        argv=[sys.executable, str(ROOT / "tests/support/harness.py"), str(conf), "crash"],
-    )
+    d = harness(folder, conf, "crash")
     try:
         d.start()
         crash = d.wait_for(lambda e: e.get("event") == "service_crashed")
@@ -396,11 +388,7 @@ def test_image_search_progress_line_on_a_terminal(folder: Path) -> None:
 
 def test_a_second_daemon_on_the_same_state_folder_touches_nothing(folder: Path) -> None:
     conf = write_config(folder)
-    first = Daemon(
-        folder,
-        conf,
-        argv=[sys.executable, str(ROOT / "tests/support/harness.py"), str(conf), "long"],
-    )
+    first = harness(folder, conf, "long")
     try:
         first.start()
         (child,) = first.wait_for(lambda e: e.get("event") == "long_child_started")["pids"]

@@ -114,6 +114,12 @@ class Daemon:
             self._log.close()
 
 
+def harness(folder: Path, config: Path, mode: str) -> Daemon:
+    """The real daemon with one extra test service (tests/support/harness.py MODE)."""
+    argv = [sys.executable, str(ROOT / "tests/support/harness.py"), str(config), mode]
+    return Daemon(folder, config, argv=argv)
+
+
 def walt(socket: Path, *args: str) -> subprocess.CompletedProcess[str]:
     """Run the `walt` client against `socket`."""
     cmd = [sys.executable, "-m", "waltd.cli.walt", *args]
