@@ -287,7 +287,7 @@ def _service(state: Path) -> tuple[Any, DetectionService]:
     async def node_known(mac: str, name: str) -> None:
         return None
 
-    ctx = SimpleNamespace(state_dir=state, db=None, event_socket=None, node_known=node_known)
+    ctx = SimpleNamespace(state_dir=state, db=None, node_known=node_known)
     return ctx, DetectionService(cast(Any, ctx))
 
 

@@ -37,7 +37,6 @@ class Context:
     started_monotonic: float = field(default_factory=time.monotonic)
     db: Database | None = None
     supervisor: Supervisor | None = None
-    event_socket: Path | None = None
     dnsmasq: DnsmasqService | None = None
     # The server's own registry logins (server.secrets), for what the daemon does alone.
     server_credentials: dict[str, Credentials] = field(default_factory=dict)

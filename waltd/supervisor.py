@@ -239,7 +239,9 @@ class Supervisor:
             needs = configuration.restart_needed(self.config, new)
             if needs:
                 _log.warning("config_change_needs_restart", sections=needs)
-            applied = replace(self.config, registries=new.registries, images=new.images)
+            applied = replace(
+                self.config, **{name: getattr(new, name) for name in configuration.RELOADABLE}
+            )
             self._notifier.reloading()
             self.config = applied
             for svc in self.services:

@@ -24,7 +24,6 @@ if TYPE_CHECKING:
     from waltd.daemon import Context
 
 _log = log.get("api")
-IDENTITY: web.AppKey[str] = web.AppKey("identity", str)
 CONTEXT = web.AppKey("context", object)
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 

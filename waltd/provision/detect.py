@@ -136,7 +136,6 @@ class DetectionService(Service):
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 20)
         os.chmod(self.socket_path, 0o600)
         self._sock = sock
-        self._ctx.event_socket = self.socket_path
         return self
 
     async def __aexit__(self, *exc: object) -> None:
