@@ -36,15 +36,21 @@ _KEEPER = (
 )
 
 
-def start_time(pid: int) -> int | None:
-    """The kernel's start time of `pid` (clock ticks since boot), or None if it is gone."""
+def proc_state(pid: int) -> tuple[str, int] | None:
+    """`pid`'s state letter and kernel start time (clock ticks since boot); None if gone."""
     try:
         stat = Path(f"/proc/{pid}/stat").read_text()
     except OSError:
         return None
     # The command name (field 2) may hold spaces or parentheses: split after the last ')'.
     fields = stat[stat.rindex(")") + 2 :].split()
-    return int(fields[19])
+    return fields[0], int(fields[19])
+
+
+def start_time(pid: int) -> int | None:
+    """The kernel's start time of `pid` (clock ticks since boot), or None if it is gone."""
+    state = proc_state(pid)
+    return state[1] if state else None
 
 
 def kill_recorded(record_file: Path) -> list[int]:

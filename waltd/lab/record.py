@@ -23,6 +23,8 @@ from contextlib import contextmanager, suppress
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from waltd.process import proc_state
+
 RECORD_DIR = Path("/run/waltd-lab")
 NETNS_DIR = Path("/run/netns")
 # Seconds a process gets between SIGTERM and SIGKILL when a lab is cleared.
@@ -32,15 +34,8 @@ _OCTAL_ESCAPE = re.compile(r"\\([0-7]{3})")
 
 def process_start_time(pid: int) -> int | None:
     """Start time of a live process (/proc/PID/stat field 22), None when gone or a zombie."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return None
-    # the command name (field 2) may hold spaces and parentheses: split after its last ')'
-    fields = stat[stat.rindex(")") + 2 :].split()
-    if fields[0] in ("Z", "X"):
-        return None
-    return int(fields[19])
+    state = proc_state(pid)
+    return None if state is None or state[0] in ("Z", "X") else state[1]
 
 
 def netns_inode(path: Path | str) -> tuple[int, int] | None:
