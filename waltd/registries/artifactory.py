@@ -13,11 +13,10 @@ names the very path it was published at.
 
 from __future__ import annotations
 
-import aiohttp
+from typing import Any
 
 from waltd import config
 from waltd.registries.base import NotFound
-from waltd.registries.cache import DigestCache
 from waltd.registries.v2 import RegistryV2Source
 
 
@@ -28,26 +27,11 @@ class ArtifactorySource(RegistryV2Source):
     `user` of ImageInfo and of clone URLs.
     """
 
-    def __init__(
-        self,
-        entry: config.Registry,
-        *,
-        cache: DigestCache | None = None,
-        session: aiohttp.ClientSession | None = None,
-        timeout_s: float = 30,
-        max_body: int = 8 * 2**20,
-        concurrency: int = 32,
-    ) -> None:
+    def __init__(self, entry: config.Registry, **options: Any) -> None:
+        """`options` are RegistryV2Source's (cache, session, bounds)."""
         if not entry.repository:
             raise ValueError(f"registry {entry.label}: an Artifactory entry needs a repository")
-        super().__init__(
-            entry,
-            cache=cache,
-            session=session,
-            timeout_s=timeout_s,
-            max_body=max_body,
-            concurrency=concurrency,
-        )
+        super().__init__(entry, **options)
         self.repository = entry.repository
 
     def _path_prefix(self) -> str:
