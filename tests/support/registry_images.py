@@ -15,7 +15,7 @@ import aiohttp
 
 from tests.support.registry_proxy import Proxy
 from waltd import config
-from waltd.lab import Lab, Registry, push_image
+from waltd.lab import Lab, Registry, build_image, push_image
 
 DOCKER_LIST = "application/vnd.docker.distribution.manifest.list.v2+json"
 OCI_INDEX = "application/vnd.oci.image.index.v1+json"
@@ -43,24 +43,12 @@ async def build(
     arch: str = "amd64",
     variant: str = "",
 ) -> str:
-    """Build `name` (a full name, docker.io/...) from scratch with `labels`; return its id."""
-    env = lab.containers_env
-    folder = lab.root / "build" / hashlib.sha256(name.encode()).hexdigest()[:12]
-    folder.mkdir(parents=True)
-    (folder / "marker").write_text(name)  # one small distinct layer per image
-    container = (await lab.run(["buildah", "from", "scratch"], env=env)).stdout.strip()
-    try:
-        await lab.run(["buildah", "add", "--quiet", container, str(folder), "/"], env=env)
-        options = ["--os", "linux", "--arch", arch]
-        if variant:
-            options += ["--variant", variant]
-        for key, value in labels.items():
-            options += ["--label", f"{key}={value}"]
-        await lab.run(["buildah", "config", *options, container], env=env)
-        commit = ["buildah", "commit", "--quiet", container, name]
-        return (await lab.run(commit, env=env)).stdout.strip()
-    finally:
-        await lab.run(["buildah", "rm", container], env=env)
+    """Build `name` (a full name, docker.io/...) from scratch with `labels`; return its id.
+
+    Each image gets one small layer of its own, so that images never share a digest.
+    """
+    files = {"marker": name}
+    return await build_image(lab, name, None, files, labels=labels, arch=arch, variant=variant)
 
 
 def _headers(registry: Registry, **extra: str) -> dict[str, str]:

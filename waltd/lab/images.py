@@ -19,17 +19,21 @@ FileContent = bytes | str | Path
 async def build_image(
     lab: Lab,
     name: str,
-    models: Sequence[str],
+    models: Sequence[str] | None,
     files: Mapping[str, FileContent] | Path,
     *,
     labels: Mapping[str, str] | None = None,
+    arch: str | None = None,
+    variant: str = "",
 ) -> str:
     """Build an image from scratch with buildah, offline, and return its id.
 
     `files` is a folder copied to `/`, or a mapping of relative paths to contents (a Path
-    value is a file copied with its mode). The image is labelled `walt.node.models` and committed
-    as `name`, e.g. docker.io/waltplatform/pc-x86-64-default:latest (give the full name, else
-    buildah stores it as localhost/...).
+    value is a file copied with its mode). The image is labelled `walt.node.models` (not at
+    all when `models` is None: a non-WalT image), made for linux/`arch`[/`variant`] (by
+    default this machine's platform), and committed as `name`, e.g.
+    docker.io/waltplatform/pc-x86-64-default:latest (give the full name, else buildah stores
+    it as localhost/...).
     """
     env = lab.containers_env
     staging = None
@@ -42,7 +46,11 @@ async def build_image(
         container = (await lab.run(["buildah", "from", "scratch"], env=env)).stdout.strip()
         try:
             await lab.run(["buildah", "add", "--quiet", container, str(source), "/"], env=env)
-            config = ["--label", f"walt.node.models={','.join(models)}"]
+            config = ["--os", "linux", "--arch", arch] if arch else []
+            if variant:
+                config += ["--variant", variant]
+            if models is not None:
+                config += ["--label", f"walt.node.models={','.join(models)}"]
             for key, value in (labels or {}).items():
                 config += ["--label", f"{key}={value}"]
             await lab.run(["buildah", "config", *config, container], env=env)
