@@ -22,7 +22,17 @@ import pytest
 import yaml
 
 from tests.conftest import require_root, require_tool
-from tests.support.daemon import ROOT, Daemon, harness, remove, short_dir, walt, write_config
+from tests.support.daemon import (
+    ROOT,
+    Daemon,
+    harness,
+    process_group,
+    remove,
+    run_once,
+    short_dir,
+    walt,
+    write_config,
+)
 from waltd.process import start_time
 
 
@@ -52,13 +62,7 @@ def _alive(pid: int) -> bool:
 def test_invalid_config_exits_78_with_the_message(folder: Path) -> None:
     conf = folder / "server.conf"
     conf.write_text("registries:\n- label: local\n  api: docker-registry-v2\n  protocol: ftp\n")
-    proc = subprocess.run(
-        [sys.executable, "-m", "waltd", "--config", str(conf)],
-        capture_output=True,
-        text=True,
-        timeout=30,
-        env={**os.environ, "PYTHONPATH": str(ROOT)},
-    )
+    proc = run_once(conf)
     assert proc.returncode == 78
     assert str(conf) in proc.stderr
     assert "protocol" in proc.stderr and "ftp" in proc.stderr
@@ -169,7 +173,7 @@ def test_sigterm_within_budget_kills_a_child_that_ignores_term(folder: Path) -> 
         (pid,) = rec["pids"]
         assert _alive(pid)
         # The child's group also holds a grandchild `sleep` (same session).
-        group = [int(p) for p in os.listdir("/proc") if p.isdigit() and _pgid(int(p)) == pid]
+        group = process_group(pid)
         assert len(group) >= 2
         began = time.monotonic()
         code = d.stop(timeout=30)
@@ -181,13 +185,6 @@ def test_sigterm_within_budget_kills_a_child_that_ignores_term(folder: Path) -> 
         assert "drain_budget_exceeded" in events and events[-1] == "daemon_stopped"
     finally:
         d.kill()
-
-
-def _pgid(pid: int) -> int | None:
-    try:
-        return os.getpgid(pid)
-    except ProcessLookupError:
-        return None
 
 
 def test_crashing_service_restarts_while_api_answers(folder: Path) -> None:
@@ -323,13 +320,7 @@ def test_unsafe_secrets_file_exits_78_and_refuses_reload(folder: Path) -> None:
     secrets = folder / "server.secrets"
     secrets.write_text("local: {username: bob, password: 's3cr3t-pw'}\n")
     secrets.chmod(0o644)
-    proc = subprocess.run(
-        [sys.executable, "-m", "waltd", "--config", str(conf)],
-        capture_output=True,
-        text=True,
-        timeout=30,
-        env={**os.environ, "PYTHONPATH": str(ROOT)},
-    )
+    proc = run_once(conf)
     assert proc.returncode == 78
     assert "chmod 600" in proc.stderr and "s3cr3t-pw" not in proc.stderr + proc.stdout
 
@@ -392,13 +383,7 @@ def test_a_second_daemon_on_the_same_state_folder_touches_nothing(folder: Path) 
     try:
         first.start()
         (child,) = first.wait_for(lambda e: e.get("event") == "long_child_started")["pids"]
-        second = subprocess.run(
-            [sys.executable, "-m", "waltd", "--config", str(conf)],
-            capture_output=True,
-            text=True,
-            timeout=30,
-            env={**os.environ, "PYTHONPATH": str(ROOT)},
-        )
+        second = run_once(conf)
         assert second.returncode == 1
         assert f"another waltd uses {folder / 'state'} (pid {first.proc.pid})" in second.stderr
         record = json.loads(second.stdout.splitlines()[-1])
@@ -414,13 +399,7 @@ def test_a_second_daemon_on_the_same_state_folder_touches_nothing(folder: Path) 
 def test_a_failure_at_start_is_one_json_record_and_status_1(folder: Path) -> None:
     (folder / "file").write_text("")
     conf = write_config(folder, daemon={"state-dir": str(folder / "file" / "state")})
-    proc = subprocess.run(
-        [sys.executable, "-m", "waltd", "--config", str(conf)],
-        capture_output=True,
-        text=True,
-        timeout=30,
-        env={**os.environ, "PYTHONPATH": str(ROOT)},
-    )
+    proc = run_once(conf)
     assert proc.returncode == 1
     record = json.loads(proc.stdout.splitlines()[-1])
     assert record["event"] == "daemon_failed" and "NotADirectoryError" in record["error"]

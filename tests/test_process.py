@@ -14,7 +14,7 @@ import time
 from pathlib import Path
 
 from tests.conftest import require_root
-from tests.support.daemon import ROOT
+from tests.support.daemon import ROOT, process_group
 from waltd.process import Children, kill_recorded, start_time
 
 
@@ -46,19 +46,12 @@ async def test_stop_kills_a_group_that_ignores_sigterm(tmp_path: Path) -> None:
     children = Children(tmp_path / "c.json")
     proc = await children.spawn(["sh", "-c", "trap '' TERM; sleep 300 & wait"])
     await asyncio.sleep(0.2)
-    group = [int(p) for p in os.listdir("/proc") if p.isdigit() and _pgid(int(p)) == proc.pid]
+    group = process_group(proc.pid)
     assert len(group) == 2
     began = time.monotonic()
     await children.stop_all(grace=0.5)
     assert time.monotonic() - began < 3
     assert all(_gone(p) for p in group)
-
-
-def _pgid(pid: int) -> int | None:
-    try:
-        return os.getpgid(pid)
-    except ProcessLookupError:
-        return None
 
 
 def test_child_dies_with_a_killed_daemon(tmp_path: Path) -> None:
@@ -173,7 +166,7 @@ def test_a_child_that_drops_privileges_dies_with_a_killed_daemon(tmp_path: Path)
         deadline = time.monotonic() + 5
         while time.monotonic() < deadline and not _sleeping_as_nobody(group):
             time.sleep(0.05)
-            group = [int(p) for p in os.listdir("/proc") if p.isdigit() and _pgid(int(p)) == keeper]
+            group = process_group(keeper)
         assert _sleeping_as_nobody(group), "the child never became nobody"
         parent.send_signal(signal.SIGKILL)
         parent.wait()

@@ -114,6 +114,30 @@ class Daemon:
             self._log.close()
 
 
+def run_once(config: Path) -> subprocess.CompletedProcess[str]:
+    """`waltd --config CONFIG` to its end (a start that fails), its output captured."""
+    return subprocess.run(
+        [sys.executable, "-m", "waltd", "--config", str(config)],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+    )
+
+
+def process_group(leader: int) -> list[int]:
+    """The PIDs of the processes in `leader`'s process group."""
+    group = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                if os.getpgid(int(entry)) == leader:
+                    group.append(int(entry))
+            except ProcessLookupError:
+                continue
+    return group
+
+
 def harness(folder: Path, config: Path, mode: str) -> Daemon:
     """The real daemon with one extra test service (tests/support/harness.py MODE)."""
     argv = [sys.executable, str(ROOT / "tests/support/harness.py"), str(config), mode]
