@@ -8,15 +8,15 @@ setup:
 	./scripts/setup.sh
 
 lint: setup
-	$(VENV)/bin/ruff check waltd tests bench
-	$(VENV)/bin/ruff format --check waltd tests bench
+	$(VENV)/bin/ruff check waltd tests bench lab
+	$(VENV)/bin/ruff format --check waltd tests bench lab
 
 test: setup
-	$(VENV)/bin/ruff check waltd tests bench
+	$(VENV)/bin/ruff check waltd tests bench lab
 	CI=$${CI-} $(PY) -m pytest -q -ra
 
 demo: setup
-	$(PY) -m waltd.lab.demo
+	$(PY) -m lab.demo
 
 clean:
 	rm -rf $(VENV) .pytest_cache build *.egg-info

@@ -1,6 +1,6 @@
 """`bench/search`: `walt image search` over a Docker registry v2, against the reference algorithm.
 
-Sets up a lab (`waltd.lab`): a registry in the server namespace and, next to it, a TCP proxy
+Sets up a lab (the `lab` package): a registry in the server namespace and, next to it, a TCP proxy
 adding `RTT_MS` of round-trip time (`wan_proxy.py`, a process of its own). The measurements
 (`search_run.py`) then run in the server namespace too, so that the loopback figures see the
 bare registry. Their output is relayed as it comes; the JSON figures are its last line. The lab
@@ -15,7 +15,7 @@ import sys
 from pathlib import Path
 
 from bench import wan_proxy
-from waltd.lab import Lab, LabProcess
+from lab import Lab, LabProcess
 
 RTT_MS = 20
 TIME_LIMIT_S = 13 * 60  # the project's limit for a benchmark is 15 minutes

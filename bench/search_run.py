@@ -37,7 +37,7 @@ from yarl import URL
 from waltd import config, log
 from waltd.registries.base import ImageInfo
 from waltd.registries.cache import DigestCache
-from waltd.registries.v2 import RegistryV2Source
+from waltd.registries.v2.source import RegistryV2Source
 
 USERS = ("alice", "bob", "carol", "dave")
 NAMES_PER_USER = 10

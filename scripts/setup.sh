@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# Idempotent set-up for a fresh Debian 12 machine: the Debian packages of
-# INFRA.md (installed only when missing) and a .venv with waltd and its test extra.
+# Idempotent set-up for a fresh Debian 12 machine: the Debian packages the daemon, the lab
+# and the tests use (installed only when missing) and a .venv with waltd and its test extra.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 

@@ -1,4 +1,4 @@
-"""Suite-wide rules: traffic only to loopback, unix sockets and the test's own namespaces."""
+"""Suite-wide rules: traffic only to loopback, unix sockets and the tests' own namespaces."""
 
 from __future__ import annotations
 
@@ -6,12 +6,15 @@ import ipaddress
 import os
 import shutil
 import socket
+import sys
 
 import pytest
 
-_real_connect = socket.socket.connect
-_real_connect_ex = socket.socket.connect_ex
-_real_sendto = socket.socket.sendto
+# The network namespace the test process started in; a thread that entered another one (a
+# namespace of the test's own lab) may reach anything there.
+_HOST_NETNS = os.readlink("/proc/self/ns/net")
+# Audit events of every socket, whichever code holds it (asyncio, aiohttp, C extensions).
+_SENDING = {"socket.connect", "socket.sendto", "socket.sendmsg"}
 
 
 def _allowed(family: int, address: object) -> bool:
@@ -19,38 +22,32 @@ def _allowed(family: int, address: object) -> bool:
         return True
     if family not in (socket.AF_INET, socket.AF_INET6) or not isinstance(address, tuple):
         return False
-    host = address[0]
+    host = str(address[0]).partition("%")[0]  # an IPv6 scope does not change the address
     try:
         return ipaddress.ip_address(host).is_loopback
     except ValueError:
         return host == "localhost"
 
 
-def _guard(sock: socket.socket, address: object) -> None:
-    if not _allowed(sock.family, address):
-        raise AssertionError(f"test suite tried to reach {address!r}: only loopback is allowed")
-
-
-def _connect(self: socket.socket, address: object) -> None:
-    _guard(self, address)
-    return _real_connect(self, address)
-
-
-def _connect_ex(self: socket.socket, address: object) -> int:
-    _guard(self, address)
-    return _real_connect_ex(self, address)
-
-
-def _sendto(self: socket.socket, data: bytes, *args: object) -> int:
-    _guard(self, args[-1])
-    return _real_sendto(self, data, *args)
+def _audit(event: str, args: tuple[object, ...]) -> None:
+    """Refuse a connection or datagram of the test process beyond loopback."""
+    if event not in _SENDING:
+        return
+    sock, address = args[0], args[1]
+    if not isinstance(sock, socket.SocketType) or _allowed(sock.family, address):
+        return
+    if os.readlink("/proc/thread-self/ns/net") != _HOST_NETNS:
+        return  # inside a namespace the test made
+    raise AssertionError(f"test suite tried to reach {address!r}: only loopback is allowed")
 
 
 def pytest_configure(config: pytest.Config) -> None:
-    """Make any connection of the test process beyond loopback a test failure."""
-    socket.socket.connect = _connect  # type: ignore[method-assign]
-    socket.socket.connect_ex = _connect_ex  # type: ignore[method-assign]
-    socket.socket.sendto = _sendto  # type: ignore[method-assign]
+    """Make any connection of the test process beyond loopback a test failure.
+
+    An audit hook sees every socket of the process, however it was made; it cannot be
+    removed, which suits a rule for the whole run.
+    """
+    sys.addaudithook(_audit)
 
 
 def require_tool(name: str) -> str:

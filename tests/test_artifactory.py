@@ -13,14 +13,13 @@ from collections.abc import AsyncIterator
 import pytest
 import pytest_asyncio
 
-from tests.conftest import require_root, require_tool
+from tests.support.labs import running_lab
 from tests.support.registry_artifactory import ArtifactoryProxy
 from tests.support.registry_images import build, push_tags
 from waltd import config
-from waltd.lab import Lab
 from waltd.registries.artifactory import ArtifactorySource
 from waltd.registries.base import AuthError, Credentials, NotFound
-from waltd.registries.v2 import V2Client
+from waltd.registries.v2.client import V2Client
 
 pytestmark = [pytest.mark.lab, pytest.mark.asyncio(loop_scope="module")]
 
@@ -32,10 +31,7 @@ TAGS = ["latest", "1.0", "1.1"]
 @pytest_asyncio.fixture(scope="module", loop_scope="module")
 async def proxy() -> AsyncIterator[ArtifactoryProxy]:
     """Artifactory repositories `walt` and `other` over an htpasswd registry."""
-    require_root()
-    for tool in ("ip", "nsenter", "buildah", "skopeo", "docker-registry", "htpasswd"):
-        require_tool(tool)
-    async with Lab() as lab:
+    async with running_lab("buildah", "skopeo", "docker-registry", "htpasswd") as lab:
         await asyncio.gather(
             build(lab, "docker.io/t/walt:latest", {"walt.node.models": "rpi-4-b"}),
             build(lab, "docker.io/t/plain:latest", {"purpose": "not walt"}),

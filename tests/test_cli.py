@@ -1,16 +1,36 @@
-"""The client: its formatting of events, its reading of NDJSON streams."""
+"""The client: its formatting of events, its reading of NDJSON streams, what it imports."""
 
 from __future__ import annotations
 
 import asyncio
 import json
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from tests.support.daemon import ROOT
 from waltd.cli.client import Client, ClientError
 from waltd.cli.walt import format_event
+
+
+def test_the_client_loads_no_module_of_the_daemon() -> None:
+    # In a fresh interpreter: the test process has loaded the daemon's modules already.
+    loaded = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            "import sys, waltd.cli.walt; print(*(m for m in sys.modules if m.startswith('waltd')))",
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+        cwd=ROOT,
+    ).stdout.split()
+    daemon_side = [m for m in loaded if not m.startswith(("waltd.cli.", "waltd.api.wire"))]
+    assert sorted(daemon_side) == ["waltd", "waltd.api", "waltd.cli"]  # the packages themselves
 
 
 def test_format_event_line() -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import ipaddress
 import math
 import os
@@ -17,18 +18,16 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from tests.conftest import require_root
-from waltd import config
+from tests.support.faults import file_size_limit
 from waltd.config import (
-    DEFAULT_PATH,
-    EX_CONFIG,
     HUB_DESCRIPTION,
-    RELOADABLE,
     Api,
     Config,
     ConfigError,
     Daemon,
     Exports,
     Images,
+    Problem,
     Registry,
     WaltNet,
     default_config,
@@ -41,7 +40,7 @@ from waltd.config import (
 
 SRC = "/etc/walt/server.conf"
 HUB = Registry(label="hub", api="docker-hub", description=HUB_DESCRIPTION)
-REFERENCE_EXAMPLE = """
+FULL_EXAMPLE = """
 network:
     walt-net:
         interface: walt-net
@@ -63,6 +62,9 @@ images:
     retry-min-s: 30
     retry-max-s: 900
     docker-socket: /var/run/docker.sock
+    search-deadline-s: 120
+    search-max-repositories: 10000
+    search-max-bytes: 8388608
 exports:
     root: /var/lib/walt
     nfs: kernel
@@ -75,11 +77,16 @@ daemon:
 LABEL_RE = re.compile(r"[a-z0-9-]+")
 
 
+def messages(err: ConfigError) -> list[str]:
+    """The error's problems as operators read them, one line each."""
+    return [str(problem) for problem in err.problems]
+
+
 def problems(data: object) -> list[str]:
     """The messages parse() gives for data that must be invalid."""
     with pytest.raises(ConfigError) as caught:
         parse(data, SRC)
-    return caught.value.messages
+    return messages(caught.value)
 
 
 def problem(data: object) -> str:
@@ -110,12 +117,6 @@ def jfrog(**keys: object) -> dict[str, object]:
 # --- defaults -------------------------------------------------------------------------------
 
 
-def test_constants() -> None:
-    assert EX_CONFIG == 78
-    assert DEFAULT_PATH == Path("/etc/walt/server.conf")
-    assert RELOADABLE == ("registries", "images")
-
-
 def test_default_config_is_the_hub_alone_and_no_node_network() -> None:
     default = default_config()
     assert default.walt_net is None
@@ -143,7 +144,7 @@ def test_empty_file_and_empty_sections_mean_defaults(data: object) -> None:
 
 
 def test_reference_example() -> None:
-    parsed = parse(yaml.safe_load(REFERENCE_EXAMPLE), SRC)
+    parsed = parse(yaml.safe_load(FULL_EXAMPLE), SRC)
     assert parsed.walt_net == WaltNet(
         interface="walt-net",
         ip=IPv4Interface("192.168.152.1/22"),
@@ -496,7 +497,7 @@ def test_labels_outside_the_grammar_are_refused(label: str) -> None:
 @pytest.mark.parametrize("label", ["hub", "walt", "docker"])
 def test_clone_url_locations_are_reserved_labels(label: str) -> None:
     assert problem({"registries": [v2(label=label)]}) == (
-        f"{SRC}: registries entry {label!r}: key 'label': {label!r} is not allowed; hub, walt "
+        f"{SRC}: registries entry {label!r}: key 'label': {label!r} is not allowed; walt, hub "
         "and docker are clone URL locations, choose another label"
     )
 
@@ -605,7 +606,7 @@ def test_credentials_in_a_host_are_not_echoed() -> None:
 def test_credential_keys_are_refused_without_their_value(key: str) -> None:
     with pytest.raises(ConfigError) as caught:
         parse({"registries": [v2(auth="basic", **{key: "hunter2"})]}, SRC)
-    assert caught.value.messages == [
+    assert messages(caught.value) == [
         f"{SRC}: registries entry 'local': unknown key {key!r}: credentials do not belong in "
         "server.conf; use walt-server-setup"
     ]
@@ -689,7 +690,11 @@ def test_section_values_accepted() -> None:
     ("section", "keys"),
     [
         ("network", "walt-net"),
-        ("images", "fetch-concurrency, retry-min-s, retry-max-s, docker-socket"),
+        (
+            "images",
+            "fetch-concurrency, retry-min-s, retry-max-s, docker-socket, search-deadline-s, "
+            "search-max-repositories, search-max-bytes",
+        ),
         ("exports", "root, nfs"),
         ("api", "socket"),
         ("daemon", "state-dir, shutdown-budget-s"),
@@ -724,7 +729,8 @@ def test_sections_must_be_mappings(section: str, keys: str) -> None:
         (
             {"images": {"concurrency": 3}},
             "images: unknown key 'concurrency'; allowed keys: fetch-concurrency, retry-min-s, "
-            "retry-max-s, docker-socket (did you mean 'fetch-concurrency'?)",
+            "retry-max-s, docker-socket, search-deadline-s, search-max-repositories, "
+            "search-max-bytes (did you mean 'fetch-concurrency'?)",
         ),
         ({"daemon": {"password": "x"}}, "daemon: unknown key 'password': credentials do not "),
     ],
@@ -754,9 +760,13 @@ def test_all_problems_are_reported_at_once() -> None:
     with pytest.raises(ConfigError) as caught:
         parse(data, SRC)
     err = caught.value
-    assert len(err.messages) == 9
-    assert all(message.startswith(f"{SRC}: ") for message in err.messages)
-    assert str(err) == "\n".join(err.messages)
+    assert len(err.problems) == 9
+    assert all(message.startswith(f"{SRC}: ") for message in messages(err))
+    assert str(err) == "\n".join(messages(err))
+    sections = [problem.section for problem in err.problems]
+    # The top level first (its unknown key), then each section in the file's order.
+    assert sections == [None, *["network"] * 2, *["registries"] * 2, "images", "exports", "api",
+                        "daemon"]  # fmt: skip
 
 
 _SOME_KEYS = st.sampled_from(
@@ -778,16 +788,37 @@ def test_any_data_gives_a_config_or_messages_never_a_traceback(data: object) -> 
     try:
         parse(data, SRC)
     except ConfigError as err:
-        assert err.messages
-        assert all(message.startswith(f"{SRC}: ") for message in err.messages)
+        assert err.problems
+        assert all(message.startswith(f"{SRC}: ") for message in messages(err))
 
 
-def test_config_error_holds_its_messages() -> None:
-    messages = ["a", "b"]
-    err = ConfigError(messages)
-    messages.append("c")
-    assert err.messages == ["a", "b"]
-    assert str(err) == "a\nb"
+def test_config_error_holds_its_problems() -> None:
+    found = [
+        Problem("f", "images", "images", "retry-min-s", "must be a number"),
+        Problem("f", None, "line 3", None, "key 'a' appears twice"),
+        Problem("f", None, "", None, "cannot read it"),
+    ]
+    err = ConfigError(found)
+    found.append(Problem("f", None, "", None, "later"))
+    assert err.problems == found[:3]
+    assert str(err) == (
+        "f: images: key 'retry-min-s': must be a number\nf: line 3: key 'a' appears twice\n"
+        "f: cannot read it"
+    )
+
+
+def test_a_problem_names_its_key_for_tools() -> None:
+    with pytest.raises(ConfigError) as caught:
+        parse({"registries": [v2(port=0), {"api": "docker-hub", "bogus": 1}]}, SRC)
+    port, bogus = caught.value.problems
+    assert (port.section, port.where, port.key) == (
+        "registries",
+        "registries entry 'local'",
+        "port",
+    )
+    assert port.text == "must be an integer from 1 to 65535, not 0"
+    # An unknown key is a problem of its entry: the key is named in the text.
+    assert (bogus.section, bogus.where, bogus.key) == ("registries", "registries entry 'hub'", None)
 
 
 # --- to_data round trip ---------------------------------------------------------------------
@@ -852,7 +883,7 @@ def _config_data(draw: st.DrawFn) -> dict[str, object]:
     "original",
     [
         default_config(),
-        parse(yaml.safe_load(REFERENCE_EXAMPLE), SRC),
+        parse(yaml.safe_load(FULL_EXAMPLE), SRC),
         replace(default_config(), registries=()),
     ],
 )
@@ -861,8 +892,8 @@ def test_to_data_round_trips(original: Config) -> None:
 
 
 def test_to_data_writes_the_file_keys() -> None:
-    data = to_data(parse(yaml.safe_load(REFERENCE_EXAMPLE), SRC))
-    assert data == yaml.safe_load(REFERENCE_EXAMPLE)
+    data = to_data(parse(yaml.safe_load(FULL_EXAMPLE), SRC))
+    assert data == yaml.safe_load(FULL_EXAMPLE)
     assert "network" not in to_data(default_config())
     assert to_data(replace(default_config(), registries=()))["registries"] == []
 
@@ -886,13 +917,13 @@ def write(tmp_path: Path, text: str) -> Path:
 def load_problems(path: Path) -> list[str]:
     with pytest.raises(ConfigError) as caught:
         load(path)
-    return caught.value.messages
+    return messages(caught.value)
 
 
 def test_load_a_valid_file(tmp_path: Path) -> None:
-    path = write(tmp_path, REFERENCE_EXAMPLE)
+    path = write(tmp_path, FULL_EXAMPLE)
     loaded = load(path)
-    assert loaded == parse(yaml.safe_load(REFERENCE_EXAMPLE), SRC)
+    assert loaded == parse(yaml.safe_load(FULL_EXAMPLE), SRC)
     assert loaded.source == str(path)
 
 
@@ -909,7 +940,7 @@ def test_load_a_missing_file(tmp_path: Path) -> None:
 
 
 def test_load_a_folder(tmp_path: Path) -> None:
-    assert load_problems(tmp_path) == [f"{tmp_path}: cannot read it: Is a directory"]
+    assert load_problems(tmp_path) == [f"{tmp_path}: not a regular file (a folder); refused unread"]
 
 
 @pytest.mark.parametrize(
@@ -976,7 +1007,7 @@ def test_load_accepts_yaml_merge_keys(tmp_path: Path) -> None:
 
 
 def a_config() -> Config:
-    return parse(yaml.safe_load(REFERENCE_EXAMPLE), SRC)
+    return parse(yaml.safe_load(FULL_EXAMPLE), SRC)
 
 
 def test_save_a_new_file_is_0644_whatever_the_umask(tmp_path: Path) -> None:
@@ -1024,38 +1055,18 @@ def test_save_refuses_an_invalid_config_and_writes_nothing(tmp_path: Path) -> No
     bad = replace(a_config(), images=Images(fetch_concurrency=0))
     with pytest.raises(ConfigError) as caught:
         save(path, bad)
-    assert caught.value.messages == [
+    assert messages(caught.value) == [
         f"{path}: images: key 'fetch-concurrency': must be an integer from 1 to 64, not 0"
     ]
     assert os.listdir(tmp_path) == []
 
 
-def test_a_failing_dump_leaves_the_old_file(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_a_failing_write_leaves_the_old_file_and_no_temp_file(tmp_path: Path) -> None:
+    """The write fails for real, as on a full disk: EFBIG past this process's file size limit."""
     path = write(tmp_path, "# the old file\n")
-
-    def fail(*args: object, **kwargs: object) -> str:
-        raise yaml.YAMLError("cannot represent")
-
-    monkeypatch.setattr(config.yaml, "safe_dump", fail)
-    with pytest.raises(yaml.YAMLError):
+    with file_size_limit(64), pytest.raises(OSError) as caught:
         save(path, a_config())
-    assert path.read_text() == "# the old file\n"
-    assert os.listdir(tmp_path) == ["server.conf"]
-
-
-def test_a_failing_write_leaves_the_old_file_and_no_temp_file(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    path = write(tmp_path, "# the old file\n")
-
-    def fail(fd: int) -> None:
-        raise OSError(28, "No space left on device")
-
-    monkeypatch.setattr(config.os, "fsync", fail)
-    with pytest.raises(OSError, match="No space left"):
-        save(path, a_config())
+    assert caught.value.errno == errno.EFBIG
     assert path.read_text() == "# the old file\n"
     assert os.listdir(tmp_path) == ["server.conf"]
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import os
 import stat
 from pathlib import Path
@@ -9,6 +10,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from tests.support.faults import file_size_limit
 from waltd import credentials
 from waltd.config import ConfigError
 from waltd.registries.base import Credentials
@@ -46,19 +48,14 @@ def test_round_trip_is_0600_whatever_the_umask(tmp_path: Path) -> None:
     assert sorted(p.name for p in tmp_path.iterdir()) == ["server.secrets"]
 
 
-def test_replacing_keeps_0600_and_the_other_logins(tmp_path: Path) -> None:
+def test_replacing_keeps_0600_and_leaves_no_old_login(tmp_path: Path) -> None:
     path = tmp_path / "server.secrets"
-    credentials.store(path, "local", Credentials("alice", "one"))
-    credentials.store(path, "other", Credentials("carol", "two"))
-    credentials.store(path, "local", Credentials("alice", "three"))
-    assert credentials.load(path) == {
-        "local": Credentials("alice", "three"),
-        "other": Credentials("carol", "two"),
-    }
-    assert credentials.remove(path, "local") is True
-    assert credentials.remove(path, "local") is False
+    credentials.save(path, {"local": Credentials("alice", "one")})
+    path.chmod(0o400)  # an operator's chmod: the secrets stay 0600 after the next save
+    credentials.save(path, {"other": Credentials("carol", "two")})
     assert credentials.load(path) == {"other": Credentials("carol", "two")}
     assert _mode(path) == 0o600
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["server.secrets"]
 
 
 @pytest.mark.parametrize("mode", [0o640, 0o604, 0o644, 0o620])
@@ -80,8 +77,8 @@ def test_file_others_may_read_or_change_is_refused(tmp_path: Path, mode: int) ->
     [
         (f"local:\n  username: alice\n  password: {PASSWORD}\n  extra: [\n", "YAML syntax error"),
         (_dump({"local": {"username": "a", "password": PASSWORD, "x": 1}}), "exactly username"),
-        ("local: {username: alice, password: 1234}\n", "key 'password' must be"),
-        (_dump({"local": {"username": "a:b", "password": PASSWORD}}), "key 'username' must be"),
+        ("local: {username: alice, password: 1234}\n", "key 'password': must be"),
+        (_dump({"local": {"username": "a:b", "password": PASSWORD}}), "key 'username': must be"),
         (_dump({"Local": {"username": "alice", "password": PASSWORD}}), "not a registry label"),
         (f"- {PASSWORD}\n", "must be a mapping"),
     ],
@@ -100,16 +97,12 @@ def test_password_not_in_repr() -> None:
     assert PASSWORD not in repr(Credentials("alice", PASSWORD))
 
 
-def test_failed_write_leaves_the_old_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_failed_write_leaves_the_old_file(tmp_path: Path) -> None:
+    """The write fails for real, as on a full disk (EFBIG past a file size limit)."""
     path = tmp_path / "server.secrets"
     credentials.save(path, {"local": Credentials("alice", "old")})
-
-    def fail(*_: object) -> None:
-        raise OSError(28, "No space left on device")
-
-    monkeypatch.setattr(os, "replace", fail)
-    with pytest.raises(OSError):
+    with file_size_limit(8), pytest.raises(OSError) as caught:
         credentials.save(path, {"local": Credentials("alice", "new")})
-    monkeypatch.undo()
+    assert caught.value.errno == errno.EFBIG
     assert credentials.load(path) == {"local": Credentials("alice", "old")}
     assert sorted(p.name for p in tmp_path.iterdir()) == ["server.secrets"]

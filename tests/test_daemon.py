@@ -12,7 +12,7 @@ import sys
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
@@ -33,6 +33,7 @@ from tests.support.daemon import (
     walt,
     write_config,
 )
+from tests.support.wait import until_sync
 from waltd.process import start_time
 
 
@@ -112,11 +113,11 @@ def test_log_follow_streams_new_events(daemon: Daemon) -> None:
         env=env,
     )
     try:
-        time.sleep(1.0)
-        daemon.signal(signal.SIGHUP)  # produces a new event: config_reloaded
-        seen = []
-        deadline = time.monotonic() + 15
         assert follower.stdout is not None
+        # the backlog's first record: the follower is connected, later records reach it
+        seen = [json.loads(follower.stdout.readline())["event"]]
+        daemon.signal(signal.SIGHUP)  # produces a new event: config_reloaded
+        deadline = time.monotonic() + 15
         while time.monotonic() < deadline:
             line = follower.stdout.readline()
             if not line:
@@ -187,6 +188,32 @@ def test_sigterm_within_budget_kills_a_child_that_ignores_term(folder: Path) -> 
         d.kill()
 
 
+def test_a_release_failing_at_shutdown_is_not_a_crash(folder: Path) -> None:
+    """An `__aexit__` that raises while shutdown cancels its service replaces the
+    cancellation: the keeper must not take it for a crash and sleep out a restart backoff."""
+    conf = write_config(folder)  # shutdown-budget-s: 3
+    d = harness(folder, conf, "bad-exit")
+    try:
+        d.start()
+        d.wait_for(lambda e: e.get("event") == "bad_exit_serving")
+        began = time.monotonic()
+        assert d.stop(timeout=30) == 0
+        elapsed = time.monotonic() - began
+        records = d.records()
+        events = [r.get("event") for r in records]
+        failed = next(r for r in records if r.get("event") == "service_stop_failed")
+        assert failed["service"] == "bad-exit" and "deliberate failure" in failed["error"]
+        assert "service_crashed" not in events and "service_restart_scheduled" not in events
+        stages = [
+            (r["stage"], r["timed_out"]) for r in records if r.get("event") == "shutdown_stage"
+        ]
+        assert stages == [("drain", False), ("cancel", False), ("children", False)]
+        # nothing waits for a deadline: the stop takes a fraction of the 3 s budget
+        assert elapsed < 2.0, f"shutdown took {elapsed:.1f} s"
+    finally:
+        d.kill()
+
+
 def test_crashing_service_restarts_while_api_answers(folder: Path) -> None:
     conf = write_config(folder)
     d = harness(folder, conf, "crash")
@@ -195,10 +222,13 @@ def test_crashing_service_restarts_while_api_answers(folder: Path) -> None:
         crash = d.wait_for(lambda e: e.get("event") == "service_crashed")
         assert "deliberate crash" in crash["exception"]  # the traceback is logged
         assert crash["service"] == "crasher"
-        time.sleep(1.5)
-        status = json.loads(walt(d.socket, "status", "--json").stdout)
-        services = {s["name"]: s for s in status["services"]}
-        assert services["crasher"]["restarts"] >= 2
+
+        def restarted() -> dict[str, Any] | None:
+            status = json.loads(walt(d.socket, "status", "--json").stdout)
+            found = {s["name"]: s for s in status["services"]}
+            return found if found["crasher"]["restarts"] >= 2 else None
+
+        services = until_sync(restarted, what="a second restart of the crasher")
         assert "deliberate crash" in services["crasher"]["last_error"]
         assert services["api"]["state"] == "running" and services["api"]["restarts"] == 0
         assert d.stop() == 0
@@ -521,13 +551,6 @@ class _RegistryHandler(BaseHTTPRequestHandler):
         """Quiet."""
 
 
-def _until(check: Callable[[], bool], timeout: float = 10) -> None:
-    deadline = time.monotonic() + timeout
-    while not check():
-        assert time.monotonic() < deadline, "timed out"
-        time.sleep(0.05)
-
-
 def test_image_search_keeps_registry_connections_until_a_reload_changes_them(
     folder: Path,
 ) -> None:
@@ -543,7 +566,10 @@ def test_image_search_keeps_registry_connections_until_a_reload_changes_them(
     def reload() -> None:
         done = sum(r.get("event") == "config_reloaded" for r in d.records())
         d.signal(signal.SIGHUP)
-        _until(lambda: sum(r.get("event") == "config_reloaded" for r in d.records()) > done)
+        until_sync(
+            lambda: sum(r.get("event") == "config_reloaded" for r in d.records()) > done,
+            what="a reload",
+        )
 
     try:
         d.start()
@@ -556,7 +582,7 @@ def test_image_search_keeps_registry_connections_until_a_reload_changes_them(
 
         write_config(folder, registries=[registry.entry("changed")], images=no_docker)
         reload()  # new sources; the old ones closed
-        _until(lambda: registry.ports("closed") == [port])
+        until_sync(lambda: registry.ports("closed") == [port], what="the old connection closed")
         search()
         assert len(set(registry.ports("GET"))) == 2
         assert d.stop() == 0
@@ -584,9 +610,9 @@ def test_image_search_stops_when_the_caller_leaves(folder: Path) -> None:
             while b"\r\n\r\n" not in answer:
                 answer += client.recv(4096)
             assert answer.startswith(b"HTTP/1.1 200")
-            _until(lambda: registry.ports("GET") != [])
+            until_sync(lambda: registry.ports("GET") != [], what="a request")
         # the search ends with its caller, not when the registry's timeout (30 s) ends it
-        _until(lambda: registry.ports("closed") != [], timeout=5)
+        until_sync(lambda: registry.ports("closed") != [], what="a closed connection", timeout_s=5)
         assert not any(r.get("event") == "image_search" for r in d.records())
         assert d.stop() == 0
     finally:

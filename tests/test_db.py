@@ -5,13 +5,13 @@ from __future__ import annotations
 import asyncio
 import sqlite3
 import stat
-import threading
 from pathlib import Path
 
 import pytest
 
 from waltd import db
-from waltd.db import Database, ModelStatus, Node, StateError, normalize_mac
+from waltd.db import Database, ModelStatus, Node, StateError
+from waltd.names import normalise_mac
 
 MAC = "00:11:22:aa:bb:cc"
 
@@ -26,10 +26,16 @@ def write_file(path: Path, data: bytes) -> None:
     path.write_bytes(data)
 
 
-def make_db_at_version(path: Path, version: int) -> None:
+def make_db_at_version(path: Path, version: int, then: str = "") -> None:
+    """A database file at schema `version` (the real migrations up to it), then `then` run."""
     path.parent.mkdir(parents=True, exist_ok=True)
     conn = sqlite3.connect(path)
+    for script in db.MIGRATIONS[:version]:
+        conn.executescript(script)
+    if then:
+        conn.execute(then)
     conn.execute(f"PRAGMA user_version = {version}")
+    conn.commit()
     conn.close()
 
 
@@ -50,6 +56,23 @@ async def test_open_creates_private_folder_and_enables_wal(path: Path) -> None:
             assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
         finally:
             conn.close()
+
+
+def _modes(path: Path) -> dict[str, int]:
+    return {p.name: stat.S_IMODE(p.stat().st_mode) for p in path.parent.glob(f"{path.name}*")}
+
+
+async def test_the_database_files_are_private(path: Path) -> None:
+    """The state folder is traversable (dnsmasq reads inside it), so the files themselves
+    must keep other users out, including those an older daemon left readable."""
+    async with Database(path) as database:
+        await database.upsert_node(MAC)  # the -wal file exists once something was written
+        assert _modes(path) == {"waltd.db": 0o600, "waltd.db-wal": 0o600, "waltd.db-shm": 0o600}
+    for file in path.parent.iterdir():
+        file.chmod(0o644)
+    async with Database(path) as database:
+        assert set(_modes(path).values()) == {0o600}
+        assert await database.get_node(MAC) is not None
 
 
 async def test_migrations_run_from_zero_and_record_version(path: Path) -> None:
@@ -86,7 +109,8 @@ async def test_failed_migration_rolls_back_with_its_version(
         pass
     broken = (*db.MIGRATIONS, "CREATE TABLE half (x); INSERT INTO nowhere VALUES (1);")
     monkeypatch.setattr(db, "MIGRATIONS", broken)
-    with pytest.raises(StateError, match=r"version 2 failed: no such table: nowhere"):
+    failing = len(broken)
+    with pytest.raises(StateError, match=rf"version {failing} failed: no such table: nowhere"):
         async with Database(path):
             pass
     assert raw_version(path) == len(broken) - 1
@@ -95,6 +119,24 @@ async def test_failed_migration_rolls_back_with_its_version(
         assert conn.execute("SELECT name FROM sqlite_master WHERE name = 'half'").fetchall() == []
     finally:
         conn.close()
+
+
+async def test_nodes_of_a_version_1_database_count_as_announced(path: Path) -> None:
+    """Nodes recorded before the `announced` column existed were announced when recorded."""
+    make_db_at_version(
+        path,
+        1,
+        "INSERT INTO nodes VALUES"
+        f" ('{MAC}', '10.0.0.2', 'node-aabbcc', 'rpi-3-b', NULL, 'leased', 1, 2)",
+    )
+    async with Database(path) as database:
+        node = await database.get_node(MAC)
+        assert node is not None and node.announced
+        assert await database.unannounced_nodes() == []
+        new = await database.upsert_node("00:11:22:aa:bb:dd", ip="10.0.0.3")
+        assert await database.unannounced_nodes() == [new]
+        await database.mark_announced(new.mac)
+        assert await database.unannounced_nodes() == []
 
 
 async def test_newer_schema_is_refused_untouched(path: Path) -> None:
@@ -136,6 +178,7 @@ async def test_new_node_gets_defaults(path: Path) -> None:
             state="new",
             first_seen=10.0,
             last_seen=10.0,
+            announced=False,
         )
         assert await database.get_node(MAC.upper()) == node
 
@@ -144,9 +187,9 @@ async def test_upsert_keeps_first_seen_and_unspecified_fields(path: Path) -> Non
     async with Database(path) as database:
         await database.upsert_node(MAC, ip="10.0.0.2", model="rpi-3-b", name="bench", now=10.0)
         node = await database.upsert_node(MAC, state="booted", image="img", now=20.0)
-        assert node == Node(MAC, "10.0.0.2", "bench", "rpi-3-b", "img", "booted", 10.0, 20.0)
+        assert node == Node(MAC, "10.0.0.2", "bench", "rpi-3-b", "img", "booted", 10.0, 20.0, False)
         node = await database.upsert_node(MAC, ip="10.0.0.3", now=30.0)
-        assert node == Node(MAC, "10.0.0.3", "bench", "rpi-3-b", "img", "booted", 10.0, 30.0)
+        assert node == Node(MAC, "10.0.0.3", "bench", "rpi-3-b", "img", "booted", 10.0, 30.0, False)
         assert await database.get_node(MAC) == node
 
 
@@ -157,7 +200,7 @@ async def test_upsert_keeps_first_seen_and_unspecified_fields(path: Path) -> Non
 )  # fmt: skip
 async def test_bad_mac_is_refused(path: Path, bad: str) -> None:
     with pytest.raises(ValueError, match="invalid MAC"):
-        normalize_mac(bad)
+        normalise_mac(bad)
     async with Database(path) as database:
         with pytest.raises(ValueError, match="invalid MAC"):
             await database.upsert_node(bad)
@@ -215,25 +258,15 @@ async def test_concurrent_upserts_all_land(path: Path) -> None:
         assert (node.first_seen, node.last_seen) == (0.0, 49.0)
 
 
-async def test_disk_waits_do_not_block_the_loop(
-    path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    threads: list[int] = []
-    real_connect = sqlite3.connect
-
-    def connect(*args: object, **kwargs: object) -> sqlite3.Connection:
-        threads.append(threading.get_ident())
-        return real_connect(*args, **kwargs)  # type: ignore[arg-type]
-
-    monkeypatch.setattr(db.sqlite3, "connect", connect)
+async def test_disk_waits_do_not_block_the_loop(path: Path) -> None:
     async with Database(path) as database:
-        assert threads and threads[0] != threading.get_ident()
         # Another writer holds the lock: the upsert waits in the worker while the loop runs on.
-        other = real_connect(path, isolation_level=None)
+        other = sqlite3.connect(path, isolation_level=None)
         other.execute("BEGIN IMMEDIATE")
         upsert = asyncio.create_task(database.upsert_node(MAC))
-        # Had the wait blocked the loop, this sleep could not end before the upsert.
-        await asyncio.sleep(0.05)
+        # One turn of the loop starts the upsert; had its wait blocked the loop, this turn
+        # would end only once the upsert gave up on the lock.
+        await asyncio.sleep(0)
         assert not upsert.done()
         other.execute("COMMIT")
         other.close()

@@ -22,7 +22,7 @@ def test_demo_tells_the_story_and_cleans_up() -> None:
     for tool in ("dnsmasq", "busybox", "buildah", "skopeo", "docker-registry"):
         require_tool(tool)
     demo = subprocess.Popen(
-        [sys.executable, "-m", "waltd.lab.demo"],
+        [sys.executable, "-m", "lab.demo"],
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,

@@ -1,4 +1,4 @@
-"""The docker daemon source against a REAL dockerd started by the test (INFRA.md's flags).
+"""The docker daemon source against a REAL dockerd started by the test (a WalT server's flags).
 
 Images are built offline with buildah in the lab's storage and loaded into dockerd with
 `skopeo copy containers-storage:X docker-daemon:X`; dockerd is stopped by PID at the end, and
@@ -14,9 +14,9 @@ from pathlib import Path
 import pytest
 import pytest_asyncio
 
-from tests.conftest import require_root, require_tool
+from lab import Lab, build_image
 from tests.support.dockerd import Dockerd, dockerd, load_image
-from waltd.lab import Lab, build_image
+from tests.support.labs import running_lab
 from waltd.registries.base import LOCATION_DOCKER, NotFound, RegistryError
 from waltd.registries.docker_daemon import DockerDaemonSource, _created, split_repo_tag
 
@@ -28,28 +28,18 @@ PLAIN = "docker.io/tester/plain:latest"
 EMPTY = "docker.io/tester/empty:latest"
 
 
-async def _build_unlabelled(lab: Lab, name: str) -> None:
-    """An image without any label: not a WalT image."""
-    env = lab.containers_env
-    container = (await lab.run(["buildah", "from", "scratch"], env=env)).stdout.strip()
-    try:
-        await lab.run(["buildah", "commit", "--quiet", container, name], env=env)
-    finally:
-        await lab.run(["buildah", "rm", container], env=env)
-
-
 @pytest_asyncio.fixture(scope="module", loop_scope="module")
 async def daemon() -> AsyncIterator[tuple[Lab, Dockerd]]:
     """A lab whose dockerd holds WalT images under several names, and non-WalT images."""
-    require_root()
-    for tool in ("dockerd", "containerd", "skopeo", "buildah", "ip", "nsenter", "busybox"):
-        require_tool(tool)
-    async with Lab() as lab, dockerd(lab) as running:
+    async with (
+        running_lab("dockerd", "containerd", "skopeo", "buildah") as lab,
+        dockerd(lab) as running,
+    ):
         await build_image(lab, RPI, ["rpi-3-b-plus", "rpi-4-b"], {"etc/rpi": "rpi\n"})
         labels = {"walt.server.minversion": "7"}
         await build_image(lab, PC, ["pc-x86-64"], {"etc/pc": "pc\n"}, labels=labels)
         await build_image(lab, EMPTY, [], {"etc/empty": "x\n"})
-        await _build_unlabelled(lab, PLAIN)
+        await build_image(lab, PLAIN, None, {})
         for image, names in {
             RPI: ["tester/rpi-image:latest", "tester/rpi-image:v2", "other/rpi:1.0"],
             PC: [

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 
+from tests.support.wait import until
 from waltd.events import EventBus
 
 
@@ -29,7 +30,7 @@ async def test_follow_gives_backlog_then_live_events() -> None:
     task = asyncio.create_task(reader())
     await asyncio.sleep(0)
     bus.publish({"event": "new"})
-    await asyncio.sleep(0.01)
+    await until(lambda: got == ["old", "new"], what="the live event")
     bus.end_followers()
     await asyncio.wait_for(task, 1)
     assert got == ["old", "new"]
@@ -107,7 +108,7 @@ async def test_threads_and_the_loop_publishing_together_lose_nothing() -> None:
         if i % 50 == 0:
             await asyncio.sleep(0)
     await asyncio.gather(*threads)
-    await asyncio.sleep(0.05)
+    await until(lambda: len(got) == 2500, what="every event at the follower")
     bus.end_followers()
     await asyncio.wait_for(task, 2)
     assert sorted(got) == list(range(1, 2501))

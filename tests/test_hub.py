@@ -21,7 +21,7 @@ from aiohttp import web
 from hypothesis import given
 from hypothesis import strategies as st
 
-from tests.conftest import require_root, require_tool
+from lab import Lab, Registry, build_image, push_image
 from tests.support.hub_fake import (
     HubApiFake,
     HubRepo,
@@ -30,8 +30,8 @@ from tests.support.hub_fake import (
     encode_metadata,
     publish_metadata,
 )
+from tests.support.labs import running_lab
 from tests.support.registry_proxy import Proxy, rewrite_body, status
-from waltd.lab import Lab, Registry, build_image, push_image
 from waltd.registries.base import LOCATION_HUB, AuthError, Credentials, NotFound, RegistryError
 from waltd.registries.hub import HubSource, MetadataError, parse_walt_metadata
 
@@ -57,21 +57,9 @@ class HubEnv:
         return HubSource(registry_url=self.front.url, hub_url=self.api.url, **options)
 
 
-async def _build_unlabelled(lab: Lab, name: str) -> None:
-    env = lab.containers_env
-    container = (await lab.run(["buildah", "from", "scratch"], env=env)).stdout.strip()
-    try:
-        await lab.run(["buildah", "commit", "--quiet", container, name], env=env)
-    finally:
-        await lab.run(["buildah", "rm", container], env=env)
-
-
 @pytest_asyncio.fixture(scope="module", loop_scope="module")
 async def hub() -> AsyncIterator[HubEnv]:
     """Images published the reference way, found by search, non-WalT, private, garbage."""
-    require_root()
-    for tool in ("docker-registry", "skopeo", "buildah", "podman", "ip", "nsenter", "busybox"):
-        require_tool(tool)
     repos = [
         HubRepo("alice/walt_metadata"),
         HubRepo("alice/rpi-os", "Raspberry Pi OS for my boards"),  # not matched by "walt"
@@ -83,12 +71,12 @@ async def hub() -> AsyncIterator[HubEnv]:
         HubRepo("frank/my-image"),
         HubRepo("waltz", "an official image: no user"),
     ]
-    async with Lab() as lab:
+    async with running_lab("docker-registry", "skopeo", "buildah", "podman") as lab:
         registry = await lab.start_registry("hub")
         await build_image(lab, RPI, RPI_MODELS.split(","), {"etc/rpi": "rpi\n"})
         labels = {"walt.server.minversion": "4"}
         await build_image(lab, PC, ["pc-x86-64"], {"etc/pc": "pc\n"}, labels=labels)
-        await _build_unlabelled(lab, PLAIN)
+        await build_image(lab, PLAIN, None, {})
         for image, names in {
             RPI: ["alice/rpi-os:latest", "alice/rpi-os:v2"],
             PC: [

@@ -29,16 +29,16 @@ import pytest
 import pytest_asyncio
 import yaml
 
-from tests.conftest import require_root, require_tool
-from tests.support.daemon import ROOT
+from lab import Lab, LabProcess, Registry
+from tests.support.daemon import ROOT, is_event
 from tests.support.hub_fake import HubApiFake, HubRepo, TokenFront, encode_metadata
 from tests.support.hub_fake import publish_metadata as publish_hub_metadata
-from tests.support.lab_daemon import records, start_waltd
+from tests.support.lab_daemon import records, start_waltd, wait_record
+from tests.support.labs import running_lab
 from tests.support.registry_artifactory import ArtifactoryProxy
 from tests.support.registry_images import build, push_tags
 from tests.support.search_lab import command_line, count_requests, process_tree, reach_from_server
 from waltd import SERVER_VERSION
-from waltd.lab import Lab, LabProcess, Registry
 
 pytestmark = [pytest.mark.lab, pytest.mark.asyncio(loop_scope="module")]
 
@@ -101,7 +101,7 @@ class Walt:
 
     @property
     def row(self) -> list[str]:
-        """Its table row as the reference words it (REFERENCE.md, walt image search)."""
+        """Its table row as the reference WalT server words it (`walt image search`)."""
         link = NEED_UPGRADE if self.needs_upgrade else self.clone_url
         return [self.user, self.name + self.shown_tag, KINDS[self.location], self.models, link]
 
@@ -138,17 +138,6 @@ def write_config(folder: Path, registries: list[dict[str, Any]]) -> Path:
 
 def _events(waltd: LabProcess, name: str) -> list[dict[str, Any]]:
     return [r for r in records(waltd) if r.get("event") == name]
-
-
-async def _wait_event(waltd: LabProcess, name: str, seen: int = 0) -> dict[str, Any]:
-    """waltd's first `name` record after the first `seen` ones."""
-    for _ in range(400):
-        found = _events(waltd, name)[seen:]
-        if found:
-            return found[0]
-        assert waltd.process.returncode is None, waltd.log_tail(30)
-        await asyncio.sleep(0.05)
-    raise AssertionError(f"no {name} record from waltd; its log:\n{waltd.log_tail(30)}")
 
 
 async def _finish(
@@ -189,7 +178,7 @@ class SearchLab:
         write_config(self.folder, registries)
         seen = len(_events(self.waltd, "config_reloaded"))
         os.kill(self.waltd.pid, signal.SIGHUP)
-        reloaded = await _wait_event(self.waltd, "config_reloaded", seen)
+        reloaded = await wait_record(self.waltd, is_event("config_reloaded"), after=seen)
         assert reloaded["registries"] == [r["label"] for r in registries]
 
     async def start_walt(self, *args: str, login: Path | None = None) -> asyncio.subprocess.Process:
@@ -279,10 +268,7 @@ async def _fill(lab: Lab, registries: Mapping[str, Registry]) -> dict[str, str]:
 @pytest_asyncio.fixture(scope="module", loop_scope="module")
 async def world() -> AsyncIterator[SearchLab]:
     """The lab's registries filled, the fakes reachable from the server namespace, waltd up."""
-    require_root()
-    for tool in ("ip", "nsenter", "buildah", "skopeo", "docker-registry", "htpasswd", "busybox"):
-        require_tool(tool)
-    async with Lab() as lab:
+    async with running_lab("buildah", "skopeo", "docker-registry", "htpasswd") as lab:
         started = await asyncio.gather(
             lab.start_registry("hub"),
             lab.start_registry("local", auth=(USER, PASSWORD)),
@@ -302,7 +288,7 @@ async def world() -> AsyncIterator[SearchLab]:
             entries = _registry_entries(front, api, registries["local"], jfrog)
             config = write_config(folder, entries)
             waltd = await start_waltd(lab, config)
-            await _wait_event(waltd, "daemon_ready")
+            await wait_record(waltd, is_event("daemon_ready"))
             yield SearchLab(
                 lab=lab,
                 waltd=waltd,

@@ -118,3 +118,62 @@ def test_stdlib_records_are_json_redacted_and_streamed(out: io.StringIO) -> None
     assert str(first["timestamp"]).endswith("Z")
     assert second["level"] == "error" and "RuntimeError: boom" in str(second["exception"])
     assert [e["seq"] for e in bus.recent()] == [first["seq"], second["seq"]]
+
+
+def test_identical_errors_are_written_once_per_window(out: io.StringIO) -> None:
+    bus = EventBus()
+    log.setup(stream=out, bus=bus)
+    for _ in range(1000):
+        log.get("api").warning("api_accept_failed", error="[Errno 24] Too many open files")
+        logging.getLogger("asyncio").error("socket.accept() out of system resource")
+    log.get("api").warning("api_accept_failed", error="[Errno 23] Too many open files in system")
+    log.get("detect").warning("api_accept_failed", error="[Errno 24] Too many open files")
+    for _ in range(3):
+        log.get("detect").info("node_lease", mac="52:54:00:00:00:01")
+    written = [
+        (r["event"], r.get("component", r.get("logger")), r.get("error")) for r in _lines(out)
+    ]
+    assert written == [
+        ("api_accept_failed", "api", "[Errno 24] Too many open files"),
+        ("socket.accept() out of system resource", "asyncio", None),
+        ("api_accept_failed", "api", "[Errno 23] Too many open files in system"),
+        ("api_accept_failed", "detect", "[Errno 24] Too many open files"),
+        *[("node_lease", "detect", None)] * 3,
+    ]
+    assert len(bus.recent()) == len(written)  # the event stream is spared as well
+
+
+def test_the_next_record_after_the_window_tells_how_many_were_left_out() -> None:
+    now = [0.0]
+    repeats = log.RepeatLimiter(window_s=10, max_keys=2, clock=lambda: now[0])
+
+    def error(event: str, error: str = "boom") -> dict[str, object] | None:
+        record = {"event": event, "level": "error", "component": "api", "error": error}
+        try:
+            return dict(repeats(None, "error", record))
+        except structlog.DropEvent:
+            return None
+
+    assert error("a") == {"event": "a", "level": "error", "component": "api", "error": "boom"}
+    assert [error("a") for _ in range(5)] == [None] * 5
+    now[0] = 9.9
+    assert error("a") is None
+    now[0] = 10.0
+    assert error("a") == {**error_record("a"), "repeated": 6}
+    assert error("a") is None
+    now[0] = 25.0
+    assert error("a") == {**error_record("a"), "repeated": 1}
+    now[0] = 40.0  # after a quiet window: nothing was left out since
+    assert error("a") == error_record("a")
+    # more keys than kept: the oldest is forgotten, never the memory bound exceeded
+    assert error("b") is not None and error("c") is not None and error("a") is not None
+
+    # the standard library's records, through the same count
+    record = logging.LogRecord("asyncio", logging.ERROR, __file__, 1, "accept failed", None, None)
+    assert repeats.filter(record) and not repeats.filter(record)
+    now[0] = 60.0
+    assert repeats.filter(record) and record.repeated == 1
+
+
+def error_record(event: str) -> dict[str, object]:
+    return {"event": event, "level": "error", "component": "api", "error": "boom"}

@@ -17,11 +17,15 @@ from waltd.names import (
     InvalidName,
     Reference,
     format_clone_url,
+    host_port,
+    is_repository,
+    is_tag,
     normalise_local,
     parse_clone_url,
     parse_local,
     parse_reference,
     registry_reference,
+    split_user_name,
     to_local,
     walt_user,
 )
@@ -563,3 +567,22 @@ def test_long_texts_are_refused_with_short_messages(text: str) -> None:
         with pytest.raises(InvalidName) as caught:
             parse(text)
         assert len(str(caught.value)) < 1500
+
+
+def test_repository_tag_and_user_name_grammars() -> None:
+    assert is_repository("alice/rpi-os") and is_repository("a/b/c") and is_repository("solo")
+    for bad in ("", "Alice/x", "a//b", "/a", "a/", "a b", "-a/b", "a/b:tag"):
+        assert not is_repository(bad), bad
+    assert is_tag("v1.0_RC") and not is_tag(".hidden") and not is_tag("a" * 129)
+    assert split_user_name("alice/rpi-os") == ("alice", "rpi-os")
+    for other in ("solo", "a/b/c", "Alice/x", "a/", None, 42):
+        assert split_user_name(other) is None, other
+    assert host_port("reg.example", 5000) == "reg.example:5000"
+    assert host_port("::1", 5000) == "[::1]:5000"
+
+
+@given(st.text(max_size=80))
+def test_user_names_split_are_parts_of_a_valid_reference(text: str) -> None:
+    split = split_user_name(text)
+    if split is not None:
+        assert parse_reference(f"{split[0]}/{split[1]}").path == text

@@ -6,62 +6,39 @@ each node's namespace, the `waltd-dhcp-event` hook called by dnsmasq.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import json
 import os
 import pwd
 import signal
-import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 import yaml
 
-from tests.conftest import require_root, require_tool
-from tests.support.daemon import walt
-from tests.support.lab_daemon import lab_config, records, start_waltd
+from lab.lab import Lab
+from tests.support.daemon import is_event, walt
+from tests.support.lab_daemon import lab_config, records, start_waltd, wait_record
+from tests.support.labs import running_lab
+from tests.support.wait import until
 from waltd import dhcp_event
-from waltd.lab.lab import Lab, LabProcess
 
 pytestmark = pytest.mark.lab
 
 
 @pytest.fixture
 async def lab() -> AsyncIterator[Lab]:
-    require_root()
-    for tool in ("dnsmasq", "busybox", "nsenter", "ip"):
-        require_tool(tool)
-    async with Lab() as lab:
+    async with running_lab("dnsmasq") as lab:
         yield lab
-
-
-async def _wait(
-    proc: LabProcess, match: Callable[[dict[str, Any]], bool], within_s: float = 15
-) -> dict[str, Any]:
-    deadline = time.monotonic() + within_s
-    while time.monotonic() < deadline:
-        for rec in records(proc):
-            if match(rec):
-                return rec
-        if proc.process.returncode is not None:
-            break
-        await asyncio.sleep(0.05)
-    raise AssertionError(f"no matching record; waltd log:\n{proc.log_tail(40)}")
-
-
-def _event(name: str, **keys: object) -> Callable[[dict[str, Any]], bool]:
-    return lambda r: r.get("event") == name and all(r.get(k) == v for k, v in keys.items())
 
 
 async def test_nodes_lease_and_reach_waltd_with_their_model(lab: Lab) -> None:
     folder = lab.root / "waltd"
     folder.mkdir()
     waltd = await start_waltd(lab, lab_config(lab, folder))
-    await _wait(waltd, _event("daemon_ready"))
-    await _wait(waltd, _event("dnsmasq_started"))
+    await wait_record(waltd, is_event("daemon_ready"))
+    await wait_record(waltd, is_event("dnsmasq_started"))
 
     pc, rpi, other = (await lab.add_node(), await lab.add_node(), await lab.add_node())
     ip_pc = await lab.node_dhcp(pc, vendor_class="walt.node.pc-x86-64")
@@ -70,13 +47,13 @@ async def test_nodes_lease_and_reach_waltd_with_their_model(lab: Lab) -> None:
     for ip in (ip_pc, ip_rpi, ip_other):
         assert ip in lab.subnet and lab.dhcp_range[0] <= ip <= lab.dhcp_range[1]
 
-    det_pc = await _wait(waltd, _event("node_detected", mac=pc.mac))
+    det_pc = await wait_record(waltd, is_event("node_detected", mac=pc.mac))
     assert (det_pc["model"], det_pc["ip"]) == ("pc-x86-64", str(ip_pc))
     assert det_pc["vendor_class"] == "walt.node.pc-x86-64"
-    det_rpi = await _wait(waltd, _event("node_detected", mac=rpi.mac))
+    det_rpi = await wait_record(waltd, is_event("node_detected", mac=rpi.mac))
     assert (det_rpi["model"], det_rpi["ip"]) == ("rpi-3-b-plus", str(ip_rpi))
     assert det_rpi["user_classes"] == ["walt.node.rpi-3-b-plus"]
-    unknown = await _wait(waltd, _event("unknown_device", mac=other.mac))
+    unknown = await wait_record(waltd, is_event("unknown_device", mac=other.mac))
     assert unknown["vendor_class"].startswith("udhcp")
 
     # The same records through the API, as `walt log show` gives them.
@@ -96,7 +73,7 @@ async def test_nodes_lease_and_reach_waltd_with_their_model(lab: Lab) -> None:
     assert (hosts / pc.mac.replace(":", "-")).read_text() == f"{pc.mac},{det_pc['name']}\n"
     again = await lab.node_dhcp(pc, vendor_class="walt.node.pc-x86-64")
     assert again == ip_pc
-    renewed = await _wait(waltd, _event("node_lease", mac=pc.mac))
+    renewed = await wait_record(waltd, is_event("node_lease", mac=pc.mac))
     assert renewed["model"] == "pc-x86-64"
     leases = (folder / "state" / "dnsmasq" / "leases").read_text()
     assert all(n.mac in leases for n in (pc, rpi, other))
@@ -115,8 +92,8 @@ async def test_without_node_network_nobody_gets_a_lease(lab: Lab) -> None:
     del data["network"]
     conf.write_text(yaml.safe_dump(data))
     waltd = await start_waltd(lab, conf)
-    await _wait(waltd, _event("no_node_network"))
-    await _wait(waltd, _event("daemon_ready"))
+    await wait_record(waltd, is_event("no_node_network"))
+    await wait_record(waltd, is_event("daemon_ready"))
     node = await lab.add_node()
     with pytest.raises(Exception, match="no DHCP lease"):
         await lab.node_dhcp(node, vendor_class="walt.node.pc-x86-64", tries=2)
@@ -134,10 +111,10 @@ async def test_dnsmasq_failure_is_reported_and_the_daemon_stays_up(lab: Lab) -> 
     data["network"]["walt-net"]["interface"] = "no-such-if"
     conf.write_text(yaml.safe_dump(data))
     waltd = await start_waltd(lab, conf)
-    crash = await _wait(waltd, _event("service_crashed", service="dnsmasq"))
+    crash = await wait_record(waltd, is_event("service_crashed", service="dnsmasq"))
     assert "dnsmasq exited with status" in crash["error"]
     assert "no-such-if" in crash["error"]
-    await _wait(waltd, _event("service_restart_scheduled", service="dnsmasq"))
+    await wait_record(waltd, is_event("service_restart_scheduled", service="dnsmasq"))
     status = json.loads(walt(folder / "api.sock", "status", "--json").stdout)
     services = {s["name"]: s for s in status["services"]}
     assert services["api"]["state"] == "running" and services["detect"]["state"] == "running"
@@ -169,15 +146,6 @@ def _owners(pids: list[int]) -> set[int]:
     return owners
 
 
-async def _within(seconds: float, check: Callable[[], bool]) -> bool:
-    """Whether `check()` becomes true within `seconds`."""
-    for _ in range(int(seconds / 0.05)):
-        if check():
-            return True
-        await asyncio.sleep(0.05)
-    return check()
-
-
 def nobody_owns(pids: list[int]) -> bool:
     """Whether one of `pids` runs as `nobody` (dnsmasq once it dropped its privileges)."""
     return pwd.getpwnam("nobody").pw_uid in _owners(pids)
@@ -188,16 +156,16 @@ async def test_dnsmasq_dies_with_a_killed_waltd(lab: Lab) -> None:
     folder = lab.root / "waltd"
     folder.mkdir()
     waltd = await start_waltd(lab, lab_config(lab, folder))
-    await _wait(waltd, _event("dnsmasq_started"))
+    await wait_record(waltd, is_event("dnsmasq_started"))
     conf = folder / "state" / "dnsmasq" / "dnsmasq.conf"
     try:
         # The keeper starts first; dnsmasq itself and its drop to nobody follow shortly.
-        assert await _within(5, lambda: nobody_owns(_dnsmasq_pids(conf)))
+        await until(lambda: nobody_owns(_dnsmasq_pids(conf)), what="dnsmasq as nobody", timeout_s=5)
         pids = _dnsmasq_pids(conf)
         assert pids
         waltd.process.kill()  # no clean-up code runs
         await waltd.process.wait()
-        assert await _within(5, lambda: not _dnsmasq_pids(conf)), _dnsmasq_pids(conf)
+        await until(lambda: not _dnsmasq_pids(conf), what="dnsmasq to end", timeout_s=5)
     finally:
         for pid in _dnsmasq_pids(conf):
             with contextlib.suppress(ProcessLookupError):
@@ -214,17 +182,17 @@ async def test_a_node_seen_while_dnsmasq_is_down_gets_its_host_entry(lab: Lab) -
     data["network"]["walt-net"]["interface"] = "no-such-if"
     conf.write_text(yaml.safe_dump(data))
     waltd = await start_waltd(lab, conf)
-    await _wait(waltd, _event("service_crashed", service="dnsmasq"))
+    await wait_record(waltd, is_event("service_crashed", service="dnsmasq"))
     state = folder / "state"
     mac = "52:54:00:aa:bb:01"
     event = dhcp_event.build_event(
         ["add", mac, str(lab.dhcp_range[0])], {"DNSMASQ_VENDOR_CLASS": "walt.node.pc-x86-64"}
     )
     dhcp_event.spool(dhcp_event.encode(event), str(state / "dhcp-spool"))
-    detected = await _wait(waltd, _event("node_detected", mac=mac, source="spool"))
+    detected = await wait_record(waltd, is_event("node_detected", mac=mac))
     entry = state / "dnsmasq" / "hosts.d" / mac.replace(":", "-")
     # The restart delay doubles from 1 s (with jitter): the next start comes within ~5 s.
-    assert await _within(10, entry.exists)
+    await until(entry.exists, what=f"{entry}", timeout_s=10)
     assert entry.read_text() == f"{mac},{detected['name']}\n"
     await lab.stop(waltd)
     assert waltd.process.returncode == 0

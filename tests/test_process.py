@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import json
 import os
@@ -15,19 +14,16 @@ from pathlib import Path
 
 from tests.conftest import require_root
 from tests.support.daemon import ROOT, process_group
+from tests.support.wait import until, until_sync
 from waltd.process import Children, kill_recorded, start_time
 
 
-def _gone(pid: int, timeout: float = 5) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            if "State:\tZ" in Path(f"/proc/{pid}/status").read_text():
-                return True
-        except FileNotFoundError:
-            return True
-        time.sleep(0.05)
-    return False
+def _gone(pid: int) -> bool:
+    """Whether `pid` has ended (a zombie counts: it runs no more)."""
+    try:
+        return "State:\tZ" in Path(f"/proc/{pid}/status").read_text()
+    except FileNotFoundError:
+        return True
 
 
 async def test_spawn_records_and_run_collects_output(tmp_path: Path) -> None:
@@ -45,13 +41,14 @@ async def test_spawn_records_and_run_collects_output(tmp_path: Path) -> None:
 async def test_stop_kills_a_group_that_ignores_sigterm(tmp_path: Path) -> None:
     children = Children(tmp_path / "c.json")
     proc = await children.spawn(["sh", "-c", "trap '' TERM; sleep 300 & wait"])
-    await asyncio.sleep(0.2)
-    group = process_group(proc.pid)
-    assert len(group) == 2
+    group = await until(
+        lambda: g if len(g := process_group(proc.pid)) == 2 else None,
+        what="the shell's background sleep",
+    )
     began = time.monotonic()
     await children.stop_all(grace=0.5)
     assert time.monotonic() - began < 3
-    assert all(_gone(p) for p in group)
+    until_sync(lambda: all(_gone(p) for p in group), what="the group to end", timeout_s=5)
 
 
 def test_child_dies_with_a_killed_daemon(tmp_path: Path) -> None:
@@ -74,10 +71,10 @@ def test_child_dies_with_a_killed_daemon(tmp_path: Path) -> None:
     )
     assert parent.stdout is not None
     child = int(parent.stdout.readline())
-    assert not _gone(child, timeout=0.3)
+    assert not _gone(child)
     parent.send_signal(signal.SIGKILL)  # no clean-up code runs: only PDEATHSIG can help
     parent.wait()
-    assert _gone(child)
+    until_sync(lambda: _gone(child), what="the child to end", timeout_s=5)
 
 
 def test_kill_recorded_spares_reused_pids(tmp_path: Path) -> None:
@@ -163,14 +160,15 @@ def test_a_child_that_drops_privileges_dies_with_a_killed_daemon(tmp_path: Path)
     try:
         assert parent.stdout is not None
         keeper = int(parent.stdout.readline())
-        deadline = time.monotonic() + 5
-        while time.monotonic() < deadline and not _sleeping_as_nobody(group):
-            time.sleep(0.05)
-            group = process_group(keeper)
-        assert _sleeping_as_nobody(group), "the child never became nobody"
+
+        def as_nobody() -> bool:
+            group[:] = process_group(keeper)
+            return _sleeping_as_nobody(group)
+
+        until_sync(as_nobody, what="the child running as nobody", timeout_s=5)
         parent.send_signal(signal.SIGKILL)
         parent.wait()
-        assert all(_gone(p) for p in group)
+        until_sync(lambda: all(_gone(p) for p in group), what="the group to end", timeout_s=5)
     finally:
         parent.kill()
         for pid in group:

@@ -20,7 +20,8 @@ import pytest_asyncio
 import structlog
 from aiohttp import web
 
-from tests.conftest import require_root, require_tool
+from lab import Registry
+from tests.support.labs import running_lab
 from tests.support.registry_images import build, entry, push_tags
 from tests.support.registry_proxy import (
     Proxy,
@@ -33,10 +34,10 @@ from tests.support.registry_proxy import (
     status,
     when,
 )
-from waltd.lab import Lab, Registry
-from waltd.registries.base import AuthError, Credentials, NotFound, RegistryError
+from waltd.registries.base import AuthError, Credentials, NotFound, RegistryError, Unsupported
 from waltd.registries.cache import DigestCache
-from waltd.registries.v2 import RegistryV2Source, Unsupported, V2Client
+from waltd.registries.v2.client import V2Client
+from waltd.registries.v2.source import RegistryV2Source
 
 pytestmark = [pytest.mark.lab, pytest.mark.asyncio(loop_scope="module")]
 
@@ -49,10 +50,7 @@ CREDS = Credentials("alice", SECRET)
 @pytest_asyncio.fixture(scope="module", loop_scope="module")
 async def registry() -> AsyncIterator[Registry]:
     """A real registry holding alice/img under a few tags."""
-    require_root()
-    for tool in ("ip", "nsenter", "buildah", "skopeo", "docker-registry"):
-        require_tool(tool)
-    async with Lab() as lab:
+    async with running_lab("buildah", "skopeo", "docker-registry") as lab:
         await build(lab, "docker.io/t/img:latest", {"walt.node.models": "pc-x86-64"})
         running = await lab.start_registry("faulty")
         await push_tags(lab, "docker.io/t/img:latest", running, "alice/img", TAGS)
@@ -243,8 +241,8 @@ async def test_invalid_json_and_wrong_content_type(proxy: Proxy) -> None:
 
 
 async def test_body_over_the_limit(proxy: Proxy) -> None:
-    sent = [0]
-    proxy.fault = when(r"/v2/_catalog", endless_body(sent))
+    sent, ended = [0], asyncio.Event()
+    proxy.fault = when(r"/v2/_catalog", endless_body(sent, ended))
     async with client(proxy, max_body=64 * 1024) as registry:
         with pytest.raises(RegistryError) as endless:
             await registry.catalog()
@@ -253,7 +251,7 @@ async def test_body_over_the_limit(proxy: Proxy) -> None:
         proxy.fault = when(TAGS_PATH, status(200, json.dumps({"tags": ["x" * 100_000]})))
         with pytest.raises(RegistryError, match=r"^local: response body over 64 KiB limit"):
             await registry.tags("alice/img")
-    await asyncio.sleep(0.05)
+    await asyncio.wait_for(ended.wait(), 10)
     assert sent[0] < 8 * 2**20  # the endless answer was cut off, not read to the end
 
 

@@ -12,7 +12,6 @@ import json
 import math
 import os
 import ssl
-import threading
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -20,8 +19,11 @@ from pathlib import Path
 import pytest
 import pytest_asyncio
 from aiohttp import web
+from multidict import CIMultiDict, CIMultiDictProxy
 
-from tests.conftest import require_root, require_tool
+from lab import Lab, Registry, push_image
+from tests.conftest import require_tool
+from tests.support.labs import running_lab
 from tests.support.registry_images import (
     DOCKER_LIST,
     build,
@@ -32,10 +34,12 @@ from tests.support.registry_images import (
 )
 from tests.support.registry_proxy import Proxy
 from tests.support.registry_token import TokenProxy
-from waltd.lab import Lab, Registry, push_image
 from waltd.registries.base import AuthError, Credentials, ImageInfo, RegistryError, authfile
-from waltd.registries.cache import DigestCache, digest_of
-from waltd.registries.v2 import OCI_INDEX, RegistryV2Source, V2Client
+from waltd.registries.cache import CacheStats, DigestCache, digest_of
+from waltd.registries.v2 import protocol
+from waltd.registries.v2.client import V2Client
+from waltd.registries.v2.protocol import OCI_INDEX
+from waltd.registries.v2.source import RegistryV2Source
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
 lab_test = pytest.mark.lab
@@ -67,10 +71,7 @@ class World:
 @pytest_asyncio.fixture(scope="module", loop_scope="module")
 async def lab() -> AsyncIterator[Lab]:
     """One lab for the module."""
-    require_root()
-    for tool in ("ip", "nsenter", "buildah", "skopeo", "docker-registry", "htpasswd"):
-        require_tool(tool)
-    async with Lab() as running:
+    async with running_lab("buildah", "skopeo", "docker-registry", "htpasswd") as running:
         yield running
 
 
@@ -415,7 +416,7 @@ async def test_cache_memory_bound_and_disk_checks(tmp_path: Path) -> None:
     cache = DigestCache(tmp_path, max_memory=8000)
     for digest, blob in zip(digests, blobs, strict=True):
         await cache.put(digest, blob)
-    assert sum(map(len, cache._memory.values())) <= 8000
+    assert 0 < cache.stats().memory_bytes <= 8000
     assert os.listdir(tmp_path) == []  # written together, at flush
     await cache.flush()
     files, mode = _folder(tmp_path)
@@ -449,7 +450,7 @@ async def test_cache_writes_to_disk_once_enough_waits(tmp_path: Path) -> None:
     cache = DigestCache(tmp_path, max_unwritten=5000)
     for blob in blobs:
         await cache.put(digest_of(blob), blob)
-        assert sum(map(len, cache._unwritten.values())) <= 5000
+        assert cache.stats().unwritten_bytes <= 5000
     assert len(os.listdir(tmp_path)) >= 15  # without a call of flush()
     await cache.flush()
     assert len(os.listdir(tmp_path)) == 20
@@ -464,24 +465,39 @@ async def test_cache_counts_concurrent_disk_reads_once(tmp_path: Path) -> None:
     for _ in range(2):
         found = await asyncio.gather(*(cache.get(digest_of(blob)) for _ in range(5)))
         assert found == [blob] * 5
-    assert list(cache._memory) == [digest_of(blob)]
-    assert cache._memory_size == 1000  # not 10 reads' worth, which would evict everything
+    # one entry of 1000 bytes, not 10 reads' worth, which would evict everything
+    assert cache.stats() == CacheStats(memory_entries=1, memory_bytes=1000, unwritten_bytes=0)
 
 
-async def test_cache_serializes_the_tag_map_in_a_thread(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    threads: list[str] = []
-    dumps = json.dumps
+def _headers(*pairs: tuple[str, str]) -> CIMultiDictProxy[str]:
+    return CIMultiDictProxy(CIMultiDict(pairs))
 
-    def recording_dumps(obj: object, **kwargs: object) -> str:
-        threads.append(threading.current_thread().name)
-        return dumps(obj, **kwargs)  # type: ignore[arg-type]
 
-    cache = DigestCache(tmp_path)
-    for i in range(1000):
-        cache.remember_tag(f"reg/user/img:{i}", digest_of(str(i).encode()))
-    monkeypatch.setattr("waltd.registries.cache.json.dumps", recording_dumps)
-    await cache.flush()
-    assert threads and threading.main_thread().name not in threads
-    assert DigestCache(tmp_path).tag_digest("reg/user/img:999") == digest_of(b"999")
+async def test_protocol_reads_challenges_links_and_retry_after() -> None:
+    both = _headers(
+        ("WWW-Authenticate", 'Basic realm="r"'),
+        ("WWW-Authenticate", 'Bearer realm="https://auth.example/token",service=reg,scope="a b"'),
+    )
+    assert protocol.challenge(both) == (
+        "bearer",
+        {"realm": "https://auth.example/token", "service": "reg", "scope": "a b"},
+    )
+    assert protocol.challenge(_headers(("WWW-Authenticate", "Negotiate x"))) is None
+    link = _headers(("Link", '</v2/_catalog?last=b&n=2>; rel="next"'))
+    assert protocol.next_page(link) == "/v2/_catalog?last=b&n=2"
+    assert protocol.next_page(_headers(("Link", '</x>; rel="prev"'))) is None
+    assert protocol.retry_after(_headers(("Retry-After", "7"))) == 7
+    date = _headers(("Retry-After", "Thu, 01 Jan 1970 00:01:40 GMT"))
+    assert protocol.retry_after(date, now=40) == 60
+    assert protocol.retry_after(_headers(("Retry-After", "soon"))) is None
+
+
+async def test_protocol_manifest_types_scopes_and_error_codes() -> None:
+    assert protocol.manifest_type(None, {"manifests": []}) == OCI_INDEX
+    assert protocol.manifest_type(protocol.MANIFEST_V2, {}) == protocol.MANIFEST_V2
+    assert protocol.manifest_type(None, {"mediaType": "x/y", "config": {}}) == "x/y"
+    assert protocol.manifest_type(None, {"schemaVersion": 1}) in protocol.SCHEMA1
+    assert protocol.scope("/v2/a/b/manifests/latest") == "repository:a/b:pull"
+    assert protocol.scope("/v2/_catalog") == "registry:catalog:*"
+    assert protocol.error_code(b'{"errors": [{"code": "NAME_UNKNOWN"}]}') == "NAME_UNKNOWN"
+    assert protocol.error_code(b'{"errors": [{"code": "\\u001b[2J"}]}') is None

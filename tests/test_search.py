@@ -1,4 +1,5 @@
-"""Search policy: merge, filter, minversion, table, failing sources (pure parts).
+"""Search policy: merge, filter, minversion, failing sources, and the client's table of the
+images the API sends (pure parts).
 
 The sources here are in-memory stand-ins for the merge logic only; the real clients are
 tested against real registries in their own modules and end to end in test_image_search.
@@ -7,7 +8,12 @@ tested against real registries in their own modules and end to end in test_image
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Sequence
 
+from waltd.api import wire
+from waltd.api.server import image_row
+from waltd.cli.terminal import table
+from waltd.cli.walt import HEADERS, NO_MATCH, image_table
 from waltd.registries.base import (
     LOCATION_DOCKER,
     LOCATION_HUB,
@@ -15,8 +21,15 @@ from waltd.registries.base import (
     Credentials,
     ImageInfo,
     RegistryError,
+    Warn,
 )
-from waltd.registries.search import NO_MATCH, SearchResult, render, search, table
+from waltd.registries.search import search
+
+
+def _table(images: Sequence[ImageInfo], server_version: int) -> str:
+    """What `walt image search` prints of `images`, as the API sends them."""
+    sent = wire.SearchResult(server_version, tuple(image_row(i) for i in images), ())
+    return image_table(sent)
 
 
 def _img(
@@ -42,7 +55,9 @@ class _Source:
         self._delay = delay
         self.creds: Credentials | None = None
 
-    async def list_images(self, creds: Credentials | None = None) -> list[ImageInfo]:
+    async def list_images(
+        self, creds: Credentials | None = None, *, warn: Warn | None = None
+    ) -> list[ImageInfo]:
         self.creds = creds
         await asyncio.sleep(self._delay)
         if isinstance(self._images, Exception):
@@ -98,7 +113,17 @@ async def test_keyword_matches_the_clone_url() -> None:
     result = await search([src], "bob")
     assert len(result.images) == 2
     assert (await search([src], "rpi")).images[0].user == "eve"
-    assert render(await search([src], "nothing"), 1) == NO_MATCH
+    assert _table((await search([src], "nothing")).images, 1) == NO_MATCH
+
+
+async def test_warnings_hold_no_password_of_the_search() -> None:
+    """A source's error text is scrubbed of this search's passwords (sources never put them
+    there: this is the search's own guard, not the process-wide log redactor)."""
+    leaky = _Source("local", RegistryError("local", "refused login alice:pa55-word-1"))
+    creds = {"local": Credentials("alice", "pa55-word-1")}
+    result = await search([leaky], None, creds)
+    assert result.warnings == ("Warning: local: refused login alice:***",)
+    assert leaky.creds == creds["local"]
 
 
 def test_table_and_minversion() -> None:
@@ -106,7 +131,7 @@ def test_table_and_minversion() -> None:
         _img("hub", LOCATION_HUB, "waltplatform", "rpi-default", models="rpi-b,rpi-3-b"),
         _img("local", LOCATION_REGISTRY, "bob", "future", "1.0", **{"walt.server.minversion": "9"}),
     )
-    text = render(SearchResult(images, ()), server_version=5)
+    text = _table(images, server_version=5)
     lines = text.splitlines()
     assert lines[0].split(" | ")[0:5] == [
         "User        ",
@@ -130,7 +155,7 @@ def test_minversion_is_a_plain_decimal_number() -> None:
     # str.isdigit() accepts the first ones, int() does not; the last is too long for int()
     for odd in ("²", "٣", "7²", "-1", "", "9" * 5000):
         assert image(odd).minversion is None, odd
-    assert "local:bob/x" in render(SearchResult((image("²"),), ()), server_version=5)
+    assert "local:bob/x" in _table([image("²")], server_version=5)
 
 
 def test_label_text_reaches_no_terminal_raw() -> None:
@@ -139,7 +164,7 @@ def test_label_text_reaches_no_terminal_raw() -> None:
     assert image.models == ("rpi-b", "pc-x86-64", "rpi-3-b-plus")
     assert not _img("local", LOCATION_REGISTRY, "bob", "y", models="\x1b]0;owned\x07").is_walt
 
-    text = table([["bob\x1b[2J", "x\u202etxt", "custom registry", "rpi-b", "a\tb\nc"]])
+    text = table([["bob\x1b[2J", "x\u202etxt", "custom registry", "rpi-b", "a\tb\nc"]], HEADERS)
     assert all(c.isprintable() for line in text.splitlines() for c in line)
     _header, _rule, row = text.splitlines()  # the newline in a cell made no line of its own
     assert row == "bob\\x1b[2J | x\\u202etxt | custom registry | rpi-b         | a\\tb\\nc"

@@ -1,11 +1,12 @@
 """`walt-server-setup`: check, the scriptable registry commands, files written, connectivity.
 
-The connectivity check runs against real `docker-registry` processes on loopback ports
+The connectivity check runs against the real registries of a lab, on the host's loopback
 (anonymous, and with an htpasswd file); podman's drop-in always goes to the test's own folder.
 """
 
 from __future__ import annotations
 
+import asyncio
 import io
 import os
 import signal
@@ -14,21 +15,21 @@ import stat
 import subprocess
 import sys
 import threading
-import time
 import tomllib
-from collections.abc import Iterator
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
+import pytest_asyncio
 import yaml
 
-from tests.conftest import require_tool
+from lab import Registry
+from tests.support.labs import running_lab
 from waltd import credentials
-from waltd.cli import server_setup
+from waltd.cli import registry_setup
 from waltd.cli.server_setup import main
-from waltd.lab.configs import registry_config
 from waltd.registries.base import Credentials
 
 USER = "walt-admin"
@@ -54,14 +55,6 @@ def test_check_broken_file(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -
 # ---- real registries on loopback -------------------------------------------------------------
 
 
-@dataclass
-class LocalRegistry:
-    """A `docker-registry serve` process on 127.0.0.1."""
-
-    port: int
-    proc: subprocess.Popen[bytes]
-
-
 def free_port() -> int:
     """A TCP port nothing listens on right now."""
     with socket.socket() as sock:
@@ -69,57 +62,22 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def start_registry(folder: Path, auth: tuple[str, str] | None = None) -> LocalRegistry:
-    """Start a registry storing in `folder`; with `auth`, behind an htpasswd file (bcrypt)."""
-    tool = require_tool("docker-registry")
-    folder.mkdir(parents=True)
-    htpasswd = None
-    if auth is not None:
-        htpasswd = folder / "htpasswd"
-        # The password on stdin, as everywhere else.
-        subprocess.run(
-            [require_tool("htpasswd"), "-iBc", str(htpasswd), auth[0]],
-            input=auth[1].encode(),
-            check=True,
-            capture_output=True,
-        )
-    port = free_port()
-    config = folder / "registry.yml"
-    config.write_text(registry_config(folder / "data", port, secret="test", htpasswd=htpasswd))
-    with open(folder / "log", "wb") as log:
-        proc = subprocess.Popen([tool, "serve", str(config)], stdout=log, stderr=log)
-    deadline = time.monotonic() + 10
-    while True:
-        with socket.socket() as sock:
-            if sock.connect_ex(("127.0.0.1", port)) == 0:
-                return LocalRegistry(port, proc)
-        if proc.poll() is not None or time.monotonic() > deadline:
-            proc.kill()
-            proc.wait()
-            raise AssertionError(f"docker-registry did not start: {(folder / 'log').read_text()}")
-        time.sleep(0.02)
-
-
 @dataclass
 class Registries:
     """An anonymous registry and one that wants USER/PASSWORD."""
 
-    open: LocalRegistry
-    locked: LocalRegistry
+    open: Registry
+    locked: Registry
 
 
-@pytest.fixture(scope="module")
-def registries(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Registries]:
-    """Two real registries for the module's tests, stopped by their pids at the end."""
-    root = tmp_path_factory.mktemp("registries")
-    started = [start_registry(root / "open")]
-    try:
-        started.append(start_registry(root / "locked", (USER, PASSWORD)))
+@pytest_asyncio.fixture(scope="module", loop_scope="module")
+async def registries() -> AsyncIterator[Registries]:
+    """Two real registries of a lab (on the host's 127.0.0.1) for the module's tests."""
+    async with running_lab("docker-registry", "htpasswd") as lab:
+        started = await asyncio.gather(
+            lab.start_registry("open"), lab.start_registry("locked", auth=(USER, PASSWORD))
+        )
         yield Registries(*started)
-    finally:
-        for registry in started:
-            registry.proc.terminate()
-            registry.proc.wait(timeout=10)
 
 
 # ---- the scriptable commands -----------------------------------------------------------------
@@ -268,7 +226,7 @@ def test_add_refuses_an_invalid_result_and_writes_nothing(
     )
 
     assert add_registry(paths, "walt", *v2("127.0.0.1", 7000, "--no-check")) == 78
-    assert "hub, walt and docker are clone URL locations" in capsys.readouterr().err
+    assert "walt, hub and docker are clone URL locations" in capsys.readouterr().err
     assert paths.snapshot() == before
 
 
@@ -436,7 +394,7 @@ def test_tls_to_a_plain_http_registry_warns(
 def test_a_registry_that_never_answers_warns(
     paths: Paths, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    monkeypatch.setattr(server_setup, "CHECK_TIMEOUT_S", 0.3)
+    monkeypatch.setattr(registry_setup, "CHECK_TIMEOUT_S", 0.3)
     # The kernel completes the connection from the backlog; nothing ever reads or answers.
     with socket.socket() as silent:
         silent.bind(("127.0.0.1", 0))

@@ -8,18 +8,20 @@ import stat
 import tempfile
 from pathlib import Path
 
+# The mode of a new file written with no mode given.
+NEW_MODE = 0o644
 
-def write_atomic(
-    path: Path, data: bytes, mode: int | None = None, *, new_mode: int = 0o644
-) -> None:
+
+def write_atomic(path: Path, data: bytes, mode: int | None = None, *, durable: bool = True) -> None:
     """Replace `path` (through a symlink, its target) with `data`, the file getting `mode`.
 
-    With `mode` None the file keeps its current mode (a new file gets `new_mode`).
+    With `mode` None the file keeps its current mode (a new file gets NEW_MODE, 0644).
 
     The temporary file is created 0600 in the same folder and gets `mode` before any byte is
     written, so a secret is never readable by others even for a moment. A file that exists keeps
-    its owner. The data and the folder entry are synced; on failure the old file is intact and no
-    temporary file remains.
+    its owner. With `durable` the data and the folder entry are synced (a cache, whose lost
+    entry is only a miss, can skip it); on failure the old file is intact and no temporary file
+    remains.
     """
     path = Path(os.path.realpath(path))
     try:
@@ -31,19 +33,22 @@ def write_atomic(
         with os.fdopen(fd, "wb") as file:
             # fchmod is not subject to the umask.
             if mode is None:
-                mode = stat.S_IMODE(old.st_mode) if old else new_mode
+                mode = stat.S_IMODE(old.st_mode) if old else NEW_MODE
             os.fchmod(file.fileno(), mode)
             new = os.fstat(file.fileno())
             if old and (old.st_uid, old.st_gid) != (new.st_uid, new.st_gid):
                 os.fchown(file.fileno(), old.st_uid, old.st_gid)
             file.write(data)
             file.flush()
-            os.fsync(file.fileno())
+            if durable:
+                os.fsync(file.fileno())
         os.replace(temp, path)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(temp)
         raise
+    if not durable:
+        return
     # The rename is durable only once the folder's entry is on disk.
     folder = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY)
     try:

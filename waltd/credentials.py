@@ -16,24 +16,21 @@ ever reaches a message, a log line or a command line.
 
 from __future__ import annotations
 
-import os
-import re
 import stat
 from collections.abc import Mapping
 from pathlib import Path
 
 import yaml
 
+from waltd import names
 from waltd.atomic import write_atomic
-from waltd.config import ConfigError
+from waltd.config import ConfigError, Problem
+from waltd.config.files import TooDeep, Unreadable, load_yaml, position, read_bounded
 from waltd.registries.base import Credentials
 
 SECRETS_NAME = "server.secrets"
 MODE = 0o600
-# Far above any real file: a bound on what is read into memory.
-MAX_SIZE = 1 << 20
 
-_LABEL_RE = re.compile(r"[a-z0-9-]+")
 _HEADER = (
     "# Registry logins of the WalT server, written by walt-server-setup.\n"
     "# Keep this file mode 0600: the server refuses it otherwise.\n"
@@ -44,6 +41,11 @@ class SecretsError(ConfigError):
     """An unusable secrets file; like a bad server.conf, the daemon exits with EX_CONFIG."""
 
 
+def _error(path: Path, text: str, where: str = "", key: str | None = None) -> SecretsError:
+    """One problem of the file; `text` never holds a value, which may be a password."""
+    return SecretsError([Problem(str(path), None, where, key, text)])
+
+
 def secrets_path(config_path: Path) -> Path:
     """The secrets file that goes with a server.conf: `server.secrets` in the same folder."""
     return config_path.parent / SECRETS_NAME
@@ -52,28 +54,22 @@ def secrets_path(config_path: Path) -> Path:
 def _read(path: Path) -> bytes | None:
     """The file's bytes (None when absent), after checking who may read it."""
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        data, info = read_bounded(path)
     except FileNotFoundError:
         return None
     except OSError as err:
-        raise SecretsError([f"{path}: cannot read it: {err.strerror or err}"]) from err
-    with os.fdopen(fd, "rb") as file:
-        # The mode of the file actually opened, not of whatever the name pointed to before.
-        info = os.fstat(file.fileno())
-        if not stat.S_ISREG(info.st_mode):
-            raise SecretsError([f"{path}: not a regular file"])
-        mode = stat.S_IMODE(info.st_mode)
-        if mode & 0o077:
-            raise SecretsError(
-                [
-                    f"{path}: mode {mode:04o} lets other users read or change the passwords it "
-                    f"holds; refused. Fix it with: chmod 600 {path} (and change the passwords "
-                    "if others may have read them)"
-                ]
-            )
-        data = file.read(MAX_SIZE + 1)
-    if len(data) > MAX_SIZE:
-        raise SecretsError([f"{path}: larger than {MAX_SIZE} bytes; not a secrets file"])
+        raise _error(path, f"cannot read it: {err.strerror or err}") from err
+    except Unreadable as err:
+        raise _error(path, str(err)) from err
+    # The mode of the file actually read, not of whatever the name pointed to before.
+    mode = stat.S_IMODE(info.st_mode)
+    if mode & 0o077:
+        raise _error(
+            path,
+            f"mode {mode:04o} lets other users read or change the passwords it holds; refused. "
+            f"Fix it with: chmod 600 {path} (and change the passwords if others may have read "
+            "them)",
+        )
     return data
 
 
@@ -86,21 +82,17 @@ def username_problem(username: str) -> str | None:
 
 def _entry(path: Path, label: object, value: object) -> tuple[str, Credentials]:
     """One checked entry; messages never show a value, which may be a password."""
-    if not isinstance(label, str) or not _LABEL_RE.fullmatch(label):
-        raise SecretsError(
-            [f"{path}: a key is not a registry label; use lower-case letters, digits and '-'"]
-        )
-    where = f"{path}: entry {label!r}"
+    if not isinstance(label, str) or not names.is_label(label):
+        raise _error(path, "a key is not a registry label; use lower-case letters, digits and '-'")
+    where = f"entry {label!r}"
     if not isinstance(value, dict) or set(value) != {"username", "password"}:
-        raise SecretsError([f"{where}: must be a mapping with exactly username and password"])
+        raise _error(path, "must be a mapping with exactly username and password", where)
     username, password = value["username"], value["password"]
     if not isinstance(username, str) or username_problem(username):
-        raise SecretsError(
-            [f"{where}: key 'username' must be a non-empty string without ':'; quote it"]
-        )
+        raise _error(path, "must be a non-empty string without ':'; quote it", where, "username")
     if not isinstance(password, str) or not password:
         # A password that YAML read as a number would be altered (0123 is octal).
-        raise SecretsError([f"{where}: key 'password' must be a non-empty string; quote it"])
+        raise _error(path, "must be a non-empty string; quote it", where, "password")
     return label, Credentials(username, password)
 
 
@@ -114,20 +106,21 @@ def load(path: Path) -> dict[str, Credentials]:
     if raw is None:
         return {}
     try:
-        data = yaml.safe_load(raw.decode("utf-8"))
+        # Duplicate keys are not refused here: the last login of a label is the one kept.
+        data, _ = load_yaml(raw.decode("utf-8"))
     except UnicodeDecodeError as err:
-        raise SecretsError([f"{path}: not UTF-8 text (byte {err.start})"]) from None
+        raise _error(path, f"not UTF-8 text (byte {err.start})") from None
+    except TooDeep as err:
+        raise _error(path, f"{err.problem}; a secrets file needs 2", position(err)) from None
     except yaml.MarkedYAMLError as err:
         # Only the position: PyYAML's own text may quote the line, which may be a password.
-        mark = err.problem_mark or err.context_mark
-        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-        raise SecretsError([f"{path}: YAML syntax error{where}"]) from None
+        raise _error(path, "YAML syntax error", position(err)) from None
     except yaml.YAMLError:
-        raise SecretsError([f"{path}: not valid YAML"]) from None
+        raise _error(path, "not valid YAML") from None
     if data is None:
         return {}
     if not isinstance(data, dict):
-        raise SecretsError([f"{path}: must be a mapping of registry label to login"])
+        raise _error(path, "must be a mapping of registry label to login")
     return dict(_entry(path, label, value) for label, value in data.items())
 
 
@@ -139,19 +132,3 @@ def save(path: Path, secrets: Mapping[str, Credentials]) -> None:
     }
     text = _HEADER + (yaml.safe_dump(data, sort_keys=False, allow_unicode=True) if data else "")
     write_atomic(path, text.encode("utf-8"), MODE)
-
-
-def store(path: Path, label: str, creds: Credentials) -> None:
-    """Set the login of one registry, keeping the others."""
-    secrets = load(path)
-    secrets[label] = creds
-    save(path, secrets)
-
-
-def remove(path: Path, label: str) -> bool:
-    """Forget the login of one registry; False when there was none (nothing is written)."""
-    secrets = load(path)
-    if secrets.pop(label, None) is None:
-        return False
-    save(path, secrets)
-    return True

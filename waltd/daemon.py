@@ -1,100 +1,46 @@
-"""The daemon's wiring: its context, its services in start order, and `run`."""
+"""The composition root: it builds the context's handles and the services, in start order."""
 
 from __future__ import annotations
 
 import asyncio
+import os
+import resource
 import sys
-import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Self
+from typing import Self
 
 from waltd import config as configuration
-from waltd import credentials, instance, log
+from waltd import instance, log
+from waltd.api.server import ApiService
+from waltd.context import Context, ServerSecrets
 from waltd.db import Database
 from waltd.events import EventBus
+from waltd.node_events import NodeEvents
 from waltd.process import Children, kill_recorded
-from waltd.registries.base import Credentials
+from waltd.provision.detect import DetectionService
+from waltd.provision.dnsmasq import DnsmasqService
 from waltd.registries.cache import DigestCache
-from waltd.supervisor import Service, ServiceStatus, Supervisor
-
-if TYPE_CHECKING:
-    from waltd.provision.dnsmasq import DnsmasqService
-    from waltd.registries.sources import SourceSet
+from waltd.registries.sources import Registries, RegistriesService
+from waltd.supervisor import RunningConfig, Service, ServiceStatus, Supervisor
 
 _log = log.get("daemon")
 
 
-@dataclass
-class Context:
-    """What services share: configuration, event bus, children, database, supervisor."""
-
-    initial_config: configuration.Config
-    bus: EventBus
-    children: Children
-    config_path: Path | None = None
-    started_monotonic: float = field(default_factory=time.monotonic)
-    db: Database | None = None
-    supervisor: Supervisor | None = None
-    dnsmasq: DnsmasqService | None = None
-    # The server's own registry logins (server.secrets), for what the daemon does alone.
-    server_credentials: dict[str, Credentials] = field(default_factory=dict)
-    # Manifests and image configs by digest, shared by every registry client.
-    registry_cache: DigestCache | None = None
-    # The image sources of the running configuration (RegistriesService keeps them).
-    registry_sources: SourceSet | None = None
-
-    def load_credentials(self) -> None:
-        """(Re)read server.secrets beside the configuration; SecretsError when unusable."""
-        if self.config_path is None:
-            return
-        creds = credentials.load(credentials.secrets_path(self.config_path))
-        for old in self.server_credentials.values():
-            log.redactor.forget(old.password)
-        for new in creds.values():
-            log.redactor.register(new.password)
-        self.server_credentials = creds
-
-    @property
-    def config(self) -> configuration.Config:
-        """The running configuration (it changes on reload)."""
-        return self.supervisor.config if self.supervisor else self.initial_config
-
-    @property
-    def state_dir(self) -> Path:
-        """The folder for the database, the event spool, caches and records."""
-        return self.initial_config.daemon.state_dir
-
-    async def node_known(self, mac: str, name: str) -> None:
-        """A node was registered: dnsmasq (when running) learns its name."""
-        if self.dnsmasq is not None:
-            self.dnsmasq.add_host(mac, name)
-
-    def statuses(self) -> list[ServiceStatus]:
-        """Each service's status, in start order."""
-        return list(self.supervisor.statuses.values()) if self.supervisor else []
-
-
 class DatabaseService(Service):
-    """Opens the state database and publishes it on the context."""
+    """Opens the state database at start and closes it at stop (the handle stays)."""
 
     name = "database"
 
-    def __init__(self, ctx: Context) -> None:
-        self._ctx = ctx
-        self._db: Database | None = None
+    def __init__(self, db: Database) -> None:
+        self._db = db
 
     async def __aenter__(self) -> Self:
-        self._db = await Database(self._ctx.state_dir / "waltd.db").__aenter__()
-        self._ctx.db = self._db
+        await self._db.__aenter__()
         return self
 
     async def __aexit__(self, *exc: object) -> None:
-        self._ctx.db = None
-        if self._db is not None:
-            db, self._db = self._db, None
-            await db.__aexit__(None, None, None)
+        await self._db.__aexit__(None, None, None)
 
 
 ServiceFactory = Callable[[Context], Service]
@@ -106,20 +52,24 @@ def standard_services(config: configuration.Config) -> list[ServiceFactory]:
     Detection listens before dnsmasq starts, so no lease event meets a closed socket.
     Without a node network there is no dnsmasq at all: no DHCP on an operator's LAN.
     """
-    from waltd.api.server import ApiService
-    from waltd.provision.detect import DetectionService
-    from waltd.provision.dnsmasq import DnsmasqService
-    from waltd.registries.sources import RegistriesService
-
     services: list[ServiceFactory] = [
-        DatabaseService,
-        RegistriesService,
+        lambda ctx: DatabaseService(ctx.db),
+        lambda ctx: RegistriesService(ctx.registries, ctx.running),
         ApiService,
         DetectionService,
     ]
     if config.walt_net is not None:
         services.append(DnsmasqService)
     return services
+
+
+def _raise_descriptor_limit() -> None:
+    """Lift the soft descriptor limit to the hard one (systemd gives 1024 soft, 512K hard):
+    the API's connection caps are a share of it, so a low soft limit starves callers."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != hard:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+        _log.info("descriptor_limit_raised", soft=soft, to=hard)
 
 
 async def run(
@@ -136,6 +86,10 @@ async def run(
     touches nothing of that daemon's (children, sockets) and returns 1.
     """
     state_dir = config.daemon.state_dir
+    # What the daemon writes is its own unless made readable on purpose (dnsmasq's folder,
+    # boot files, the API socket): the state holds nodes, users' traces and logins.
+    os.umask(0o077)
+    _raise_descriptor_limit()
     try:
         held = instance.lock(state_dir)
     except instance.AlreadyRunning as err:
@@ -162,21 +116,29 @@ async def _run(
     state_dir.chmod(0o711)
     records = state_dir / "children.json"
     await asyncio.to_thread(kill_recorded, records)
+    running = RunningConfig(config, config_path)
+    secrets = ServerSecrets(config_path)
+    secrets.load()
+    statuses: dict[str, ServiceStatus] = {}
     ctx = Context(
-        initial_config=config, bus=bus, children=Children(records), config_path=config_path
+        running=running,
+        bus=bus,
+        nodes=NodeEvents(),
+        children=Children(records),
+        db=Database(state_dir / "waltd.db"),
+        registries=Registries(DigestCache(state_dir / "registry-cache")),
+        secrets=secrets,
+        statuses=statuses,
     )
-    ctx.load_credentials()
-    ctx.registry_cache = DigestCache(state_dir / "registry-cache")
     services = [make(ctx) for make in [*standard_services(config), *extra]]
     supervisor = Supervisor(
-        config,
+        running,
         services,
         children=ctx.children,
-        config_path=config_path,
+        statuses=statuses,
         restart_min_s=restart_min_s,
-        reload_files=ctx.load_credentials,
+        reload_files=secrets.load,
     )
-    ctx.supervisor = supervisor
     _log.info(
         "daemon_starting",
         config=str(config_path) if config_path else "<defaults>",

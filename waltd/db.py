@@ -8,7 +8,8 @@ numbered migrations recorded in ``PRAGMA user_version``.
 from __future__ import annotations
 
 import asyncio
-import re
+import contextlib
+import os
 import sqlite3
 import time
 from collections.abc import Callable, Iterator
@@ -17,7 +18,9 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
-from typing import TypeVar
+from typing import Any, TypeVar
+
+from waltd.names import normalise_mac
 
 _T = TypeVar("_T")
 
@@ -43,14 +46,18 @@ MIGRATIONS: tuple[str, ...] = (
         updated REAL NOT NULL
     );
     """,
+    # A node is announced (its `node_detected` record, its node event) once, after the commit
+    # that recorded it; nodes recorded before this column existed were announced already.
+    """
+    ALTER TABLE nodes ADD COLUMN announced INTEGER NOT NULL DEFAULT 1;
+    """,
 )
 
 # Long enough to ride out a checkpoint or a backup tool reading the file, short enough to
 # surface a stuck lock as an error.
 BUSY_TIMEOUT_S = 5.0
 
-_MAC = re.compile(r"[0-9a-fA-F]{2}([:-])[0-9a-fA-F]{2}(?:\1[0-9a-fA-F]{2}){4}")
-_NODE_COLUMNS = "mac, ip, name, model, image, state, first_seen, last_seen"
+_NODE_COLUMNS = "mac, ip, name, model, image, state, first_seen, last_seen, announced"
 _MODEL_COLUMNS = "model, image_status, last_error, next_retry, updated"
 
 
@@ -70,6 +77,13 @@ class Node:
     state: str
     first_seen: float
     last_seen: float
+    # Whether its first sighting was announced (a record was written, services were told).
+    announced: bool
+
+
+def _node(row: tuple[Any, ...]) -> Node:
+    *fields, announced = row
+    return Node(*fields, announced=bool(announced))
 
 
 @dataclass(frozen=True)
@@ -81,18 +95,6 @@ class ModelStatus:
     last_error: str | None
     next_retry: float | None
     updated: float
-
-
-def normalize_mac(mac: str) -> str:
-    """Return ``mac`` in lower-case colon form; raise ValueError unless it is six hex pairs.
-
-    The pairs may be separated by ':' or '-', the same separator throughout.
-    """
-    if not _MAC.fullmatch(mac):
-        raise ValueError(
-            f"invalid MAC address {mac!r}: expected six hex pairs like 00:11:22:aa:bb:cc"
-        )
-    return mac.lower().replace("-", ":")
 
 
 def _default_name(mac: str) -> str:
@@ -152,6 +154,11 @@ class Database:
         self._executor: ThreadPoolExecutor | None = None
         self._conn: sqlite3.Connection | None = None
 
+    @property
+    def is_open(self) -> bool:
+        """Whether the database is open (its service opens it at start, closes it at stop)."""
+        return self._executor is not None and self._conn is not None
+
     async def __aenter__(self) -> Database:
         """Create the parent folder, open the database and bring its schema up to date."""
         if self._executor is not None:
@@ -189,6 +196,20 @@ class Database:
             self.path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
         except OSError as exc:
             raise StateError(f"cannot create state folder {self.path.parent}: {exc}") from exc
+        try:
+            # Private to the daemon: nodes, models and users' traces are nobody else's. SQLite
+            # creates its -wal and -shm files with the database file's mode; those of an
+            # older daemon may predate this rule.
+            fd = os.open(self.path, os.O_RDONLY | os.O_CREAT, 0o600)
+            try:
+                os.fchmod(fd, 0o600)
+            finally:
+                os.close(fd)
+            for suffix in ("-wal", "-shm"):
+                with contextlib.suppress(FileNotFoundError):
+                    os.chmod(f"{self.path}{suffix}", 0o600)
+        except OSError as exc:
+            raise StateError(f"cannot make state database {self.path} private: {exc}") from exc
         try:
             conn = sqlite3.connect(self.path, isolation_level=None, timeout=BUSY_TIMEOUT_S)
         except sqlite3.Error as exc:
@@ -258,7 +279,7 @@ class Database:
         ``last_seen = now`` and only the fields given (not None); the others keep their value.
         Raises ValueError for an invalid MAC.
         """
-        mac = normalize_mac(mac)
+        mac = normalise_mac(mac)
         params = {
             "mac": mac,
             "ip": ip,
@@ -273,9 +294,10 @@ class Database:
         def work(conn: sqlite3.Connection) -> Node:
             with _transaction(conn):
                 conn.execute(
-                    "INSERT INTO nodes (mac, ip, name, model, image, state, first_seen, last_seen)"
+                    "INSERT INTO nodes"
+                    " (mac, ip, name, model, image, state, first_seen, last_seen, announced)"
                     " VALUES (:mac, :ip, coalesce(:name, :default_name), :model, :image,"
-                    " coalesce(:state, 'new'), :now, :now)"
+                    " coalesce(:state, 'new'), :now, :now, 0)"
                     " ON CONFLICT (mac) DO UPDATE SET"
                     " ip = coalesce(:ip, ip), name = coalesce(:name, name),"
                     " model = coalesce(:model, model), image = coalesce(:image, image),"
@@ -285,19 +307,19 @@ class Database:
                 row = conn.execute(
                     f"SELECT {_NODE_COLUMNS} FROM nodes WHERE mac = ?", (mac,)
                 ).fetchone()
-            return Node(*row)
+            return _node(row)
 
         return await self._run(work)
 
     async def get_node(self, mac: str) -> Node | None:
         """Return node ``mac``, or None if unknown. Raises ValueError for an invalid MAC."""
-        mac = normalize_mac(mac)
+        mac = normalise_mac(mac)
 
         def work(conn: sqlite3.Connection) -> Node | None:
             row = conn.execute(
                 f"SELECT {_NODE_COLUMNS} FROM nodes WHERE mac = ?", (mac,)
             ).fetchone()
-            return None if row is None else Node(*row)
+            return None if row is None else _node(row)
 
         return await self._run(work)
 
@@ -306,16 +328,37 @@ class Database:
 
         def work(conn: sqlite3.Connection) -> list[Node]:
             rows = conn.execute(f"SELECT {_NODE_COLUMNS} FROM nodes ORDER BY mac").fetchall()
-            return [Node(*row) for row in rows]
+            return [_node(row) for row in rows]
 
         return await self._run(work)
+
+    async def unannounced_nodes(self) -> list[Node]:
+        """Nodes recorded whose first sighting was not announced (an interruption came
+        between the commit and the announcement), oldest first."""
+
+        def work(conn: sqlite3.Connection) -> list[Node]:
+            rows = conn.execute(
+                f"SELECT {_NODE_COLUMNS} FROM nodes WHERE NOT announced ORDER BY first_seen"
+            ).fetchall()
+            return [_node(row) for row in rows]
+
+        return await self._run(work)
+
+    async def mark_announced(self, mac: str) -> None:
+        """Record that node ``mac``'s first sighting was announced."""
+        mac = normalise_mac(mac)
+
+        def work(conn: sqlite3.Connection) -> None:
+            conn.execute("UPDATE nodes SET announced = 1 WHERE mac = ?", (mac,))
+
+        await self._run(work)
 
     async def remove_node(self, mac: str) -> bool:
         """Forget node ``mac``; return whether it was known.
 
         Raises ValueError for an invalid MAC.
         """
-        mac = normalize_mac(mac)
+        mac = normalise_mac(mac)
 
         def work(conn: sqlite3.Connection) -> bool:
             return conn.execute("DELETE FROM nodes WHERE mac = ?", (mac,)).rowcount > 0

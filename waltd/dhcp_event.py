@@ -1,10 +1,11 @@
-"""`waltd-dhcp-event`: dnsmasq's dhcp-script, forwarding each call to the daemon.
+"""`waltd-dhcp-event`: dnsmasq's dhcp-script, handing each call over to the daemon.
 
 dnsmasq runs this hook one call at a time and waits for it, so it must be quick: it imports
-only the standard library's basics, sends one datagram to the daemon's event socket and
-exits. When the daemon is not there, or its socket's queue stays full for SEND_TIMEOUT_S (a
-burst of leases), it writes the event as one file into the spool folder (atomic rename); the
-daemon drains the spool whenever it holds events, so no event is lost.
+only the standard library's basics. It writes the event as one file into the daemon's spool
+folder (written, synced, then renamed into place: durable before the hook reports success),
+then wakes the daemon with an empty datagram on its event socket. The daemon removes a file
+only once the event is committed to its database, so an event the hook handed over survives
+a daemon that is frozen, killed or not running at all.
 
 Calls (from dnsmasq's manual): `add|old|del MAC IP [HOSTNAME]` with DNSMASQ_VENDOR_CLASS,
 DNSMASQ_USER_CLASS0.., DNSMASQ_INTERFACE in the environment; `tftp SIZE IP FILE` after a
@@ -16,16 +17,15 @@ from __future__ import annotations
 import json
 import os
 import socket
-import struct
 import sys
 import time
+from pathlib import Path
+
+from waltd.atomic import write_atomic
 
 SOCKET_ENV = "WALTD_EVENT_SOCKET"
 SPOOL_ENV = "WALTD_EVENT_SPOOL"
-MAX_MESSAGE = 8192  # the daemon reads datagrams of at most this size
-# The kernel queues only net.unix.max_dgram_qlen (10) datagrams per socket: wait this long
-# for room before spooling, short enough that dnsmasq is not held up for long.
-SEND_TIMEOUT_S = 1
+MAX_MESSAGE = 8192  # the daemon reads spooled events of at most this size
 
 
 def build_event(argv: list[str], environ: dict[str, str] | os._Environ[str]) -> dict[str, object]:
@@ -62,15 +62,15 @@ def encode(event: dict[str, object]) -> bytes:
     return json.dumps(event).encode()
 
 
-def send(data: bytes, sock_path: str) -> bool:
-    """Deliver to the daemon; False when it is not listening or has no room in time."""
+def wake(sock_path: str) -> bool:
+    """Tell the daemon the spool holds a new event; False when it is not listening.
+
+    Never waits: a daemon whose queue is full has wake-ups pending already, and it also
+    looks at the spool every few seconds.
+    """
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
     try:
-        # A blocking send bounded by SO_SNDTIMEO (struct timeval); Python's own timeouts
-        # would poll the unconnected socket, which is always writable, and spin.
-        timeout = struct.pack("@ll", SEND_TIMEOUT_S, 0)
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, timeout)
-        sock.sendto(data, sock_path)
+        sock.sendto(b"", socket.MSG_DONTWAIT, sock_path)
         return True
     except OSError:
         return False
@@ -79,23 +79,18 @@ def send(data: bytes, sock_path: str) -> bool:
 
 
 def spool(data: bytes, folder: str) -> str:
-    """Write one event file into `folder` atomically; returns its path."""
+    """Write one event file into `folder` atomically and durably; returns its path.
+
+    Names sort in arrival order (dnsmasq runs one hook at a time).
+    """
     os.makedirs(folder, mode=0o700, exist_ok=True)
-    name = f"{time.time_ns():020d}-{os.getpid()}.json"
-    tmp = os.path.join(folder, f".{name}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    try:
-        os.write(fd, data)
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    final = os.path.join(folder, name)
-    os.rename(tmp, final)
+    final = os.path.join(folder, f"{time.time_ns():020d}-{os.getpid()}.json")
+    write_atomic(Path(final), data, 0o600)
     return final
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Entry point: forward or spool one call; never make dnsmasq wait or fail."""
+    """Entry point: spool one call, then wake the daemon; never make dnsmasq wait long."""
     args = sys.argv[1:] if argv is None else argv
     if not args or args[0] == "init":
         return 0
@@ -103,14 +98,18 @@ def main(argv: list[str] | None = None) -> int:
         data = encode(build_event(args, os.environ))
     except ValueError:
         return 0
-    sock_path = os.environ.get(SOCKET_ENV, "")
-    if sock_path and send(data, sock_path):
-        return 0
     folder = os.environ.get(SPOOL_ENV)
     if not folder:
-        print("waltd-dhcp-event: no daemon and no spool folder; event lost", file=sys.stderr)
+        print("waltd-dhcp-event: no spool folder is set; event lost", file=sys.stderr)
         return 1
-    spool(data, folder)
+    try:
+        spool(data, folder)
+    except OSError as err:
+        print(f"waltd-dhcp-event: cannot spool the event: {err}", file=sys.stderr)
+        return 1
+    sock_path = os.environ.get(SOCKET_ENV, "")
+    if sock_path:
+        wake(sock_path)
     return 0
 
 

@@ -32,7 +32,8 @@ def lock(state_dir: Path) -> IO[str]:
     state_dir.mkdir(parents=True, exist_ok=True)
     # Opened without truncating: the holder's PID must survive a failed attempt. Python
     # opens it close-on-exec, so no child keeps the lock after the daemon is gone.
-    fd = os.open(state_dir / LOCK_NAME, os.O_RDWR | os.O_CREAT, 0o644)
+    fd = os.open(state_dir / LOCK_NAME, os.O_RDWR | os.O_CREAT, 0o600)
+    os.fchmod(fd, 0o600)  # an older daemon's may be readable by all
     held = os.fdopen(fd, "r+")
     try:
         fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)

@@ -1,6 +1,6 @@
 """Names users see: walt users, local image names, Docker references and clone URLs.
 
-Pure functions, no I/O. The grammars follow REFERENCE.md ("Image names and clone URLs") and
+Pure functions, no I/O. The grammars are WalT's (image names and clone URLs) and
 Docker's reference grammar (github.com/distribution/reference). Names and URLs later reach
 command lines as single arguments, so these grammars are also the guard against hostile text:
 nothing they accept holds a space, a control or shell character or a leading '-', nor '..'
@@ -24,10 +24,10 @@ TAG_MAX = 128
 CLONE_LOCATIONS = ("walt", "hub", "docker")
 
 _NOT_LOCAL = re.compile(r"[^a-z0-9]+")
-# REFERENCE.md's [a-z0-9-]+, but no '-' first or last: such a name is no Docker path component
+# WalT's [a-z0-9-]+, but no '-' first or last: such a name is no Docker path component
 # (podman would refuse docker.io/<user>/<name>) and a leading '-' reads as a command line option.
 _LOCAL_NAME_RE = re.compile(r"[a-z0-9]+(?:-+[a-z0-9]+)*")
-# REFERENCE.md's [a-z0-9._-]{1,128}, but not '.' or '-' first, which Docker refuses in a tag.
+# WalT's [a-z0-9._-]{1,128}, but not '.' or '-' first, which Docker refuses in a tag.
 _LOCAL_TAG_RE = re.compile(r"[a-z0-9_][a-z0-9._-]{0,127}")
 # Docker's path component; its separator `[-]*` is written `-+` (same language) because the empty
 # alternative makes the pattern backtrack exponentially on long invalid texts.
@@ -74,8 +74,23 @@ def normalise_local(text: str) -> str:
     return _NOT_LOCAL.sub("-", text.lower()).strip("-")
 
 
+def is_label(text: str) -> bool:
+    """Whether `text` is a registry label, the location of a clone URL: [a-z0-9-]+."""
+    return _LOCATION_RE.fullmatch(text) is not None
+
+
+def is_path_component(text: str) -> bool:
+    """Whether `text` is a Docker path component (a part of a repository name between '/')."""
+    return _COMPONENT_RE.fullmatch(text) is not None
+
+
+def host_port(host: str, port: int) -> str:
+    """`host:port` as URLs and image references spell it: an IPv6 address in brackets."""
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
 def walt_user(unix_user: str) -> str:
-    """The walt user name of a Unix user (REFERENCE.md: its name, normalised)."""
+    """The walt user name of a Unix user: its name, normalised."""
     name = normalise_local(unix_user)
     if not name:
         raise ValueError(f"Unix user name {unix_user!r} gives no usable walt user name")
@@ -138,6 +153,26 @@ def to_local(text: str) -> str:
 
 
 # Docker references -------------------------------------------------------------------------
+
+
+def is_repository(text: str) -> bool:
+    """Whether `text` is a Docker repository path: components joined by '/' (no domain)."""
+    return all(is_path_component(part) for part in text.split("/"))
+
+
+def is_tag(text: str) -> bool:
+    """Whether `text` is a Docker tag."""
+    return _TAG_RE.fullmatch(text) is not None
+
+
+def split_user_name(text: object) -> tuple[str, str] | None:
+    """`user/name` (exactly two path components) as (user, name); None for anything else."""
+    if not isinstance(text, str):
+        return None
+    user, slash, name = text.partition("/")
+    if not slash or not is_path_component(user) or not is_path_component(name):
+        return None
+    return user, name
 
 
 def _component_problem(what: str, component: str) -> str | None:
@@ -319,7 +354,7 @@ class CloneURL:
 
 
 def format_clone_url(url: CloneURL) -> str:
-    """`<location>:<user>/<name>[:<tag>]`, a `:latest` tag not shown (REFERENCE.md)."""
+    """`<location>:<user>/<name>[:<tag>]`, a `:latest` tag not shown, as WalT prints them."""
     tag = "" if url.tag == DEFAULT_TAG else f":{url.tag}"
     return f"{url.location}:{url.user}/{url.name}{tag}"
 
@@ -348,3 +383,18 @@ def parse_clone_url(text: str, labels: Collection[str] = ()) -> CloneURL:
     if problem:
         raise InvalidName(f"invalid clone URL {_show(text)}: {problem}")
     return CloneURL(location, user, name, tag)
+
+
+# MAC addresses -----------------------------------------------------------------------------
+
+# Six hex pairs separated by ':' or '-', the same separator throughout.
+_MAC_RE = re.compile(r"[0-9a-fA-F]{2}([:-])[0-9a-fA-F]{2}(?:\1[0-9a-fA-F]{2}){4}")
+
+
+def normalise_mac(mac: str) -> str:
+    """`mac` in lower-case colon form; ValueError naming it unless it is six hex pairs."""
+    if not _MAC_RE.fullmatch(mac):
+        raise ValueError(
+            f"invalid MAC address {mac[:40]!r}: expected six hex pairs like 00:11:22:aa:bb:cc"
+        )
+    return mac.lower().replace("-", ":")

@@ -9,11 +9,11 @@ and labs point it elsewhere with `--podman-registries` or the WALTD_PODMAN_REGIS
 
 from __future__ import annotations
 
-import ipaddress
 import json
 import os
 from pathlib import Path
 
+from waltd import names
 from waltd.atomic import write_atomic
 from waltd.config import Config
 
@@ -27,15 +27,6 @@ def default_path() -> Path:
     return Path(os.environ.get(ENV_VAR) or DEFAULT_PATH)
 
 
-def location(host: str, port: int) -> str:
-    """`host:port` as an image reference spells it (an IPv6 address in brackets)."""
-    try:
-        is_v6 = ipaddress.ip_address(host).version == 6
-    except ValueError:
-        is_v6 = False
-    return f"[{host}]:{port}" if is_v6 else f"{host}:{port}"
-
-
 def render(config: Config) -> str:
     """The drop-in's text: one `[[registry]]` table per insecure host:port, in config order."""
     lines = [
@@ -46,7 +37,7 @@ def render(config: Config) -> str:
     for registry in config.registries:
         if registry.protocol not in _INSECURE or registry.host is None or registry.port is None:
             continue
-        where = location(registry.host, registry.port)
+        where = names.host_port(registry.host, registry.port)
         # Artifactory entries may share a host:port; podman wants each location once.
         if where in seen:
             continue

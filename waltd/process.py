@@ -22,6 +22,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from waltd import log
+from waltd.atomic import write_atomic
 
 _log = log.get("process")
 
@@ -104,10 +105,12 @@ class Children:
         stdout: int | None = None,
         stderr: int | None = None,
         cwd: str | Path | None = None,
+        pass_fds: Sequence[int] = (),
         drops_privileges: bool = False,
     ) -> asyncio.subprocess.Process:
         """Start `argv` (a list, never a shell string) as a tracked child.
 
+        `pass_fds`: descriptors the child inherits (a listening socket handed over).
         `drops_privileges`: the child changes its uid, which clears PDEATHSIG; a root keeper
         shell then holds it and kills the child when the daemon dies.
         """
@@ -124,6 +127,7 @@ class Children:
             stdout=stdout,
             stderr=stderr,
             cwd=cwd,
+            pass_fds=pass_fds,
             start_new_session=True,
         )
         self._live[proc.pid] = (proc, start_time(proc.pid), argv[0])
@@ -138,12 +142,18 @@ class Children:
             self._forget(proc)
 
     async def run(
-        self, argv: Sequence[str], *, env: dict[str, str] | None = None, input: bytes | None = None
+        self,
+        argv: Sequence[str],
+        *,
+        env: dict[str, str] | None = None,
+        input: bytes | None = None,
+        cwd: str | Path | None = None,
     ) -> tuple[int, bytes, bytes]:
         """Run `argv` to completion; returns (status, stdout, stderr). Killed if cancelled."""
         proc = await self.spawn(
             argv,
             env=env,
+            cwd=cwd,
             stdin=asyncio.subprocess.PIPE if input is not None else asyncio.subprocess.DEVNULL,
             stdout=asyncio.subprocess.PIPE,
             stderr=asyncio.subprocess.PIPE,
@@ -189,9 +199,8 @@ class Children:
             for pid, (_, started, argv0) in self._live.items()
         ]
         self._record_file.parent.mkdir(parents=True, exist_ok=True)
-        tmp = self._record_file.with_suffix(".tmp")
-        tmp.write_text(json.dumps(records))
-        tmp.replace(self._record_file)
+        # durable: the next start kills what a crashed daemon left by this record
+        write_atomic(self._record_file, json.dumps(records).encode(), 0o600)
 
 
 def _signal_group(pid: int, sig: signal.Signals) -> None:

@@ -30,6 +30,9 @@ _log = log.get("supervisor")
 _STABLE_AFTER_S = 60.0
 # What shutdown may need beyond its budget: stopping children, closing, exiting.
 _STOP_MARGIN_S = 5.0
+# How long children get between SIGTERM and SIGKILL at the end of shutdown.
+_CHILD_GRACE_S = 1.0
+_CHILD_GRACE_MIN_S = 0.2
 
 
 class Service:
@@ -59,6 +62,14 @@ class Service:
         """Apply a new configuration (only its reloadable sections differ)."""
 
 
+class RunningConfig:
+    """The configuration in force and the file it came from; a reload replaces `current`."""
+
+    def __init__(self, config: configuration.Config, path: Path | None) -> None:
+        self.current = config
+        self.path = path
+
+
 @dataclass
 class ServiceStatus:
     """What `walt status` shows of a service."""
@@ -83,21 +94,22 @@ class Supervisor:
 
     def __init__(
         self,
-        config: configuration.Config,
+        running: RunningConfig,
         services: list[Service],
         *,
         children: Children,
-        config_path: Path | None = None,
+        statuses: dict[str, ServiceStatus] | None = None,
         notifier: Notifier | None = None,
         restart_min_s: float = 1.0,
         restart_max_s: float = 60.0,
         reload_files: Callable[[], None] | None = None,
     ) -> None:
-        self.config = config
+        self.running = running
         self.services = services
         self.children = children
-        self.statuses = {svc.name: ServiceStatus(svc.name) for svc in services}
-        self._config_path = config_path
+        # Filled here, read by whoever handed it over (the API's status).
+        self.statuses = statuses if statuses is not None else {}
+        self.statuses.update({svc.name: ServiceStatus(svc.name) for svc in services})
         self._notifier = notifier or Notifier()
         self._restart = (restart_min_s, restart_max_s)
         self._stop = asyncio.Event()
@@ -173,9 +185,15 @@ class Supervisor:
                     break
                 raise RuntimeError(f"service {svc.name} stopped by itself")
             except Exception as err:
+                error = f"{type(err).__name__}: {err}"
+                if self._stopping:
+                    # Its release failed while shutdown cancelled it (an `__aexit__` raising
+                    # replaces the cancellation): not a crash, and nothing to restart.
+                    _log.error("service_stop_failed", service=svc.name, error=error)
+                    return
                 status.restarts += 1
-                status.last_error = f"{type(err).__name__}: {err}"
-                _log.exception("service_crashed", service=svc.name, error=status.last_error)
+                status.last_error = error
+                _log.exception("service_crashed", service=svc.name, error=error)
             started.set()
             if time.monotonic() - began > _STABLE_AFTER_S:
                 delay = self._restart[0]
@@ -186,35 +204,71 @@ class Supervisor:
             delay = min(delay * 2, self._restart[1])
 
     async def _shutdown(self) -> None:
+        """Stop in three named stages, each with its own deadline (`shutdown_stage` records).
+
+        drain: services in reverse order stop intake and finish running work, until the
+        budget minus a reserve; cancel: keepers are cancelled in reverse order and their
+        `__aexit__` releases resources, until the budget's end; children: every child left
+        gets SIGTERM then SIGKILL after a short grace, even when the budget is spent
+        (systemd's stop timeout leaves `_STOP_MARGIN_S` beyond the budget for it).
+        """
         self._stopping = True
-        budget = self.config.daemon.shutdown_budget_s
+        budget = self.running.current.daemon.shutdown_budget_s
         self._notifier.stopping(needs_s=budget + _STOP_MARGIN_S)
         deadline = time.monotonic() + budget
         _log.info("daemon_stopping", budget_s=budget)
-        # Draining may take most of the budget; cancelling and releasing get the rest.
-        drain_until = deadline - min(2.0, budget * 0.25)
+        reserve = min(2.0, budget * 0.25)
+        await self._stage("drain", deadline - reserve, self._drain_services)
+        await self._stage("cancel", deadline, self._cancel_keepers)
+        grace = min(_CHILD_GRACE_S, max(_CHILD_GRACE_MIN_S, deadline - time.monotonic()))
+        await self._stage(
+            "children", time.monotonic() + grace + 1.0, lambda: self.children.stop_all(grace)
+        )
+        self._notifier.close()
+        _log.info("daemon_stopped")
+
+    async def _stage(self, name: str, until: float, run: Callable[[], Awaitable[None]]) -> None:
+        began = time.monotonic()
+        timed_out = False
+        try:
+            async with asyncio.timeout_at(_loop_time(until)):
+                await run()
+        except TimeoutError:
+            timed_out = True
+        _log.info(
+            "shutdown_stage",
+            stage=name,
+            duration_s=round(time.monotonic() - began, 3),
+            timed_out=timed_out,
+        )
+
+    async def _drain_services(self) -> None:
         running = [s for s, t in zip(self.services, self._keepers, strict=False) if not t.done()]
         for svc in reversed(running):
             try:
-                async with asyncio.timeout(max(0.0, drain_until - time.monotonic())):
-                    await svc.drain()
-            except TimeoutError:
+                await svc.drain()
+            except asyncio.CancelledError:
                 _log.warning("drain_budget_exceeded", service=svc.name)
+                raise
             except Exception as err:
                 _log.exception("drain_failed", service=svc.name, error=str(err))
+
+    async def _cancel_keepers(self) -> None:
         for task in list(self._helpers):
             task.cancel()
-        for task in reversed(self._keepers):
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError, TimeoutError):
-                # __aexit__ runs here; a hung release must not eat the children's time.
-                await asyncio.wait_for(asyncio.shield(task), max(0.1, deadline - time.monotonic()))
+        try:
+            for task in reversed(self._keepers):
+                task.cancel()
+                # shielded: the stage's deadline stops the wait, never the release half way
+                with contextlib.suppress(asyncio.CancelledError):
+                    await asyncio.shield(task)
+        finally:
+            # past the deadline the keepers not reached yet are still told to stop
+            for task in self._keepers:
+                task.cancel()
         for task in list(self._helpers):
             with contextlib.suppress(asyncio.CancelledError):
                 await task
-        await self.children.stop_all(grace=max(0.0, min(1.0, deadline - time.monotonic())))
-        self._notifier.close()
-        _log.info("daemon_stopped")
 
     def _on_sighup(self) -> None:
         if not self._stopping:
@@ -225,25 +279,26 @@ class Supervisor:
 
         A broken file is refused with a log line and the running configuration stays.
         """
-        if self._config_path is None:
+        if self.running.path is None:
             _log.warning("config_reload_refused", error="the daemon runs on built-in defaults")
             return False
         async with self._reload_lock:
             try:
-                new = await asyncio.to_thread(configuration.load, self._config_path)
+                new = await asyncio.to_thread(configuration.load, self.running.path)
                 if self._reload_files is not None:
                     await asyncio.to_thread(self._reload_files)
             except configuration.ConfigError as err:
-                _log.error("config_reload_refused", path=str(self._config_path), error=str(err))
+                _log.error("config_reload_refused", path=str(self.running.path), error=str(err))
                 return False
-            needs = configuration.restart_needed(self.config, new)
+            needs = configuration.restart_needed(self.running.current, new)
             if needs:
                 _log.warning("config_change_needs_restart", sections=needs)
             applied = replace(
-                self.config, **{name: getattr(new, name) for name in configuration.RELOADABLE}
+                self.running.current,
+                **{name: getattr(new, name) for name in configuration.RELOADABLE},
             )
             self._notifier.reloading()
-            self.config = applied
+            self.running.current = applied
             for svc in self.services:
                 try:
                     await svc.reload(applied)
@@ -252,7 +307,7 @@ class Supervisor:
             self._notifier.ready()
             _log.info(
                 "config_reloaded",
-                path=str(self._config_path),
+                path=str(self.running.path),
                 registries=[r.label for r in applied.registries],
             )
             return True
@@ -265,7 +320,24 @@ class Supervisor:
     def _own(self, coro: Awaitable[Any]) -> None:
         task = asyncio.ensure_future(coro)
         self._helpers.add(task)
-        task.add_done_callback(self._helpers.discard)
+        task.add_done_callback(self._helper_done)
+
+    def _helper_done(self, task: asyncio.Future[Any]) -> None:
+        # a helper (a reload, the watchdog) that fails is logged here, not left to asyncio's
+        # "exception was never retrieved" at garbage collection
+        self._helpers.discard(task)
+        if not task.cancelled() and (err := task.exception()) is not None:
+            _log.error(
+                "supervisor_task_failed",
+                error=f"{type(err).__name__}: {err}",
+                exc_info=(type(err), err, err.__traceback__),
+            )
+
+
+def _loop_time(monotonic_deadline: float) -> float:
+    """A `time.monotonic()` deadline on the event loop's clock."""
+    loop = asyncio.get_running_loop()
+    return loop.time() + (monotonic_deadline - time.monotonic())
 
 
 async def _first(*aws: Awaitable[Any]) -> None:

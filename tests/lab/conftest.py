@@ -2,52 +2,30 @@
 
 from __future__ import annotations
 
-import asyncio
-import importlib.util
 import json
 import sys
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
-from types import ModuleType
 
 import pytest
 import pytest_asyncio
 
-from waltd.lab import Lab, LabProcess
-
-
-def _suite_conftest() -> ModuleType:
-    """tests/conftest.py, for require_root and require_tool.
-
-    Without packages, pytest imports every conftest.py as the module `conftest`, each replacing
-    the last in sys.modules, so `from conftest import ...` would find this very file. Loading the
-    suite's file under its own name avoids both that and a tests/__init__.py.
-    """
-    path = Path(__file__).resolve().parent.parent / "conftest.py"
-    spec = importlib.util.spec_from_file_location("waltd_suite_conftest", path)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-_suite = _suite_conftest()
-# What every lab needs, whatever the test does with it.
-LAB_TOOLS = ("ip", "nsenter", "mount", "umount", "busybox")
+import tests.conftest as suite
+from lab import Lab, LabProcess
+from tests.support.labs import require_lab
+from tests.support.wait import until
 
 
 @pytest.fixture(scope="session")
 def require_tool() -> Callable[[str], str]:
     """The suite's require_tool: a missing tool skips the test, or fails it in CI."""
-    return _suite.require_tool
+    return suite.require_tool
 
 
 @pytest.fixture(scope="session")
-def lab_host(require_tool: Callable[[str], str]) -> None:
+def lab_host() -> None:
     """Root and the tools of every lab, or a skip (a failure in CI)."""
-    _suite.require_root()
-    for tool in LAB_TOOLS:
-        require_tool(tool)
+    require_lab()
 
 
 @pytest_asyncio.fixture(scope="module", loop_scope="module")
@@ -67,7 +45,7 @@ with open({events!r}, "a") as out:
 
 
 def dnsmasq_conf(lab: Lab, folder: Path) -> str:
-    """The minimal DHCP configuration of INFRA.md for the lab's bridge (no DNS, no TFTP)."""
+    """A minimal DHCP configuration for the lab's bridge (no DNS, no TFTP), walt classes tagged."""
     first, last = lab.dhcp_range
     lines = [
         "port=0",
@@ -101,14 +79,22 @@ class Dnsmasq:
 
     async def wait_event(self, action: str, mac: str, timeout_s: float = 5.0) -> dict[str, object]:
         """The first hook call `action MAC ...` (the hook runs shortly after the lease)."""
-        async with asyncio.timeout(timeout_s):
-            while True:
-                for event in self.events():
-                    argv = event["argv"]
-                    assert isinstance(argv, list)
-                    if argv[:2] == [action, mac]:
-                        return event
-                await asyncio.sleep(0.02)
+
+        def found() -> dict[str, object] | None:
+            for event in self.events():
+                argv = event["argv"]
+                assert isinstance(argv, list)
+                if argv[:2] == [action, mac]:
+                    return event
+            return None
+
+        return await until(
+            found,
+            what=f"dnsmasq's hook call {action} {mac}",
+            timeout_s=timeout_s,
+            alive=lambda: self.process.process.returncode is None,
+            details=self.process.log_tail,
+        )
 
 
 @pytest_asyncio.fixture(scope="module", loop_scope="module")

@@ -1,5 +1,8 @@
 """Child of test_stale: builds a lab, prints what it made as one JSON line, waits to be killed.
 
+`processes` are the lab's own (children of the lab), `orphan` one it does not know of, started
+in its server namespace.
+
 Run as `python stale_lab_child.py`; the test SIGKILLs it, so its lab never cleans up.
 """
 
@@ -9,8 +12,8 @@ import asyncio
 import json
 import subprocess
 
-from waltd.lab import Lab, build_image, exportable_mount
-from waltd.lab.record import mount_points, process_start_time
+from lab import Lab, build_image, exportable_mount
+from lab.record import mount_points, process_start_time
 
 IMAGE = "docker.io/waltplatform/stale-default:latest"
 
@@ -27,12 +30,12 @@ async def main() -> None:
             orphan = await asyncio.create_subprocess_exec(
                 *nsenter, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL
             )
-            processes = [*lab.record.processes, (orphan.pid, process_start_time(orphan.pid))]
             state = {
                 "prefix": lab.prefix,
                 "root": str(lab.root),
                 "netns": lab.record.netns,
-                "processes": processes,
+                "processes": [(p.pid, process_start_time(p.pid)) for p in lab.processes],
+                "orphan": (orphan.pid, process_start_time(orphan.pid)),
                 "mounts": mount_points(lab.root),
             }
             print(json.dumps(state), flush=True)

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import base64
-import json
 import re
 import tomllib
 from pathlib import Path
@@ -11,21 +9,19 @@ from pathlib import Path
 import pytest
 import yaml
 
-from waltd.lab import LabError, NfsExport
-from waltd.lab.configs import (
+from lab import LabError, NfsExport
+from lab.configs import (
     LEASE_MARKER,
     containers_conf,
     ganesha_conf,
     ganesha_exports,
-    registries_conf,
-    registry_authfile,
     registry_config,
     storage_conf,
     toml_str,
     udhcpc_script,
 )
-from waltd.lab.images import overlay_lowerdir
-from waltd.lab.record import unescape_mount_path
+from lab.images import overlay_lowerdir
+from lab.record import unescape_mount_path
 
 LAB = Path("/tmp/waltd-lab-wlabcd")
 
@@ -75,22 +71,6 @@ def test_containers_conf() -> None:
     assert engine["tmp_dir"].startswith(f"{LAB}/tmp/")
     assert engine["events_logger"] == "file"
     assert conf["network"]["network_config_dir"].startswith(f"{LAB}/tmp/")
-
-
-def test_registries_conf_marks_each_host_insecure() -> None:
-    conf = tomllib.loads(registries_conf(["127.0.0.1:5000", "127.0.0.1:5001"]))
-    assert conf == {
-        "registry": [
-            {"location": "127.0.0.1:5000", "insecure": True},
-            {"location": "127.0.0.1:5001", "insecure": True},
-        ]
-    }
-    assert tomllib.loads(registries_conf([])) == {}
-
-
-def test_registry_authfile() -> None:
-    auths = json.loads(registry_authfile("127.0.0.1:5000", "walt", "p:w d"))["auths"]
-    assert base64.b64decode(auths["127.0.0.1:5000"]["auth"]) == b"walt:p:w d"
 
 
 def test_ganesha_conf_includes_the_exports_file() -> None:

@@ -7,8 +7,8 @@ from typing import TYPE_CHECKING
 
 import pytest
 
-from waltd.lab import Ganesha, Lab, NfsExport, build_image, exportable_mount
-from waltd.lab.record import mount_points
+from lab import Lab, NfsExport, build_image, exportable_mount, ganesha
+from lab.record import mount_points
 
 if TYPE_CHECKING:
     from conftest import Dnsmasq
@@ -38,7 +38,7 @@ async def test_ganesha_serves_the_image_to_its_node_only(
 
     async with exportable_mount(lab, IMAGE) as fs:
         assert fs == fs.resolve() and (fs / "etc/marker").read_text() == MARKER
-        async with Ganesha(lab) as nfs:
+        async with ganesha(lab) as nfs:
             await nfs.set_exports([NfsExport(1, fs, pseudo, (str(ip_a),))])
 
             assert await _nfs_cat(lab, node_a.netns, url) == (0, MARKER)

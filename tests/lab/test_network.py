@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING
 
 import pytest
 
-from waltd.lab import Lab
+from lab import Lab
 
 if TYPE_CHECKING:
     from conftest import Dnsmasq

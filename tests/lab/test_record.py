@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import json
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
 
-from waltd.lab.record import (
+from lab.record import (
     LabRecord,
     clear_stale_labs,
     lab_records,
@@ -36,7 +38,6 @@ def test_start_time_tells_a_live_process_from_a_gone_one() -> None:
 def test_record_round_trip(tmp_path: Path) -> None:
     record = _record(tmp_path, "wlaaaa", os.getpid(), process_start_time(os.getpid()) or 0)
     record.netns.append("wlaaaa-srv")
-    record.processes.append((123, 456))
     record.mounts.append("/x/fs")
     record.save(tmp_path)
     assert lab_records(tmp_path) == [record]
@@ -55,3 +56,21 @@ def test_only_labs_of_dead_owners_are_cleared(tmp_path: Path) -> None:
         assert clear_stale_labs(tmp_path) == ["wldead"]
     assert lab_records(tmp_path) == [alive]
     assert Path(alive.root).is_dir() and not Path(dead.root).exists()
+
+
+def test_a_dead_labs_recorded_children_are_killed(tmp_path: Path) -> None:
+    me = os.getpid()
+    dead = _record(tmp_path, "wlkids", me, (process_start_time(me) or 0) + 1)
+    dead.save(tmp_path)
+    # a child the lab's Children recorded, as if PDEATHSIG had not reached it
+    child = subprocess.Popen(["sleep", "300"], start_new_session=True)
+    try:
+        start = process_start_time(child.pid)
+        entry = {"pid": child.pid, "start_time": start, "argv0": "sleep"}
+        dead.children_file.write_text(json.dumps([entry]))
+        with records_locked(tmp_path):
+            assert clear_stale_labs(tmp_path) == ["wlkids"]
+        assert child.wait(timeout=5) == -signal.SIGKILL
+    finally:
+        child.kill()
+        child.wait()

@@ -10,7 +10,7 @@ import aiohttp
 import pytest
 import pytest_asyncio
 
-from waltd.lab import Lab, LabError, Registry, build_image, image_id, pull_image, push_image
+from lab import Lab, LabError, Registry, build_image, image_id, pull_image, push_image
 
 pytestmark = [pytest.mark.lab, pytest.mark.asyncio(loop_scope="module")]
 

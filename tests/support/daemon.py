@@ -9,12 +9,13 @@ import signal
 import subprocess
 import sys
 import tempfile
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import yaml
+
+from tests.support.wait import until_sync
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -68,27 +69,19 @@ class Daemon:
 
     def records(self) -> list[dict[str, Any]]:
         """The JSON log records written so far (non-JSON lines are kept as `raw`)."""
-        out = []
-        for line in self.log_path.read_text(errors="replace").splitlines():
-            try:
-                out.append(json.loads(line))
-            except ValueError:
-                out.append({"raw": line})
-        return out
+        return read_records(self.log_path)
 
     def wait_for(
         self, match: Callable[[dict[str, Any]], bool], timeout: float = 10
     ) -> dict[str, Any]:
         """The first log record matching `match`; fails after `timeout` seconds."""
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            for rec in self.records():
-                if match(rec):
-                    return rec
-            if self.proc and self.proc.poll() is not None:
-                break
-            time.sleep(0.05)
-        raise AssertionError(f"no matching log record; log:\n{self.log_path.read_text()[-4000:]}")
+        return until_sync(
+            lambda: find_record(self.records(), match),
+            what="a matching log record",
+            timeout_s=timeout,
+            alive=lambda: self.proc is None or self.proc.poll() is None,
+            details=lambda: f"log:\n{self.log_path.read_text()[-4000:]}",
+        )
 
     def signal(self, sig: signal.Signals) -> None:
         """Send `sig` to the daemon."""
@@ -112,6 +105,30 @@ class Daemon:
             self.proc.wait()
         if hasattr(self, "_log"):
             self._log.close()
+
+
+def read_records(path: Path) -> list[dict[str, Any]]:
+    """The JSON log records of a waltd log file (non-JSON lines are kept as `raw`)."""
+    out = []
+    for line in path.read_text(errors="replace").splitlines():
+        try:
+            out.append(json.loads(line))
+        except ValueError:
+            out.append({"raw": line})
+    return out
+
+
+def is_event(name: str, **keys: object) -> Callable[[dict[str, Any]], bool]:
+    """A match for `find_record` and the waits: records of event `name` with these values."""
+    return lambda r: r.get("event") == name and all(r.get(k) == v for k, v in keys.items())
+
+
+def find_record(
+    records: list[dict[str, Any]], match: Callable[[dict[str, Any]], bool], after: int = 0
+) -> dict[str, Any] | None:
+    """The first record matching `match` once the first `after` matching ones are passed."""
+    found = [record for record in records if match(record)]
+    return found[after] if len(found) > after else None
 
 
 def run_once(config: Path) -> subprocess.CompletedProcess[str]:

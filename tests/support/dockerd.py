@@ -1,4 +1,4 @@
-"""A real dockerd inside a lab, with INFRA.md's flags: no bridge, no iptables, no ip_forward."""
+"""A real dockerd inside a lab, as on a WalT server: no bridge, no iptables, no ip_forward."""
 
 from __future__ import annotations
 
@@ -9,8 +9,9 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from waltd.lab.lab import Lab, LabError, LabProcess
-from waltd.lab.record import mount_points
+from lab.lab import Lab, LabError, LabProcess
+from lab.record import mount_points
+from tests.support.wait import until
 
 
 @dataclass(frozen=True)
@@ -43,7 +44,7 @@ def processes_under(folder: Path) -> list[int]:
 
 
 async def load_image(lab: Lab, daemon: Dockerd, image: str, name: str) -> None:
-    """Copy `image` of the lab's storage into the daemon as `name` (skopeo, as INFRA.md says)."""
+    """Copy `image` of the lab's storage into dockerd as `name` (skopeo, as a WalT server does)."""
     argv = ["skopeo", "copy", "--quiet", "--dest-daemon-host", daemon.socket]
     argv += [f"containers-storage:{image}", f"docker-daemon:{name}"]
     await lab.run(argv, env=lab.containers_env)
@@ -80,18 +81,13 @@ async def dockerd(lab: Lab, *, timeout_s: float = 20.0) -> AsyncIterator[Dockerd
 
 async def _wait_ready(process: LabProcess, sock: Path, timeout_s: float) -> None:
     """Until the API answers `GET /_ping` on `sock`."""
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout_s
-    while True:
-        if process.process.returncode is not None:
-            raise LabError(
-                f"dockerd exited with {process.process.returncode}:\n{process.log_tail()}"
-            )
-        if await _ping(sock):  # a missing socket is an OSError there
-            return
-        if loop.time() > deadline:
-            raise LabError(f"dockerd not ready after {timeout_s} s:\n{process.log_tail()}")
-        await asyncio.sleep(0.05)
+    await until(
+        lambda: _ping(sock),  # a missing socket is an OSError there
+        what="dockerd's API",
+        timeout_s=timeout_s,
+        alive=lambda: process.process.returncode is None,
+        details=process.log_tail,
+    )
 
 
 async def _ping(sock: Path) -> bool:

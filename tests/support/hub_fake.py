@@ -22,44 +22,17 @@ import re
 import secrets
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from types import TracebackType
 from typing import Any
 
 import aiohttp
 from aiohttp import web
 
-from waltd.lab import Lab, Registry, push_image
+from lab import Lab, Registry, push_image
+from tests.support.local_server import LocalServer
 
 SERVICE = "registry.fake.test"
 _SCOPE = re.compile(r"repository:([^:]+):([a-z,*]+)")
 _REPO_PATH = re.compile(r"/v2/(.+)/(?:manifests|blobs|tags)/")
-
-
-class LocalServer:
-    """An aiohttp application on 127.0.0.1, a free port; `async with` runs it."""
-
-    def __init__(self) -> None:
-        self.app = web.Application()
-        self._runner: web.AppRunner | None = None
-        self.url = ""
-
-    async def __aenter__(self) -> LocalServer:
-        self._runner = web.AppRunner(self.app, access_log=None)
-        await self._runner.setup()
-        site = web.TCPSite(self._runner, "127.0.0.1", 0)
-        await site.start()
-        port = self._runner.addresses[0][1]
-        self.url = f"http://127.0.0.1:{port}"
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        if self._runner is not None:
-            await self._runner.cleanup()
 
 
 @dataclass

@@ -2,15 +2,16 @@
 
 from __future__ import annotations
 
-import json
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-from tests.support.daemon import ROOT
-from waltd.lab.lab import Lab, LabProcess
+from lab.lab import Lab, LabProcess
+from tests.support.daemon import ROOT, find_record, read_records
+from tests.support.wait import until
 
 
 def lab_config(lab: Lab, folder: Path) -> Path:
@@ -40,11 +41,22 @@ async def start_waltd(lab: Lab, config: Path) -> LabProcess:
 
 
 def records(proc: LabProcess) -> list[dict[str, Any]]:
-    """waltd's JSON log records so far."""
-    out = []
-    for line in proc.log.read_text(errors="replace").splitlines():
-        try:
-            out.append(json.loads(line))
-        except ValueError:
-            continue
-    return out
+    """waltd's JSON log records so far (non-JSON lines are kept as `raw`)."""
+    return read_records(proc.log)
+
+
+async def wait_record(
+    proc: LabProcess,
+    match: Callable[[dict[str, Any]], bool],
+    *,
+    after: int = 0,
+    timeout_s: float = 15.0,
+) -> dict[str, Any]:
+    """waltd's first record matching `match` once the first `after` matching ones are passed."""
+    return await until(
+        lambda: find_record(records(proc), match, after),
+        what="a matching record of waltd",
+        timeout_s=timeout_s,
+        alive=lambda: proc.process.returncode is None,
+        details=lambda: f"waltd log:\n{proc.log_tail(40)}",
+    )

@@ -13,9 +13,9 @@ from collections.abc import Iterable, Mapping, Sequence
 
 import aiohttp
 
+from lab import Lab, Registry, build_image, push_image
 from tests.support.registry_proxy import Proxy
 from waltd import config
-from waltd.lab import Lab, Registry, build_image, push_image
 
 DOCKER_LIST = "application/vnd.docker.distribution.manifest.list.v2+json"
 OCI_INDEX = "application/vnd.oci.image.index.v1+json"

@@ -12,11 +12,12 @@ import re
 import ssl
 from collections import Counter
 from collections.abc import Awaitable, Callable
-from types import TracebackType
 
 import aiohttp
 from aiohttp import web
 from multidict import CIMultiDict
+
+from tests.support.local_server import LocalServer
 
 Fault = Callable[[web.Request], Awaitable[web.StreamResponse | None]]
 
@@ -24,7 +25,7 @@ Fault = Callable[[web.Request], Awaitable[web.StreamResponse | None]]
 _HOP = {"connection", "keep-alive", "transfer-encoding", "content-length", "content-encoding"}
 
 
-class Proxy:
+class Proxy(LocalServer):
     """An aiohttp server on 127.0.0.1 forwarding to `upstream` (a registry's base URL).
 
     With `tls` it serves HTTPS with that context.
@@ -35,45 +36,26 @@ class Proxy:
     """
 
     def __init__(self, upstream: str, *, tls: ssl.SSLContext | None = None) -> None:
+        # a hanging handler must not hold the end of the test for aiohttp's default 60 s
+        super().__init__(tls=tls, shutdown_timeout=0.1)
         self.upstream = upstream
-        self._tls = tls
         self.requests: list[tuple[str, str]] = []
         self.fault: Fault | None = None
         self.max_in_flight = 0
         # requests in flight by generation: those of an earlier test may still hang there
         self._generation = 0
         self._in_flight: Counter[int] = Counter()
-        self._runner: web.AppRunner | None = None
         self._session: aiohttp.ClientSession | None = None
-        self.port = 0
+        self.app.router.add_route("*", "/{tail:.*}", self._handle)
+        self.app.on_startup.append(self._open)
+        self.app.on_cleanup.append(self._close)
 
-    @property
-    def url(self) -> str:
-        """Base URL of the proxy."""
-        return f"{'https' if self._tls else 'http'}://127.0.0.1:{self.port}"
-
-    async def __aenter__(self) -> Proxy:
-        app = web.Application()
-        app.router.add_route("*", "/{tail:.*}", self._handle)
-        # a hanging handler must not hold the end of the test for aiohttp's default 60 s
-        self._runner = web.AppRunner(app, shutdown_timeout=0.1, access_log=None)
-        await self._runner.setup()
-        site = web.TCPSite(self._runner, "127.0.0.1", 0, ssl_context=self._tls)
-        await site.start()
-        self.port = self._runner.addresses[0][1]
+    async def _open(self, app: web.Application) -> None:
         self._session = aiohttp.ClientSession(auto_decompress=False)
-        return self
 
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
+    async def _close(self, app: web.Application) -> None:
         if self._session is not None:
             await self._session.close()
-        if self._runner is not None:
-            await self._runner.cleanup()
 
     def reset(self) -> None:
         """Forget the requests seen so far and the fault."""
@@ -211,17 +193,23 @@ def stall_body() -> Fault:
     return apply
 
 
-def endless_body(sent: list[int]) -> Fault:
-    """A 200 JSON answer without length whose body never ends; `sent[0]` counts its bytes."""
+def endless_body(sent: list[int], ended: asyncio.Event) -> Fault:
+    """A 200 JSON answer without length whose body never ends; `sent[0]` counts its bytes.
+
+    `ended` is set once the client has cut the answer off (the next write failed).
+    """
 
     async def apply(request: web.Request) -> web.StreamResponse:
         response = web.StreamResponse(headers={"Content-Type": "application/json"})
         await response.prepare(request)  # chunked: the client learns no length in advance
         await response.write(b'{"repositories": [')
         chunk = b'"x/y",' * 10_000
-        while True:
-            await response.write(chunk)
-            sent[0] += len(chunk)
+        try:
+            while True:
+                await response.write(chunk)
+                sent[0] += len(chunk)
+        finally:
+            ended.set()
 
     return apply
 

@@ -16,44 +16,55 @@ import sys
 import threading
 from collections.abc import Awaitable, Callable
 from pathlib import Path
+from typing import TypeVar
 
 from aiohttp import web
 
-from waltd.lab import Lab, forward
+from lab import Lab, forward
 
+T = TypeVar("T")
 _CLONE_NEWNET = 0x40000000
 _libc = ctypes.CDLL(None, use_errno=True)
 
 
-def _listen_in(netns: str, port: int) -> socket.socket:
-    """A socket listening on 127.0.0.1:`port` of the network namespace at path `netns`.
+def in_netns(netns: str, work: Callable[[], T]) -> T:
+    """`work()`, run by a thread of its own inside the network namespace at path `netns`.
 
-    A socket belongs to the namespace of the thread that creates it: a thread of its own enters
-    the namespace, makes the socket and ends, so no other code ever runs in that namespace.
+    A socket belongs to the namespace of the thread that creates it; the thread ends with the
+    work, so no other code ever runs in that namespace.
     """
-    made: list[socket.socket] = []
+    done: list[T] = []
     failed: list[BaseException] = []
 
-    def work() -> None:
+    def run() -> None:
         try:
             with open(netns, "rb") as target:
                 if _libc.setns(target.fileno(), _CLONE_NEWNET) != 0:
                     errno = ctypes.get_errno()
                     raise OSError(errno, f"setns {netns}: {os.strerror(errno)}")
-            listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-            listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            listener.bind(("127.0.0.1", port))
-            listener.listen(128)
-            made.append(listener)
+            done.append(work())
         except BaseException as err:  # handed to the caller's thread
             failed.append(err)
 
-    thread = threading.Thread(target=work, name=f"netns-listen-{port}")
+    thread = threading.Thread(target=run, name="in-netns")
     thread.start()
     thread.join()
     if failed:
         raise failed[0]
-    return made[0]
+    return done[0]
+
+
+def listen_in(netns: str, port: int, host: str = "127.0.0.1") -> socket.socket:
+    """A socket listening on `host`:`port` of the network namespace at path `netns`."""
+
+    def make() -> socket.socket:
+        listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        listener.bind((host, port))
+        listener.listen(128)
+        return listener
+
+    return in_netns(netns, make)
 
 
 async def reach_from_server(lab: Lab, port: int) -> None:
@@ -62,7 +73,7 @@ async def reach_from_server(lab: Lab, port: int) -> None:
     The lab's forwarder runs in the host's namespace with a listener made in the server's; the
     lab stops it at its end.
     """
-    listener = _listen_in(lab.netns_path(lab.server_netns), port)
+    listener = listen_in(lab.netns_path(lab.server_netns), port)
     try:
         fd = listener.fileno()
         argv = [sys.executable, "-I", forward.__file__, str(fd), str(port)]

@@ -39,7 +39,7 @@ def peer_credentials(sock: socket.socket) -> tuple[int, int, int]:
 
 
 def identify(pid: int, uid: int, gid: int) -> Identity:
-    """uid -> Unix user -> walt user (REFERENCE.md: the Unix name, normalised).
+    """uid -> Unix user -> walt user (WalT names a user by the Unix name, normalised).
 
     RefusedCaller when the name normalises to nothing, or to the walt user of another
     account (`Bob` and `bob`): one user must never act as another.

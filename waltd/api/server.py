@@ -1,31 +1,44 @@
-"""The API: aiohttp on a unix socket; the caller is known by SO_PEERCRED."""
+"""The API: aiohttp on a unix socket; the caller is known by SO_PEERCRED.
+
+Requests and answers have the shapes of `wire.py`, which the client shares. Connections are
+accepted by `listener.py` (per-uid counts, a reserve for root). Every log record produced
+while a request is served carries the caller's `uid`; GET /v1/events shows a non-root caller
+only the records without a uid (the daemon's own) and its own.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import os
 import socket
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Self
+from typing import Any, Self
 
+import structlog
 from aiohttp import web
 
 from waltd import SERVER_VERSION, __version__, log
+from waltd.api import wire
 from waltd.api.identity import Identity, RefusedCaller, identify, peer_credentials
+from waltd.api.listener import ROOT_UID, Listener
+from waltd.context import Context
 from waltd.registries.base import Credentials, ImageInfo
 from waltd.registries.search import SearchResult, search
 from waltd.supervisor import Service
 
-if TYPE_CHECKING:
-    from waltd.daemon import Context
-
 _log = log.get("api")
-CONTEXT = web.AppKey("context", object)
+CONTEXT = web.AppKey("context", Context)
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+# A connection must send its request headers within this many seconds of being accepted,
+# and is closed after as long without a request between two (aiohttp's keepalive_timeout,
+# an hour by default, which let idle connections pile up).
+IDLE_TIMEOUT_S = 10.0
+# A request body (a search request) must have arrived within this many seconds.
+BODY_TIMEOUT_S = 10.0
 
 
 def _error(status: int, message: str) -> web.Response:
@@ -39,10 +52,13 @@ async def _identify(request: web.Request, handler: Handler) -> web.StreamRespons
         return _error(403, "the API only answers local callers on its unix socket")
     try:
         # The passwd lookups may go to a directory service: not on the event loop.
-        request["identity"] = await asyncio.to_thread(identify, *peer_credentials(sock))
+        identity = await asyncio.to_thread(identify, *peer_credentials(sock))
     except RefusedCaller as err:
         return _error(403, str(err))
-    return await handler(request)
+    request["identity"] = identity
+    # Every record logged for this request (and the tasks it starts) names its caller.
+    with structlog.contextvars.bound_contextvars(uid=identity.uid):
+        return await handler(request)
 
 
 def _caller(request: web.Request) -> Identity:
@@ -51,7 +67,7 @@ def _caller(request: web.Request) -> Identity:
 
 
 def _ctx(request: web.Request) -> Context:
-    return request.app[CONTEXT]  # type: ignore[return-value]
+    return request.app[CONTEXT]
 
 
 async def status(request: web.Request) -> web.Response:
@@ -59,149 +75,140 @@ async def status(request: web.Request) -> web.Response:
     ctx = _ctx(request)
     config = ctx.config
     caller = _caller(request)
-    body: dict[str, Any] = {
-        "version": __version__,
-        "pid": os.getpid(),
-        "uptime_s": round(time.monotonic() - ctx.started_monotonic, 3),
-        "caller": {"unix_user": caller.unix_user, "walt_user": caller.walt_user, "uid": caller.uid},
-        "services": [s.as_dict() for s in ctx.statuses()],
-        "node_network": config.walt_net.interface if config.walt_net else None,
-        "registries": [{"label": r.label, "api": r.api, "auth": r.auth} for r in config.registries],
-        "nodes": await ctx.db.count_nodes() if ctx.db else None,
-    }
-    return web.json_response(body)
+    body = wire.Status(
+        version=__version__,
+        pid=os.getpid(),
+        uptime_s=round(time.monotonic() - ctx.started_monotonic, 3),
+        caller=wire.Caller(caller.unix_user, caller.walt_user, caller.uid),
+        services=tuple(
+            wire.ServiceState(s.name, s.state, s.restarts, s.last_error)
+            for s in ctx.statuses.values()
+        ),
+        node_network=config.walt_net.interface if config.walt_net else None,
+        registries=tuple(wire.RegistryInfo(r.label, r.api, r.auth) for r in config.registries),
+        nodes=await ctx.db.count_nodes() if ctx.db.is_open else None,
+    )
+    return web.json_response(body.to_json())
 
 
-def _int_query(request: web.Request, key: str, default: int) -> int:
-    raw = request.query.get(key)
-    if raw is None:
-        return default
-    if not raw.isdigit():
-        raise web.HTTPBadRequest(
-            text=json.dumps({"error": f"{key} must be a non-negative integer, not {raw!r}"}),
-            content_type="application/json",
-        )
-    return int(raw)
+def visible_to(uid: int) -> Callable[[Mapping[str, Any]], bool]:
+    """Which log records a caller may read: root all, others the daemon's and their own."""
+    if uid == ROOT_UID:
+        return lambda event: True
+    return lambda event: event.get("uid", uid) == uid
 
 
 async def events(request: web.Request) -> web.StreamResponse:
-    """GET /v1/events: the log's events as newline-delimited JSON.
-
-    `since=N` skips events up to number N, `limit=N` keeps the last N kept ones,
-    `follow=1` keeps the stream open for new events.
-    """
+    """GET /v1/events: the log's events as newline-delimited JSON (`wire.EventsQuery`)."""
     bus = _ctx(request).bus
-    since = _int_query(request, "since", 0)
-    limit = _int_query(request, "limit", 0)
-    follow = request.query.get("follow") in ("1", "true", "yes")
+    try:
+        query = wire.EventsQuery.from_query(request.query)
+    except ValueError as err:
+        return _error(400, f"bad events query: {err}")
+    visible = visible_to(_caller(request).uid)
     resp = web.StreamResponse(headers={"Content-Type": "application/x-ndjson"})
     await resp.prepare(request)
-    backlog = bus.recent(since, limit or None)
-    for event in backlog:
-        await resp.write(_line(event))
-    if follow:
-        last = backlog[-1]["seq"] if backlog else max(since, bus.last_seq())
+    recent = bus.recent(query.since)
+    backlog = [e for e in recent if visible(e)]
+    for event in backlog[-query.limit :] if query.limit else backlog:
+        await resp.write(wire.line(event))
+    if query.follow:
+        last = recent[-1]["seq"] if recent else max(query.since, bus.last_seq())
         async for event in bus.follow(last):
-            await resp.write(_line(event))
+            if visible(event):
+                await resp.write(wire.line(event))
     await resp.write_eof()
     return resp
 
 
-# Logins are for registries: their number and size are bounded, so that a request cannot
-# make the log redactor (which hides every password it is given) blank ordinary words.
-_MAX_LOGIN_CHARS = 1024
+# A password too short to be a real one is refused, as the search's own warnings are
+# scrubbed of its passwords (search.py).
 _MIN_PASSWORD_CHARS = 6
 
 
-def _caller_credentials(body: Any, labels: set[str]) -> dict[str, Credentials]:
-    """The caller's registry logins from a request body, for this request only.
+def _caller_credentials(
+    logins: Mapping[str, wire.Login], labels: set[str]
+) -> dict[str, Credentials]:
+    """The caller's registry logins, for this request only.
 
     Only configured registries that take a login (`labels`) are kept; a password shorter
-    than a few characters is refused, since redacting it would blank ordinary text.
+    than a few characters is refused, since scrubbing it would blank ordinary text.
     """
-    raw = body.get("credentials") if isinstance(body, dict) else None
-    if raw is None:
-        return {}
-    if not isinstance(raw, dict):
-        raise ValueError("credentials must map registry labels to {username, password}")
     creds = {}
-    for label, value in raw.items():
-        if (
-            not isinstance(value, dict)
-            or not isinstance(value.get("username"), str)
-            or not isinstance(value.get("password"), str)
-        ):
-            raise ValueError(f"credentials for {str(label)[:40]!r} need a username and password")
+    for label, login in logins.items():
         if label not in labels:
             continue  # not a registry of this server that takes a login: never used
-        username, password = value["username"], value["password"]
-        if len(username) + len(password) > _MAX_LOGIN_CHARS:
-            raise ValueError(f"the login for {label!r} is too long")
-        if len(password) < _MIN_PASSWORD_CHARS:
+        if len(login.password) < _MIN_PASSWORD_CHARS:
             raise ValueError(
                 f"the password for {label!r} is too short (at least {_MIN_PASSWORD_CHARS} "
                 "characters)"
             )
-        creds[label] = Credentials(username, password)
+        creds[label] = Credentials(login.username, login.password)
     return creds
 
 
-def image_record(image: ImageInfo) -> dict[str, Any]:
+def image_row(image: ImageInfo) -> wire.ImageRow:
     """An image as the API sends it."""
-    return {
-        "location": image.location,
-        "kind": image.kind,
-        "user": image.user,
-        "name": image.name,
-        "tag": image.tag,
-        "digest": image.digest,
-        "labels": dict(image.labels),
-        "created": image.created,
-        "platforms": list(image.platforms),
-        "clone_url": image.clone_url,
-    }
+    return wire.ImageRow(
+        location=image.location,
+        kind=image.kind,
+        user=image.user,
+        name=image.name,
+        tag=image.tag,
+        digest=image.digest,
+        labels=dict(image.labels),
+        created=image.created,
+        platforms=tuple(image.platforms),
+        clone_url=image.clone_url,
+        models=image.models,
+        minversion=image.minversion,
+    )
+
+
+async def _body(request: web.Request) -> Any:
+    """The request's JSON body, bounded in size, nesting and time; ValueError otherwise."""
+    try:
+        async with asyncio.timeout(BODY_TIMEOUT_S):
+            data = await request.read()
+    except web.HTTPRequestEntityTooLarge:
+        raise ValueError(f"the request body is over {wire.MAX_BODY_BYTES} bytes") from None
+    except TimeoutError:
+        raise ValueError(f"the request body took more than {BODY_TIMEOUT_S:g} s") from None
+    return wire.decode_body(data)
 
 
 async def search_images(request: web.Request) -> web.StreamResponse:
-    """POST /v1/images/search: progress records, then the result, as NDJSON.
-
-    Body: {"keyword": str | null, "credentials": {label: {username, password}}}; the
-    credentials serve this search only and are never stored or logged.
+    """POST /v1/images/search (`wire.SearchRequest`): `wire.SearchProgress` records, then
+    the `wire.SearchResult`, as NDJSON. The logins serve this search only and are never
+    stored or logged.
     """
     ctx = _ctx(request)
     try:
-        body = await request.json()
-        keyword = body.get("keyword") if isinstance(body, dict) else None
-        if keyword is not None and (not isinstance(keyword, str) or len(keyword) > 255):
-            raise ValueError("keyword must be a string of at most 255 characters")
-        logins = {
-            r.label for r in ctx.config.registries if r.auth == "basic" or r.api == "docker-hub"
-        }
-        creds = _caller_credentials(body, logins)
+        wanted = wire.SearchRequest.from_json(await _body(request))
+        logins = {r.label for r in ctx.config.registries if r.takes_login}
+        creds = _caller_credentials(wanted.logins, logins)
     except ValueError as err:
         return _error(400, f"bad search request: {err}")
-    registries = ctx.registry_sources
-    if registries is None:
+    keyword = wanted.keyword
+    registries = ctx.registries
+    if registries.current is None:
         return _error(503, "the registries are not ready (the daemon is starting or stopping)")
     resp = web.StreamResponse(headers={"Content-Type": "application/x-ndjson"})
     pending: list[bytes] = []
 
     def progress(source: str, status: str, count: int | None) -> None:
-        pending.append(
-            _line({"type": "progress", "source": source, "status": status, "count": count})
-        )
+        pending.append(wire.line(wire.SearchProgress(source, status, count).to_json()))
 
     began = time.monotonic()
-    registered: list[str] = []
     task: asyncio.Future[SearchResult] | None = None
     # entered at once: a reload cannot close these sources before the search takes them
     async with registries.using() as sources:
         try:
-            for c in creds.values():
-                log.redactor.register(c.password)
-                registered.append(c.password)
             await resp.prepare(request)
-            task = asyncio.ensure_future(search(sources, keyword, creds, progress))
+            deadline_s = ctx.config.images.search_deadline_s
+            task = asyncio.ensure_future(
+                search(sources, keyword, creds, progress, deadline_s=deadline_s)
+            )
             while not task.done():
                 await asyncio.wait([task], timeout=0.2)
                 if request.transport is None or request.transport.is_closing():
@@ -217,33 +224,22 @@ async def search_images(request: web.Request) -> web.StreamResponse:
                 failed_sources=len(result.warnings),
                 duration_s=round(time.monotonic() - began, 3),
             )
-            record = {
-                "type": "result",
-                "server_version": SERVER_VERSION,
-                "images": [image_record(i) for i in result.images],
-                "warnings": list(result.warnings),
-            }
-            await resp.write(_line(record))
+            answer = wire.SearchResult(
+                SERVER_VERSION, tuple(image_row(i) for i in result.images), result.warnings
+            )
+            await resp.write(wire.line(answer.to_json()))
         finally:
-            try:
-                # the search must not outlive its request, nor log after its secrets are gone
-                if task is not None:
-                    task.cancel()
-                    await asyncio.gather(task, return_exceptions=True)
-            finally:
-                for password in registered:
-                    log.redactor.forget(password)
+            # the search must not outlive its request
+            if task is not None:
+                task.cancel()
+                await asyncio.gather(task, return_exceptions=True)
     await resp.write_eof()
     return resp
 
 
-def _line(event: dict[str, Any]) -> bytes:
-    return json.dumps(event, default=str).encode() + b"\n"
-
-
 def make_app(ctx: Context) -> web.Application:
     """The API application for a daemon context."""
-    app = web.Application(middlewares=[_identify])
+    app = web.Application(middlewares=[_identify], client_max_size=wire.MAX_BODY_BYTES)
     app[CONTEXT] = ctx
     app.router.add_get("/v1/status", status)
     app.router.add_get("/v1/events", events)
@@ -264,24 +260,40 @@ class ApiService(Service):
     def __init__(self, ctx: Context) -> None:
         self._ctx = ctx
         self._runner: web.AppRunner | None = None
+        self._listener: Listener | None = None
         self._path: Path = ctx.config.api.socket
 
     async def __aenter__(self) -> Self:
-        self._path.parent.mkdir(parents=True, exist_ok=True)
+        if not self._path.parent.exists():
+            self._path.parent.mkdir(parents=True)
+            # every local user reaches the socket (identity is per connection)
+            self._path.parent.chmod(0o755)
         _claim_socket_path(self._path)
-        budget = self._ctx.config.daemon.shutdown_budget_s
         self._runner = web.AppRunner(
-            make_app(self._ctx), access_log=None, shutdown_timeout=budget, handle_signals=False
+            make_app(self._ctx),
+            access_log=None,
+            shutdown_timeout=self._ctx.config.daemon.shutdown_budget_s,
+            handle_signals=False,
+            keepalive_timeout=IDLE_TIMEOUT_S,
         )
         await self._runner.setup()
-        site = web.UnixSite(self._runner, str(self._path), shutdown_timeout=budget)
-        await site.start()
-        os.chmod(self._path, 0o666)
+        assert self._runner.server is not None
+        listener = Listener(self._path, self._runner.server)
+        try:
+            listener.start()
+        except BaseException:
+            await self._runner.cleanup()
+            self._runner = None
+            raise
+        self._listener = listener
         _log.info("api_listening", socket=str(self._path))
         return self
 
     async def drain(self) -> None:
         """Stop listening, end event streams, let running requests finish."""
+        if self._listener is not None:
+            listener, self._listener = self._listener, None
+            await listener.close()
         if self._runner is not None:
             runner, self._runner = self._runner, None
             await runner.cleanup()

@@ -32,7 +32,9 @@ class Client:
 
     async def __aenter__(self) -> Client:
         self._session = aiohttp.ClientSession(
-            connector=aiohttp.UnixConnector(path=str(self.path)),
+            # A connection per request: the daemon closes idle ones within seconds, and a
+            # command may wait longer than that between two requests (a password prompt).
+            connector=aiohttp.UnixConnector(path=str(self.path), force_close=True),
             timeout=aiohttp.ClientTimeout(total=None, connect=5, sock_read=None),
         )
         return self

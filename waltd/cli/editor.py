@@ -21,7 +21,7 @@ from prompt_toolkit.shortcuts import clear
 from questionary import Choice
 
 from waltd import config as configuration
-from waltd.cli.server_setup import (
+from waltd.cli.registry_setup import (
     EX_CANTCREAT,
     HUB_ENTRY,
     HUB_WARNING,
@@ -44,7 +44,7 @@ ARTIFACTORY = "jfrog-artifactory"
 HUB = "docker-hub"
 _PROTOCOLS = ("https", "http", "https-no-verify")
 _AUTHS = ("basic", "none")
-# Defaults of a new entry, as REFERENCE.md gives them for a v2 registry.
+# Defaults of a new entry, as WalT proposes them for a v2 registry.
 _NEW_ENTRY: dict[str, Any] = {"port": 443, "protocol": "https", "auth": "basic"}
 EX_INTERRUPTED = 130
 
@@ -84,10 +84,7 @@ def field_problem(api: str, key: str, value: object) -> str | None:
     try:
         configuration.parse({"registries": [probe]}, "check")
     except configuration.ConfigError as err:
-        marker = f"key {key!r}: "
-        for message in err.messages:
-            if marker in message:
-                return message.split(marker, 1)[1]
+        return next((problem.text for problem in err.problems if problem.key == key), None)
     return None
 
 
@@ -185,8 +182,8 @@ class _Editor:
         self.saved = copy.deepcopy(self.entries)
         self.notice: list[str] = []
 
-    def problems(self, entries: Sequence[_Entry] | None = None) -> list[str]:
-        """server.conf's messages for these entries (the current ones by default)."""
+    def problems(self, entries: Sequence[_Entry] | None = None) -> list[configuration.Problem]:
+        """server.conf's problems with these entries (the current ones by default)."""
         chosen = self.entries if entries is None else entries
         return problems(self.setup, [entry.data for entry in chosen])
 
@@ -199,7 +196,8 @@ class _Editor:
         clear()
         print(f"WalT server registries ({self.setup.files.config})")
         print()
-        for line in registry_table([(entry.data, entry.login) for entry in self.entries]):
+        rows = [(entry.data, entry.login) for entry in self.entries]
+        for line in registry_table(rows).splitlines():
             print(f"  {line}")
         if not self.entries:
             print("  (no registry at all)")
@@ -207,8 +205,8 @@ class _Editor:
         found = self.problems()
         if found:
             print("Status: INVALID; fix this before saving:")
-            for message in found:
-                print(f"  - {message}")
+            for problem in found:
+                print(f"  - {problem}")
         else:
             changed = self.entries != self.saved
             print(f"Status: valid{', unsaved changes' if changed else ', no change'}")
@@ -304,15 +302,15 @@ class _Editor:
                 candidate.append(entry)
             else:
                 candidate[index] = entry
-            added = [message for message in self.problems(candidate) if message not in before]
+            added = [problem for problem in self.problems(candidate) if problem not in before]
             if not added:
                 self.entries = candidate
                 self.notice = [f"{entry_label(entry.data)!r} is ready (not saved yet)."]
                 return
             print()
             print("This makes the configuration invalid:")
-            for message in added:
-                print(f"  - {message}")
+            for problem in added:
+                print(f"  - {problem}")
             action = _select(
                 "What now?",
                 [

@@ -9,10 +9,12 @@ import getpass
 import os
 import stat
 import sys
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
 
 import yaml
+
+from waltd.api.wire import Login, RegistryInfo
 
 
 class CredentialsError(Exception):
@@ -24,7 +26,7 @@ def config_path() -> Path:
     return Path(os.environ.get("WALT_CLIENT_CONFIG") or Path.home() / ".walt" / "config")
 
 
-def load(path: Path | None = None) -> dict[str, dict[str, str]]:
+def load(path: Path | None = None) -> dict[str, Login]:
     """Logins by registry label from the `registries` mapping of the client config."""
     path = path or config_path()
     try:
@@ -51,21 +53,21 @@ def load(path: Path | None = None) -> dict[str, dict[str, str]]:
                 f"{path}: registries entry {str(label)!r} needs a username "
                 "and a password (quoted strings)"
             )
-        out[str(label)] = {"username": entry["username"], "password": entry["password"]}
+        out[str(label)] = Login(entry["username"], entry["password"])
     return out
 
 
-def for_registries(registries: list[dict[str, Any]]) -> dict[str, dict[str, str]]:
+def for_registries(registries: Sequence[RegistryInfo]) -> dict[str, Login]:
     """Logins for the registries that want one: from the file, else asked on a terminal."""
     known = load()
-    wanted = {r["label"] for r in registries if r.get("auth") == "basic"}
+    wanted = {r.label for r in registries if r.auth == "basic"}
     creds = {label: known[label] for label in wanted if label in known}
     if sys.stdin.isatty():
         for label in sorted(wanted - creds.keys()):
             user = input(f"Login for registry {label} (empty to skip it): ").strip()
             if user:
-                creds[label] = {"username": user, "password": getpass.getpass("Password: ")}
-    configured = {r["label"] for r in registries}
+                creds[label] = Login(user, getpass.getpass("Password: "))
+    configured = {r.label for r in registries}
     if "hub" in configured and "hub" in known:
         creds.setdefault("hub", known["hub"])  # optional on the hub: sent when the user has one
     return creds

@@ -8,13 +8,15 @@ import json
 import sys
 from typing import Any, TextIO
 
+from waltd.api import wire
 from waltd.cli.client import Client, ClientError
+from waltd.cli.terminal import printable, table
 from waltd.cli.user_credentials import CredentialsError, for_registries
-from waltd.registries.base import ImageInfo
-from waltd.registries.search import SearchResult, render
 
 _LEVEL_COLOURS = {"debug": "2", "info": "32", "warning": "33", "error": "31", "critical": "31;1"}
 _FIXED = ("seq", "event", "level", "timestamp", "component")
+NO_MATCH = "Sorry, no image could match your request."
+HEADERS = ("User", "Image name", "Location", "Compatibility", "Clonable link")
 
 
 def format_event(event: dict[str, Any], colour: bool = False) -> str:
@@ -23,23 +25,23 @@ def format_event(event: dict[str, Any], colour: bool = False) -> str:
     Events carry text from the network (DHCP options, registry answers): every
     non-printable character is shown escaped, never sent to the terminal as is.
     """
-    stamp = _printable(str(event.get("timestamp", "")))
+    stamp = printable(str(event.get("timestamp", "")))
     clock = stamp[11:19] if len(stamp) >= 19 else stamp
     level = str(event.get("level", "info"))
-    tag = f"{_printable(level):<7}"
+    tag = f"{printable(level):<7}"
     if colour:
         tag = f"\x1b[{_LEVEL_COLOURS.get(level, '0')}m{tag}\x1b[0m"
     pairs = " ".join(
-        f"{_printable(str(key))}={_value(val)}"
+        f"{printable(str(key))}={_value(val)}"
         for key, val in event.items()
         if key not in _FIXED and key != "exception"
     )
-    name = _printable(str(event.get("event", "?")))
+    name = printable(str(event.get("event", "?")))
     line = f"{clock} {tag} {name}" + (f" {pairs}" if pairs else "")
     if "exception" in event:
         # A traceback keeps its lines; only "\n" separates them here.
         lines = str(event["exception"]).rstrip().split("\n")
-        line += "\n" + "\n".join(_printable(text) for text in lines)
+        line += "\n" + "\n".join(printable(text) for text in lines)
     return line
 
 
@@ -50,46 +52,70 @@ def _value(val: Any) -> str:
         text = val if isinstance(val, str) else json.dumps(val, default=str)
     if " " in text or not text:
         text = json.dumps(text, ensure_ascii=False)
-    return _printable(text)
+    return printable(text)
 
 
-def _printable(text: str) -> str:
-    """`text` with each non-printable character (controls, lone surrogates...) escaped."""
-    if text.isprintable():
-        return text
-    return "".join(c if c.isprintable() else c.encode("unicode_escape").decode() for c in text)
-
-
-def _print_status(status: dict[str, Any], out: TextIO) -> None:
-    print(
-        f"waltd {status['version']} (pid {status['pid']}), up {status['uptime_s']:.0f} s", file=out
+def row(image: wire.ImageRow, server_version: int) -> tuple[str, str, str, str, str]:
+    """One row of the search table; an image needing a newer server says so instead of
+    giving its link."""
+    needed = image.minversion
+    link = (
+        f"[Need server upgrade, version>={needed}]"
+        if needed is not None and needed > server_version
+        else image.clone_url
     )
-    net = status.get("node_network")
+    tag = "" if image.tag == "latest" else f":{image.tag}"
+    return (image.user, f"{image.name}{tag}", image.kind, ",".join(image.models), link)
+
+
+def image_table(result: wire.SearchResult) -> str:
+    """What `walt image search` prints (warnings excluded: they go to stderr)."""
+    if not result.images:
+        return NO_MATCH
+    return table([row(i, result.server_version) for i in result.images], HEADERS)
+
+
+def _print_status(status: wire.Status, out: TextIO) -> None:
+    print(
+        f"waltd {printable(status.version)} (pid {status.pid}), up {status.uptime_s:.0f} s",
+        file=out,
+    )
+    net = printable(status.node_network) if status.node_network else None
     print(f"node network: {net or 'none (no DHCP served)'}", file=out)
-    regs = ", ".join(f"{r['label']} ({r['api']})" for r in status.get("registries", []))
+    regs = ", ".join(printable(f"{r.label} ({r.api})") for r in status.registries)
     print(f"registries: {regs or 'none'}", file=out)
-    if status.get("nodes") is not None:
-        print(f"nodes: {status['nodes']}", file=out)
-    print(f"you are: {status['caller']['walt_user']}", file=out)
+    if status.nodes is not None:
+        print(f"nodes: {status.nodes}", file=out)
+    print(f"you are: {printable(status.caller.walt_user)}", file=out)
     print("services:", file=out)
-    for svc in status.get("services", []):
-        extra = f", restarts {svc['restarts']}" if svc["restarts"] else ""
-        err = f", last error: {svc['last_error']}" if svc.get("last_error") else ""
-        print(f"  {svc['name']:<12} {svc['state']}{extra}{err}", file=out)
+    for svc in status.services:
+        extra = f", restarts {svc.restarts}" if svc.restarts else ""
+        err = f", last error: {svc.last_error}" if svc.last_error else ""
+        print(printable(f"  {svc.name:<12} {svc.state}{extra}{err}"), file=out)
+
+
+async def _get_status(client: Client) -> wire.Status:
+    try:
+        return wire.Status.from_json(await client.get_json("/v1/status"))
+    except ValueError as err:
+        raise ClientError(f"waltd sent an unreadable status: {err}") from err
 
 
 async def _status(args: argparse.Namespace) -> int:
     async with Client() as client:
-        status = await client.get_json("/v1/status")
+        status = await _get_status(client)
     if args.json:
-        print(json.dumps(status, indent=2))
+        print(json.dumps(status.to_json(), indent=2))
     else:
         _print_status(status, sys.stdout)
     return 0
 
 
 async def _log_show(args: argparse.Namespace) -> int:
-    query = f"?since={args.since}&limit={args.limit}" + ("&follow=1" if args.follow else "")
+    try:
+        query = wire.EventsQuery(args.since, args.limit, args.follow).to_query()
+    except ValueError as err:
+        raise ClientError(str(err)) from err
     as_json = args.json
     colour = sys.stdout.isatty()
     async with Client() as client:
@@ -101,45 +127,35 @@ async def _log_show(args: argparse.Namespace) -> int:
 async def _image_search(args: argparse.Namespace) -> int:
     progress = sys.stderr.isatty()
     async with Client() as client:
-        status = await client.get_json("/v1/status")
+        status = await _get_status(client)
         try:
-            creds = for_registries(status["registries"])
+            logins = for_registries(status.registries)
         except CredentialsError as err:
             raise ClientError(str(err)) from err
         done: list[str] = []
-        result: dict[str, Any] | None = None
-        body = {"keyword": args.keyword, "credentials": creds}
-        async for record in client.stream("/v1/images/search", body):
-            if record.get("type") == "progress":
-                done.append(f"{record['source']} {record['status']}")
+        result: wire.SearchResult | None = None
+        body = wire.SearchRequest(args.keyword, logins).to_json()
+        async for raw in client.stream("/v1/images/search", body):
+            try:
+                record = wire.search_record(raw)
+            except ValueError as err:
+                raise ClientError(f"waltd sent an unreadable search record: {err}") from err
+            if isinstance(record, wire.SearchProgress):
+                done.append(printable(f"{record.source} {record.status}"))
                 if progress:
                     print(f"\rSearching... {', '.join(done)}", end="", file=sys.stderr, flush=True)
-            elif record.get("type") == "result":
+            else:
                 result = record
     if progress:
         print("\r\x1b[K", end="", file=sys.stderr, flush=True)
     if result is None:
         raise ClientError("waltd ended the search without a result")
-    for warning in result["warnings"]:
-        print(warning, file=sys.stderr)
-    images = tuple(
-        ImageInfo(
-            i["location"],
-            i["kind"],
-            i["user"],
-            i["name"],
-            i["tag"],
-            i["digest"],
-            i["labels"],
-            i["created"],
-            tuple(i["platforms"]),
-        )
-        for i in result["images"]
-    )
+    for warning in result.warnings:
+        print(printable(warning), file=sys.stderr)
     if args.json:
-        print(json.dumps(result["images"], indent=2))
+        print(json.dumps([i.to_json() for i in result.images], indent=2))
     else:
-        print(render(SearchResult(images, ()), result["server_version"]))
+        print(image_table(result))
     return 0
 
 

@@ -1,36 +1,43 @@
-"""Detection: dnsmasq's lease events (socket and spool) become nodes, log records, state.
+"""Detection: dnsmasq's lease events (spooled by the hook) become nodes, records, events.
 
-The hook (`waltd-dhcp-event`) sends one JSON datagram per call, and spools it as a file when
-the daemon cannot take it. Parsing is a pure function; the service around it owns the socket,
-drains the spool whenever it holds events, and records nodes. An event it cannot record (the
-database is away) goes back to the spool and is retried.
+The hook (`waltd-dhcp-event`) writes each event as one file into the spool, durably, then
+wakes this service with an empty datagram. Parsing is a pure function; the service drains
+the spool in arrival order, records each event in the database and removes its file only
+then, so an interruption anywhere (cancellation, SIGKILL) replays the event instead of
+losing it. A node's first sighting is announced (the `node_detected` record and a NodeSeen
+event) once, after the commit: the database remembers which nodes were announced, so a
+replay or a restart announces those an interruption left out.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import heapq
 import ipaddress
 import json
 import os
 import socket
 import time
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Self
+from pathlib import Path
+from typing import Any, Self
 
 from waltd import log
-from waltd.db import Database, StateError
-from waltd.dhcp_event import MAX_MESSAGE, spool
-from waltd.provision.models import detect_model, normalise_mac
+from waltd.context import Context
+from waltd.db import Database, Node, StateError
+from waltd.dhcp_event import MAX_MESSAGE
+from waltd.names import normalise_mac
+from waltd.node_events import NodeReleased, NodeSeen
+from waltd.provision.models import detect_model
 from waltd.supervisor import Service
-
-if TYPE_CHECKING:
-    from waltd.daemon import Context
 
 _log = log.get("detect")
 LEASE_ACTIONS = ("add", "old", "del")
-# How often the spool is looked at while no datagram arrives.
+# How often the spool is looked at while no wake-up arrives.
 SPOOL_TICK_S = 2.0
+# Event files listed and handled per pass (the spool may hold thousands after an outage).
+SPOOL_BATCH = 256
 # How long a live event waits for the database before it goes to the spool instead.
 DB_WAIT_S = 5.0
 
@@ -46,6 +53,8 @@ class LeaseEvent:
     vendor_class: str | None
     user_classes: tuple[str, ...]
     interface: str | None
+    # Optional fields left out because they were unusable, each with its problem.
+    dropped: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -82,13 +91,18 @@ def _ip(value: str | None) -> str:
 
 
 def parse_message(raw: bytes) -> LeaseEvent | TftpEvent:
-    """One hook message -> an event; ValueError naming the problem when it is malformed."""
+    """One hook message -> an event; ValueError naming the problem when it is malformed.
+
+    A required field (action, mac, ip) that is unusable makes the message malformed; an
+    optional one (hostname, classes, interface) is left out and named in `dropped`, since
+    a lease matters more than a stray byte in its vendor class.
+    """
     if len(raw) > MAX_MESSAGE:
         raise ValueError(f"message of {len(raw)} bytes exceeds {MAX_MESSAGE}")
     try:
         data = json.loads(raw)
-    except (ValueError, UnicodeDecodeError) as err:
-        raise ValueError(f"not JSON: {err}") from None
+    except (ValueError, UnicodeDecodeError, RecursionError) as err:
+        raise ValueError(f"not JSON: {str(err)[:80]}") from None
     if not isinstance(data, dict):
         raise ValueError("not a JSON object")
     action = _text(data, "action", 16, required=True)
@@ -97,26 +111,38 @@ def parse_message(raw: bytes) -> LeaseEvent | TftpEvent:
         return TftpEvent(
             ip=_ip(_text(data, "ip")),
             file=_text(data, "file", 1024, required=True) or "",
-            size=int(size) if isinstance(size, str) and size.isdigit() else None,
+            size=int(size) if isinstance(size, str) and size.isdigit() and len(size) < 20 else None,
         )
     if action not in LEASE_ACTIONS:
         raise ValueError(f"unknown action {action!r}")
+    dropped: list[str] = []
+
+    def optional(key: str, value: Any, limit: int = 255) -> str | None:
+        try:
+            return _text({key: value}, key, limit)
+        except ValueError as err:
+            dropped.append(str(err))
+            return None
+
     classes = data.get("user_classes") or []
-    if not isinstance(classes, list) or not all(isinstance(c, str) for c in classes):
-        raise ValueError("field 'user_classes' must be a list of strings")
+    if not isinstance(classes, list):
+        dropped.append("field 'user_classes' must be a list of strings")
+        classes = []
+    user_classes = [optional("user_classes", c) for c in classes[:16]]
     return LeaseEvent(
         action=action,
         mac=normalise_mac(_text(data, "mac", 64, required=True) or ""),
         ip=_ip(_text(data, "ip")),
-        hostname=_text(data, "hostname"),
-        vendor_class=_text(data, "vendor_class"),
-        user_classes=tuple(c for c in classes[:16] if _text({"c": c}, "c")),
-        interface=_text(data, "interface", 15),
+        hostname=optional("hostname", data.get("hostname")),
+        vendor_class=optional("vendor_class", data.get("vendor_class")),
+        user_classes=tuple(c for c in user_classes if c),
+        interface=optional("interface", data.get("interface"), 15),
+        dropped=tuple(dropped),
     )
 
 
 class DetectionService(Service):
-    """Receives the hook's events, drains the spool, records nodes and logs what it sees."""
+    """Drains the spool whenever the hook wakes it, records nodes and announces them."""
 
     name = "detect"
 
@@ -125,15 +151,15 @@ class DetectionService(Service):
         self.socket_path = ctx.state_dir / "dhcp-events.sock"
         self.spool = ctx.state_dir / "dhcp-spool"
         self._sock: socket.socket | None = None
+        self._intake = True
 
     async def __aenter__(self) -> Self:
+        self._intake = True
         self.spool.mkdir(mode=0o700, exist_ok=True)
         self.socket_path.unlink(missing_ok=True)
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC)
         sock.bind(str(self.socket_path))
         sock.setblocking(False)
-        # Bursts (a rack of nodes powering on) queue here while one message is handled.
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 20)
         os.chmod(self.socket_path, 0o600)
         self._sock = sock
         return self
@@ -141,134 +167,126 @@ class DetectionService(Service):
     async def __aexit__(self, *exc: object) -> None:
         if self._sock is not None:
             sock, self._sock = self._sock, None
-            # Datagrams still queued would die with the socket: the spool keeps them.
-            self._spool_queued(sock)
-            sock.close()
+            sock.close()  # queued wake-ups carry nothing: the events are in the spool
         with contextlib.suppress(FileNotFoundError):
             self.socket_path.unlink()
 
-    def _spool_queued(self, sock: socket.socket) -> None:
+    async def serve(self) -> None:
+        """Announce what an interruption left unannounced, then drain the spool whenever
+        the hook wakes this service, and every SPOOL_TICK_S in any case."""
+        await self._announce_pending()
+        while True:
+            await self.drain_spool()
+            await self._woken()
+
+    async def drain(self) -> None:
+        """Stop intake: the event being recorded finishes, the others stay spooled."""
+        self._intake = False
+
+    async def _woken(self) -> None:
+        """Wait for a wake-up (SPOOL_TICK_S at most), then take every queued one at once."""
+        assert self._sock is not None
+        loop = asyncio.get_running_loop()
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(SPOOL_TICK_S):
+                await loop.sock_recv(self._sock, 1)
         while True:
             try:
-                raw = sock.recv(MAX_MESSAGE + 1)
+                self._sock.recv(1)
             except (BlockingIOError, InterruptedError):
                 return
             except OSError as err:
-                _log.error("dhcp_queue_unreadable", error=str(err))
+                _log.error("dhcp_wakeup_unreadable", error=str(err))
                 return
-            self._respool(raw, "the detection service is stopping")
 
-    async def serve(self) -> None:
-        """Deliver live events, and spooled ones whenever the spool holds some.
-
-        The hook spools when it cannot reach the daemon or the socket's queue stays full;
-        the spool is drained after each datagram and every SPOOL_TICK_S.
-        """
-        assert self._sock is not None
-        loop = asyncio.get_running_loop()
-        await self.drain_spool()
-        receiving: asyncio.Future[bytes] | None = None
-        try:
-            while True:
-                if receiving is None:
-                    receiving = asyncio.ensure_future(loop.sock_recv(self._sock, MAX_MESSAGE + 1))
-                # The receive stays pending across ticks: cancelling it could lose a datagram.
-                done, _ = await asyncio.wait([receiving], timeout=SPOOL_TICK_S)
-                if done:
-                    raw, receiving = receiving.result(), None
-                    await self.handle(raw, source="socket")
-                await self.drain_spool()
-        finally:
-            # cancel() fails on a finished receive: a datagram taken while a drain ran.
-            if receiving is not None and not receiving.cancel():
-                if not receiving.cancelled() and receiving.exception() is None:
-                    self._respool(receiving.result(), "the detection service is stopping")
+    def _spooled(self) -> list[Path]:
+        """The oldest SPOOL_BATCH event files, in arrival order."""
+        with os.scandir(self.spool) as entries:
+            names = [e.name for e in entries if e.name.endswith(".json") and e.name[0] != "."]
+        return [self.spool / name for name in heapq.nsmallest(SPOOL_BATCH, names)]
 
     async def drain_spool(self) -> int:
         """Handle spooled events in arrival order, removing each once handled.
 
-        It stops at the first event it cannot record (the database is away), leaving it and
-        the later ones in place for the next pass; returns how many it handled.
+        It stops at the first event it cannot record (the database is away, descriptors
+        are exhausted), leaving it and the later ones in place for the next pass; returns
+        how many it handled.
         """
-        if self._ctx.db is None:
+        if not self._ctx.db.is_open:
             return 0  # nothing could be recorded: the next pass retries
-        files = sorted(p for p in self.spool.iterdir() if p.suffix == ".json")
+        handled = 0
+        while self._intake:
+            try:
+                files = self._spooled()
+            except OSError as err:  # EMFILE among others: the next pass retries
+                _log.error("dhcp_spool_unreadable", path=str(self.spool), error=str(err))
+                break
+            batch = await self._handle_files(files)
+            handled += batch
+            if batch < len(files) or len(files) < SPOOL_BATCH:
+                break
+        if handled:
+            _log.info("dhcp_spool_drained", count=handled)
+        return handled
+
+    async def _handle_files(self, files: list[Path]) -> int:
         handled = 0
         for path in files:
+            if not self._intake:
+                break
             try:
-                raw = path.read_bytes()
+                with path.open("rb") as file:
+                    raw = file.read(MAX_MESSAGE + 1)
             except FileNotFoundError:
                 continue
             except OSError as err:
                 _log.error("dhcp_spool_unreadable", path=str(path), error=str(err))
-                continue
-            if not await self._handle(raw, source="spool"):
+                break
+            if not await self._handle(raw):
                 break
             path.unlink(missing_ok=True)
             handled += 1
-        if handled:
-            _log.info("dhcp_spool_drained", count=handled, left=len(files) - handled)
         return handled
 
-    async def handle(self, raw: bytes, source: str) -> None:
-        """One live hook message: parse it, then record and log what it means.
-
-        An event that cannot be recorded goes back to the spool, to be retried.
-        """
-        try:
-            recorded = await self._handle(raw, source)
-        except asyncio.CancelledError:
-            self._respool(raw, "the detection service is stopping")
-            raise
-        if not recorded:
-            self._respool(raw, "it could not be recorded")
-
-    async def _handle(self, raw: bytes, source: str) -> bool:
+    async def _handle(self, raw: bytes) -> bool:
         """Parse and record one message; False when recording failed (logged)."""
         try:
             event = parse_message(raw)
         except ValueError as err:
-            _log.warning("dhcp_event_malformed", source=source, error=str(err))
+            _log.warning("dhcp_event_malformed", error=str(err))
             return True  # retrying would not make it any better
         if isinstance(event, TftpEvent):
             _log.info("tftp_transfer", ip=event.ip, file=event.file, size=event.size)
             return True
+        if event.dropped:
+            _log.warning("dhcp_fields_dropped", mac=event.mac, ip=event.ip, problems=event.dropped)
         try:
-            await self._lease(event, source)
+            await self._lease(event)
         except Exception as err:
             _log.error(
                 "dhcp_event_not_recorded",
                 mac=event.mac,
                 ip=event.ip,
                 action=event.action,
-                source=source,
                 error=f"{type(err).__name__}: {err}",
             )
             return False
         return True
 
-    def _respool(self, raw: bytes, why: str) -> None:
-        try:
-            path = spool(raw, str(self.spool))
-        except OSError as err:
-            _log.error("dhcp_event_lost", reason=why, error=str(err))
-            return
-        _log.warning("dhcp_event_spooled", reason=why, path=path)
-
     async def _database(self) -> Database:
         """The database, waiting for it a while when its service is (re)starting."""
         deadline = time.monotonic() + DB_WAIT_S
-        while self._ctx.db is None:
+        while not self._ctx.db.is_open:
             if time.monotonic() >= deadline:
                 raise StateError("the state database is not open")
             await asyncio.sleep(0.1)
         return self._ctx.db
 
-    async def _lease(self, ev: LeaseEvent, source: str) -> None:
+    async def _lease(self, ev: LeaseEvent) -> None:
         db = await self._database()
         model = detect_model(ev.mac, ev.vendor_class, ev.user_classes)
         known = await db.get_node(ev.mac)
-        subject = {"mac": ev.mac, "ip": ev.ip, "action": ev.action, "source": source}
+        subject = {"mac": ev.mac, "ip": ev.ip, "action": ev.action}
         if model is None and known is None:
             _log.info(
                 "unknown_device",
@@ -281,27 +299,41 @@ class DetectionService(Service):
             if known is not None:
                 await db.upsert_node(ev.mac, state="released")
                 _log.info("node_lease_released", name=known.name, model=known.model, **subject)
+                self._ctx.nodes.publish(NodeReleased(mac=ev.mac, name=known.name))
             return
         # dnsmasq repeats leases without their classes after a restart: keep what we know.
         model = model or (known.model if known else None)
         node = await db.upsert_node(ev.mac, ip=ev.ip, model=model, state="leased")
-        if known is None:
-            _log.info(
-                "node_detected",
-                name=node.name,
-                model=model,
-                vendor_class=ev.vendor_class,
-                user_classes=list(ev.user_classes),
-                **subject,
+        if not node.announced:
+            await self._announce(
+                node, vendor_class=ev.vendor_class, user_classes=list(ev.user_classes)
             )
-            await self._ctx.node_known(node.mac, node.name)
-        else:
-            if known.model != model:
-                _log.warning(
-                    "node_model_changed",
-                    name=node.name,
-                    old_model=known.model,
-                    model=model,
-                    **subject,
-                )
-            _log.info("node_lease", name=node.name, model=model, **subject)
+            return
+        if known is not None and known.model != model:
+            _log.warning(
+                "node_model_changed", name=node.name, old_model=known.model, model=model, **subject
+            )
+        _log.info("node_lease", name=node.name, model=model, **subject)
+        self._ctx.nodes.publish(
+            NodeSeen(mac=node.mac, name=node.name, ip=ev.ip, model=model, new=False)
+        )
+
+    async def _announce(self, node: Node, **detail: Any) -> None:
+        """The one announcement of a node's first sighting, then its mark in the database.
+
+        Record and event go out with no await between them; the mark is shielded, so a
+        cancellation cannot stop it half way and announce the node a second time.
+        """
+        _log.info(
+            "node_detected", name=node.name, model=node.model, mac=node.mac, ip=node.ip, **detail
+        )
+        self._ctx.nodes.publish(
+            NodeSeen(mac=node.mac, name=node.name, ip=node.ip or "", model=node.model, new=True)
+        )
+        await asyncio.shield(self._ctx.db.mark_announced(node.mac))
+
+    async def _announce_pending(self) -> None:
+        """Announce the nodes an interruption recorded but left unannounced."""
+        db = await self._database()
+        for node in await db.unannounced_nodes():
+            await self._announce(node, recovered=True)

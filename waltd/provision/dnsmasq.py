@@ -16,17 +16,17 @@ import sys
 from collections import deque
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Self
+from typing import Self
 
 from waltd import log
+from waltd.atomic import write_atomic
 from waltd.config import WaltNet
+from waltd.context import Context
 from waltd.db import StateError
 from waltd.dhcp_event import SOCKET_ENV, SPOOL_ENV
-from waltd.provision.models import normalise_mac
+from waltd.names import normalise_mac
+from waltd.node_events import NodeSeen, Resync, Subscription
 from waltd.supervisor import Service
-
-if TYPE_CHECKING:
-    from waltd.daemon import Context
 
 _log = log.get("dnsmasq")
 
@@ -68,7 +68,7 @@ class Paths:
 
 
 def render_config(net: WaltNet, paths: Paths, hook: Path) -> str:
-    """dnsmasq.conf for the node network `net` (INFRA.md's working configuration)."""
+    """dnsmasq.conf for the node network `net`."""
     first, last = net.dhcp_range
     lines = [
         "# Written by waltd; changes are overwritten.",
@@ -109,6 +109,16 @@ def host_entry(mac: str, name: str) -> str:
     return f"{mac},{name}\n"
 
 
+def _public_folder(folder: Path) -> None:
+    """`folder` as 0755, and the folders it needed created as 0755 too (the daemon's umask
+    makes its own files private; these are read by dnsmasq as `nobody`)."""
+    missing = [p for p in (folder, *folder.parents) if not p.exists()]
+    for path in reversed(missing):
+        path.mkdir(exist_ok=True)
+        path.chmod(0o755)
+    folder.chmod(0o755)
+
+
 def hook_path() -> Path:
     """The `waltd-dhcp-event` beside the running interpreter (the same installation)."""
     beside = Path(sys.executable).parent / "waltd-dhcp-event"
@@ -131,14 +141,14 @@ class DnsmasqService(Service):
             folder=ctx.state_dir / "dnsmasq", tftp_root=ctx.config.exports.root / "tftp"
         )
         self._proc: asyncio.subprocess.Process | None = None
+        self._nodes: Subscription | None = None
 
     async def __aenter__(self) -> Self:
         net = self._ctx.config.walt_net
         assert net is not None, "dnsmasq runs only with a node network"
         # dnsmasq drops to `nobody` and must still read its hosts folder and TFTP files.
         for folder in (self.paths.folder, self.paths.hosts, self.paths.tftp_root):
-            folder.mkdir(parents=True, exist_ok=True)
-            folder.chmod(0o755)
+            _public_folder(folder)
         self._install_boot_files()
         self.paths.conf.write_text(render_config(net, self.paths, hook_path()))
         env = {
@@ -147,9 +157,9 @@ class DnsmasqService(Service):
             SPOOL_ENV: str(self._ctx.state_dir / "dhcp-spool"),
         }
         argv = ["dnsmasq", "--keep-in-foreground", f"--conf-file={self.paths.conf}", "--pid-file"]
-        # Published before the hosts are rebuilt, so a node detected meanwhile writes its own
-        # entry rather than fall between the two.
-        self._ctx.dnsmasq = self
+        # Subscribed before the hosts are rebuilt, so a node detected meanwhile gets its
+        # entry from its event rather than fall between the two.
+        self._nodes = self._ctx.nodes.subscribe(self.name)
         try:
             await self._write_known_hosts()
             self._proc = await self._ctx.children.spawn(
@@ -160,7 +170,8 @@ class DnsmasqService(Service):
                 drops_privileges=True,  # it becomes `nobody`
             )
         except BaseException:
-            self._ctx.dnsmasq = None
+            self._nodes.close()
+            self._nodes = None
             raise
         _log.info(
             "dnsmasq_started",
@@ -178,7 +189,7 @@ class DnsmasqService(Service):
         """
         db = self._ctx.db
         try:
-            if db is None:
+            if not db.is_open:
                 raise StateError("the state database is not open")
             nodes = await db.list_nodes()
         except (StateError, RuntimeError) as err:
@@ -192,16 +203,38 @@ class DnsmasqService(Service):
                 _log.warning("known_host_skipped", mac=node.mac, error=str(err))
 
     def _install_boot_files(self) -> None:
-        (self.paths.tftp_root / "bootstrap.ipxe").write_text(BOOTSTRAP_IPXE)
+        # dnsmasq serves TFTP as `nobody`: the files are world-readable on purpose.
+        write_atomic(self.paths.tftp_root / "bootstrap.ipxe", BOOTSTRAP_IPXE.encode(), 0o644)
         for name, source in IPXE_FILES.items():
             if Path(source).exists():
-                shutil.copyfile(source, self.paths.tftp_root / name)
+                write_atomic(self.paths.tftp_root / name, Path(source).read_bytes(), 0o644)
 
     async def serve(self) -> None:
-        """Relay dnsmasq's output to the log; its exit is a crash (the supervisor restarts it).
+        """Keep known hosts from node events; relay dnsmasq's output to the log.
 
-        The crash message carries dnsmasq's last words (e.g. an unknown interface).
+        dnsmasq's exit is a crash (the supervisor restarts it), whose message carries its
+        last words (e.g. an unknown interface).
         """
+        assert self._nodes is not None
+        relay = asyncio.create_task(self._relay(), name="dnsmasq:output")
+        hosts = asyncio.create_task(self._keep_hosts(self._nodes), name="dnsmasq:hosts")
+        try:
+            done, _ = await asyncio.wait([relay, hosts], return_when=asyncio.FIRST_COMPLETED)
+            # neither ends by itself without an error: dnsmasq exited, or a write failed
+            done.pop().result()
+        finally:
+            for task in (relay, hosts):
+                task.cancel()
+            await asyncio.gather(relay, hosts, return_exceptions=True)
+
+    async def _keep_hosts(self, nodes: Subscription) -> None:
+        async for event in nodes:
+            if isinstance(event, Resync):
+                await self._write_known_hosts()
+            elif isinstance(event, NodeSeen) and event.new:
+                self.add_host(event.mac, event.name)
+
+    async def _relay(self) -> None:
         assert self._proc is not None and self._proc.stdout is not None
         last: deque[str] = deque(maxlen=3)
         async for raw in self._proc.stdout:
@@ -214,7 +247,9 @@ class DnsmasqService(Service):
         raise RuntimeError(f"dnsmasq exited with status {status}{said}")
 
     async def __aexit__(self, *exc: object) -> None:
-        self._ctx.dnsmasq = None
+        if self._nodes is not None:
+            self._nodes.close()
+            self._nodes = None
         if self._proc is not None:
             await self._ctx.children.stop(self._proc, grace=2)
             self._proc = None
@@ -223,8 +258,5 @@ class DnsmasqService(Service):
         """Make `mac` a known host (inotify: no restart, no lease lost); returns its file."""
         entry = host_entry(mac, name)
         path = self.paths.hosts / normalise_mac(mac).replace(":", "-")
-        tmp = path.with_name(f".{path.name}.tmp")
-        tmp.write_text(entry)
-        tmp.chmod(0o644)
-        tmp.replace(path)
+        write_atomic(path, entry.encode(), 0o644)
         return path

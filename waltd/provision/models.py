@@ -5,23 +5,17 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable
 
+from waltd.names import normalise_mac
+
 CLASS_PREFIX = "walt.node."
-# Raspberry Pi boards that send no class are known by their MAC prefix (REFERENCE.md).
+# Raspberry Pi boards that send no class are known by their MAC prefix (the Raspberry Pi
+# foundation's OUIs).
 RPI_MAC_PREFIXES = frozenset(
     {"28:cd:c1", "b8:27:eb", "d8:3a:dd", "dc:a6:32", "e4:5f:01", "2c:cf:67", "88:a2:9e"}
 )
 # What the MAC prefix alone says: a Raspberry Pi of unknown board.
 RPI_UNKNOWN_MODEL = "rpi-unknown"
 _MODEL = re.compile(r"[a-z0-9]+(?:[-_.][a-z0-9]+)*")
-_MAC = re.compile(r"[0-9a-f]{2}(?::[0-9a-f]{2}){5}")
-
-
-def normalise_mac(mac: str) -> str:
-    """`mac` as lower-case colon form; ValueError if it is not a MAC address."""
-    text = mac.strip().lower().replace("-", ":")
-    if not _MAC.fullmatch(text):
-        raise ValueError(f"not a MAC address: {mac[:40]!r}")
-    return text
 
 
 def model_from_class(value: str | None) -> str | None:

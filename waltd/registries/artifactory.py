@@ -5,7 +5,7 @@ its API lives under `/v2/<repository>/`, and the catalog is `/v2/<repository>/_c
 the root), listing names relative to the repository.
 
 WalT names images `user/name`. An Artifactory repository holds the images of whoever may push to
-it, and the remote name keeps no user (REFERENCE.md, publish: `<repository>/<name>:<tag>`), so
+it, and the remote name keeps no user (WalT publishes to `<repository>/<name>:<tag>`), so
 the repository takes the user's place, as the reference does: the image `walt/foo:1` of a
 registry labelled `jfrog` is listed with user `walt` and cloned from `jfrog:walt/foo:1`, which
 names the very path it was published at.
@@ -17,7 +17,7 @@ from typing import Any
 
 from waltd import config
 from waltd.registries.base import NotFound
-from waltd.registries.v2 import RegistryV2Source
+from waltd.registries.v2.source import RegistryV2Source
 
 
 class ArtifactorySource(RegistryV2Source):

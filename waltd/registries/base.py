@@ -13,7 +13,7 @@ import json
 import os
 import re
 import tempfile
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
@@ -44,15 +44,27 @@ class Credentials:
 
 
 class RegistryError(Exception):
-    """A source failed; the message names the source and the problem, never a secret."""
+    """A source failed; the message names the source and the problem, never a secret.
+
+    `status` is the HTTP status that said so, if any; `retryable` whether the same request
+    may succeed later (a busy or unreachable server), and `retry_after` how many seconds the
+    server asked to wait first (`RetryPolicy` reads both).
+    """
 
     def __init__(
-        self, source: str, message: str, *, status: int | None = None, retryable: bool = False
+        self,
+        source: str,
+        message: str,
+        *,
+        status: int | None = None,
+        retryable: bool = False,
+        retry_after: float | None = None,
     ) -> None:
         super().__init__(f"{source}: {message}")
         self.source = source
         self.status = status
         self.retryable = retryable
+        self.retry_after = retry_after
 
 
 class NotFound(RegistryError):
@@ -60,16 +72,36 @@ class NotFound(RegistryError):
 
 
 class AuthError(RegistryError):
-    """401/403: missing or refused credentials (never retried)."""
+    """401/403: missing or refused credentials (never retried).
+
+    `token_service` is True when the registry's token service refused (the credentials
+    themselves, whatever is asked for), False when one repository or request was refused.
+    """
+
+    def __init__(
+        self, source: str, message: str, *, status: int | None = None, token_service: bool = False
+    ) -> None:
+        super().__init__(source, message, status=status)
+        self.token_service = token_service
 
 
 class Unsupported(RegistryError):
     """An image the client cannot use (schema 1, not a container image, no platform fits)."""
 
 
+class LimitExceeded(RegistryError):
+    """A bound of the daemon (a count, a size, a deadline) stopped the source: its answer is
+    incomplete, so it is not used at all."""
+
+
 class BadImage(RegistryError):
     """One image's manifest or config is unusable: over the size limit, not matching its
     digest, or invalid. A listing leaves that image out instead of failing."""
+
+
+class DigestMismatch(BadImage):
+    """Content that does not match its digest: the registry, or what stands between it and
+    the daemon, changed it. Refused; a listing leaves the image out and warns the user."""
 
 
 @dataclass(frozen=True)
@@ -110,14 +142,24 @@ class ImageInfo:
         return f"{self.location}:{self.user}/{self.name}{tag}"
 
 
+# Receives a line for the user about a listing that goes on (a search shows it as a warning).
+Warn = Callable[[str], None]
+
+
 class Source(Protocol):
     """An image source (registry or docker daemon)."""
 
     label: str  # clone URL location
     kind: str  # LOCATION_*
 
-    async def list_images(self, creds: Credentials | None = None) -> list[ImageInfo]:
-        """Every WalT image the source holds (images without `walt.node.models` left out)."""
+    async def list_images(
+        self, creds: Credentials | None = None, *, warn: Warn | None = None
+    ) -> list[ImageInfo]:
+        """Every WalT image the source holds (images without `walt.node.models` left out).
+
+        `warn` receives one line per problem the user should see that did not stop the
+        listing (an image refused because its content does not match its digest).
+        """
         ...
 
     async def resolve(
@@ -131,7 +173,7 @@ class Source(Protocol):
     ) -> ImageInfo:
         """One image's digest and labels without pulling it; NotFound when absent.
 
-        `models` picks the platform of a multi-platform image (REFERENCE.md's table).
+        `models` picks the platform of a multi-platform image (see `platforms.py`).
         """
         ...
 

@@ -9,16 +9,16 @@ changes is which digest a tag points to, which callers re-ask the registry for.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import hashlib
 import json
 import os
 import re
-import secrets
 from collections import OrderedDict
+from dataclasses import dataclass
 from pathlib import Path
 
 from waltd import log
+from waltd.atomic import write_atomic
 
 _log = log.get("registry-cache")
 
@@ -54,6 +54,15 @@ def _read_tags(path: Path, limit: int) -> dict[str, str]:
         k: v for k, v in data.items() if isinstance(k, str) and isinstance(v, str) and is_digest(v)
     }
     return dict(list(tags.items())[-limit:])
+
+
+@dataclass(frozen=True)
+class CacheStats:
+    """How much a DigestCache holds in memory, and how much waits to be written."""
+
+    memory_entries: int
+    memory_bytes: int
+    unwritten_bytes: int
 
 
 class DigestCache:
@@ -146,6 +155,14 @@ class DigestCache:
             if self._on_disk is not None:
                 self._on_disk.update(written)
 
+    def stats(self) -> CacheStats:
+        """What the cache holds now (its bounds are checked against these)."""
+        return CacheStats(
+            memory_entries=len(self._memory),
+            memory_bytes=self._memory_size,
+            unwritten_bytes=self._unwritten_size,
+        )
+
     def tag_digest(self, key: str) -> str | None:
         """The digest last remembered for `key` (a registry, repository and tag)."""
         return self._tags.get(key)
@@ -208,14 +225,11 @@ class DigestCache:
 
     def _write_file(self, path: Path, data: bytes) -> bool:
         assert self.folder is not None
-        tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
         try:
             self.folder.mkdir(mode=0o700, parents=True, exist_ok=True)
-            tmp.write_bytes(data)
-            os.replace(tmp, path)  # atomic: a reader sees the old file or the whole new one
+            # a reader sees the old file or the whole new one; not synced: a loss is a miss
+            write_atomic(path, data, 0o600, durable=False)
         except OSError as err:
-            with contextlib.suppress(OSError):
-                tmp.unlink(missing_ok=True)
             _log.warning("registry_cache_write_failed", path=str(path), error=str(err))
             return False
         return True

@@ -16,6 +16,7 @@ from typing import Any
 import aiodocker
 import aiohttp
 
+from waltd import names
 from waltd.registries.base import (
     LOCATION_DOCKER,
     MODELS_LABEL,
@@ -23,6 +24,7 @@ from waltd.registries.base import (
     ImageInfo,
     NotFound,
     RegistryError,
+    Warn,
 )
 
 DEFAULT_SOCKET = "unix:///var/run/docker.sock"
@@ -30,8 +32,6 @@ SOURCE = "docker daemon"
 # Names the daemon may give an image of Docker Hub's namespace: dockerd shows `user/name`,
 # podman's service `docker.io/user/name`.
 _HUB_PREFIXES = ("docker.io/", "index.docker.io/")
-_COMPONENT = re.compile(r"[a-z0-9]+(?:[._-][a-z0-9]+)*")
-_TAG = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}")
 # RFC 3339 with up to nanoseconds (Go's format); Python reads at most microseconds.
 _FRACTION = re.compile(r"(\.\d{1,6})\d*")
 # errno values meaning that nothing listens on the socket (rather than "not allowed").
@@ -49,14 +49,10 @@ def split_repo_tag(repo_tag: str) -> tuple[str, str, str] | None:
             repo_tag = repo_tag[len(prefix) :]
             break
     repository, sep, tag = repo_tag.rpartition(":")
-    if not sep or "/" in tag:
+    split = names.split_user_name(repository)
+    if not sep or split is None or not names.is_tag(tag):
         return None
-    parts = repository.split("/")
-    if len(parts) != 2 or not all(_COMPONENT.fullmatch(p) for p in parts):
-        return None
-    if not _TAG.fullmatch(tag):
-        return None
-    return parts[0], parts[1], tag
+    return (*split, tag)
 
 
 def _created(value: object) -> str | None:
@@ -139,10 +135,13 @@ class DockerDaemonSource:
             SOURCE, f"{message} (HTTP {err.status})", status=err.status, retryable=err.status >= 500
         )
 
-    async def list_images(self, creds: Credentials | None = None) -> list[ImageInfo]:
+    async def list_images(
+        self, creds: Credentials | None = None, *, warn: Warn | None = None
+    ) -> list[ImageInfo]:
         """Every image labelled `walt.node.models`, one entry per `user/name:tag` it carries.
 
-        `creds` is ignored: the daemon's socket is its own access control.
+        `creds` is ignored: the daemon's socket is its own access control; so is `warn`: the
+        daemon's own images need no check to warn about.
         """
         async with self._client() as docker:
             summaries = await docker.images.list(filters={"label": [MODELS_LABEL]})

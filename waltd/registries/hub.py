@@ -17,8 +17,8 @@ time. What the registry says wins: a metadata entry whose repository is gone is 
 entry that could not be inspected (its repository beyond the cap or without pull access, its tag
 beyond the cap or answered with 429 or 5xx) is kept with the metadata's labels and no digest, as
 the reference shows it. An image whose manifest or config is broken is left out. At most
-`max_repositories` repositories are inspected per search, with the tag caps of v2.py; a log
-record says when a cap cut the list.
+`max_repositories` repositories are inspected per search, with the tag caps and list bounds of
+limits.py; a log record says when a cap cut the list.
 
 Anonymous by default. Credentials, when given, go to the token service of the registry's
 Bearer challenge (the v2 client does this); Hub's web API is only read anonymously.
@@ -32,7 +32,6 @@ import binascii
 import functools
 import json
 import os
-import re
 from collections.abc import AsyncIterator, Hashable, Iterable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
@@ -42,7 +41,8 @@ from urllib.parse import urlsplit
 import aiohttp
 from yarl import URL
 
-from waltd import log
+from waltd import log, names
+from waltd.aio import Job, gather_all, run_jobs
 from waltd.registries.base import (
     LOCATION_HUB,
     AuthError,
@@ -52,9 +52,13 @@ from waltd.registries.base import (
     NotFound,
     RegistryError,
     Unsupported,
+    Warn,
 )
 from waltd.registries.cache import DigestCache
-from waltd.registries.v2 import ImageBudget, Job, V2Client, gather_all, run_jobs
+from waltd.registries.limits import ImageBudget, SearchLimits
+from waltd.registries.v2 import protocol
+from waltd.registries.v2.client import V2Client
+from waltd.registries.v2.source import RegistryApiSource, left_out
 
 _log = log.get("hub")
 H = TypeVar("H", bound=Hashable)
@@ -67,9 +71,6 @@ METADATA_KEY = "walt.user.images"
 SOURCE = "hub"
 _PAGE_SIZE = 100  # Hub's largest page
 _MAX_PAGES = 100  # per listing: an answer cannot keep the daemon paging forever
-# Docker's reference grammar (as v2.py checks it): path components and tags.
-_COMPONENT = re.compile(r"[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*")
-_TAG = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}")
 
 
 class MetadataError(ValueError):
@@ -128,21 +129,11 @@ def parse_walt_metadata(owner: str, encoded: str) -> UserMetadata:
 def _split_reference(ref: str) -> tuple[str, str, str] | None:
     """`user/name[:tag]` as (user, name, tag), or None."""
     repository, sep, tag = ref.partition(":")
-    split = _split_repository(repository)
+    split = names.split_user_name(repository)
     tag = tag if sep else "latest"
-    if split is None or not _TAG.fullmatch(tag):
+    if split is None or not names.is_tag(tag):
         return None
     return (*split, tag)
-
-
-def _split_repository(name: object) -> tuple[str, str] | None:
-    """`user/repo` as (user, repo); None for an official image (no user) or anything else."""
-    if not isinstance(name, str):
-        return None
-    parts = name.split("/")
-    if len(parts) != 2 or not all(_COMPONENT.fullmatch(p) for p in parts):
-        return None
-    return parts[0], parts[1]
 
 
 class _HubApi:
@@ -174,7 +165,7 @@ class _HubApi:
         )
         found = []
         async for item in self._pages(url, limit, f"search for {query!r}"):
-            repository = _split_repository(item.get("repo_name"))
+            repository = names.split_user_name(item.get("repo_name"))
             if repository is not None:
                 found.append(repository)
         return found
@@ -186,7 +177,7 @@ class _HubApi:
         try:
             async for item in self._pages(url, limit, f"repositories of {user}"):
                 name = item.get("name")
-                if isinstance(name, str) and _COMPONENT.fullmatch(name):
+                if isinstance(name, str) and names.is_path_component(name):
                     found.append((user, name))
         except NotFound:
             return []
@@ -238,10 +229,14 @@ class _HubApi:
                 if resp.status == 404:
                     raise NotFound(SOURCE, f"{where}: not found", status=404)
                 if resp.status == 429:
-                    wait = resp.headers.get("Retry-After", "")
-                    after = f", retry after {wait} s" if wait.isdigit() else ""
+                    wait = protocol.retry_after(resp.headers)
+                    after = f", retry after {wait:g} s" if wait is not None else ""
                     raise RegistryError(
-                        SOURCE, f"{where}: too many requests{after}", status=429, retryable=True
+                        SOURCE,
+                        f"{where}: too many requests{after}",
+                        status=429,
+                        retryable=True,
+                        retry_after=wait,
                     )
                 if resp.status != 200:
                     raise RegistryError(
@@ -303,26 +298,20 @@ def _unique(items: Iterable[H]) -> list[H]:
     return list(dict.fromkeys(items))
 
 
-def _refused_credentials(err: AuthError) -> bool:
-    """Whether the token service refused the credentials (rather than one repository's pull).
-
-    Hub answers 401 for a repository that is private or absent: that one is skipped. A refusal
-    of the credentials themselves would otherwise hide every image, so it fails the search.
-    """
-    return "by the token service" in str(err)
-
-
-class HubSource:
+class HubSource(RegistryApiSource):
     """Docker Hub (or a stand-in: base URLs are configurable, e.g. a pull-through mirror).
 
     `queries` are the Hub searches of discovery 2 (module docstring); `max_repositories` caps
     the repositories inspected per search, and each Hub search's results. `cache` is the v2
     client's cache of manifests and configs by digest, shared by every search; `session` an
     aiohttp session to share (else each operation opens its own); `concurrency` bounds the
-    registry requests of every operation together.
+    registry requests of every operation together; `limits` bound what one listing reads.
+
+    Hub answers 401 for a repository that is private or absent: that one is skipped. A
+    refusal by the token service (of the credentials themselves) would otherwise hide every
+    image, so it fails the search.
     """
 
-    label = "hub"
     kind = LOCATION_HUB
 
     def __init__(
@@ -338,18 +327,23 @@ class HubSource:
         cache: DigestCache | None = None,
         session: aiohttp.ClientSession | None = None,
         concurrency: int = 32,
+        limits: SearchLimits | None = None,
     ) -> None:
         self.registry_url = registry_url.rstrip("/")
+        super().__init__(
+            SOURCE,
+            self.registry_url,
+            verify_tls=verify_tls,
+            cache=cache,
+            session=session,
+            timeout_s=timeout_s,
+            max_body=max_body,
+            concurrency=concurrency,
+            limits=limits,
+        )
         self.hub_url = hub_url.rstrip("/")
         self.queries = tuple(queries)
         self.max_repositories = max_repositories
-        self.timeout_s = timeout_s
-        self.max_body = max_body
-        self.verify_tls = verify_tls
-        self.cache = cache
-        self.session = session
-        self.concurrency = concurrency
-        self._semaphore = asyncio.Semaphore(concurrency)
 
     @property
     def registry_host(self) -> str:
@@ -369,22 +363,6 @@ class HubSource:
         return []
 
     @asynccontextmanager
-    async def _registry(self, creds: Credentials | None) -> AsyncIterator[V2Client]:
-        async with V2Client(
-            SOURCE,
-            self.registry_url,
-            creds=creds,
-            verify_tls=self.verify_tls,
-            timeout_s=self.timeout_s,
-            max_body=self.max_body,
-            concurrency=self.concurrency,
-            cache=self.cache,
-            session=self.session,
-            semaphore=self._semaphore,
-        ) as client:
-            yield client
-
-    @asynccontextmanager
     async def _hub_api(self) -> AsyncIterator[_HubApi]:
         if self.session is not None:
             yield _HubApi(
@@ -394,29 +372,16 @@ class HubSource:
         async with aiohttp.ClientSession() as session:
             yield _HubApi(session, self.hub_url, self.max_body, self.timeout_s, self.verify_tls)
 
-    async def resolve(
-        self,
-        user: str,
-        name: str,
-        tag: str,
-        creds: Credentials | None = None,
-        *,
-        models: Sequence[str] = (),
-    ) -> ImageInfo:
-        """Digest and labels of `user/name:tag` (of the platform for `models`, in a list)
-        from the registry; NotFound when absent (Hub says 401 for that: AuthError)."""
-        async with self._registry(creds) as registry:
-            resolved = await registry.image(f"{user}/{name}", tag, models)
-        return resolved.info(self.label, self.kind, user, name, tag)
-
-    async def list_images(self, creds: Credentials | None = None) -> list[ImageInfo]:
+    async def list_images(
+        self, creds: Credentials | None = None, *, warn: Warn | None = None
+    ) -> list[ImageInfo]:
         """The WalT images found by both discoveries of the module docstring."""
         limit = self.max_repositories
-        async with self._hub_api() as api, self._registry(creds) as registry:
+        async with self._hub_api() as api, self.client(creds) as registry:
             queries = [METADATA_REPO, *self.queries]
             owners, *results = await gather_all(api.search(q, limit) for q in queries)
             users = [u for u, repo in owners if repo == METADATA_REPO]
-            if creds is not None and _COMPONENT.fullmatch(creds.username):
+            if creds is not None and names.is_path_component(creds.username):
                 users.append(creds.username)  # the caller's own images
             users = _unique(users)
             per_user = await gather_all(self._user(api, registry, u, limit) for u in users)
@@ -442,7 +407,7 @@ class HubSource:
             budget = ImageBudget(self.label)
             await run_jobs(
                 (
-                    functools.partial(self._inspect, registry, budget, u, r, found)
+                    functools.partial(self._inspect, registry, budget, u, r, found, warn)
                     for u, r in candidates[:limit]
                 ),
                 self.concurrency,
@@ -474,7 +439,7 @@ class HubSource:
         except NotFound:
             return None
         except AuthError as err:
-            if _refused_credentials(err):
+            if err.token_service:
                 raise
             _log.info("hub_metadata_unreadable", registry=self.label, image=image, error=str(err))
             return None
@@ -496,7 +461,13 @@ class HubSource:
         return meta
 
     async def _inspect(
-        self, registry: V2Client, budget: ImageBudget, user: str, repo: str, found: _Found
+        self,
+        registry: V2Client,
+        budget: ImageBudget,
+        user: str,
+        repo: str,
+        found: _Found,
+        warn: Warn | None,
     ) -> list[Job]:
         """List the tags of `user/repo`: a job for each tag to read into `found`."""
         repository = f"{user}/{repo}"
@@ -508,7 +479,7 @@ class HubSource:
             found.settled.add((user, repo))
             return []
         except AuthError as err:
-            if _refused_credentials(err):
+            if err.token_service:
                 raise
             _log.info(
                 "hub_repository_skipped", registry=self.label, repository=repository, error=str(err)
@@ -518,27 +489,33 @@ class HubSource:
         kept = budget.take(repository, tags)
         found.unread.update((user, repo, tag) for tag in tags[len(kept) :])
         return [
-            functools.partial(self._inspect_tag, registry, user, repo, tag, found) for tag in kept
+            functools.partial(self._inspect_tag, registry, user, repo, tag, found, warn)
+            for tag in kept
         ]
 
     async def _inspect_tag(
-        self, registry: V2Client, user: str, repo: str, tag: str, found: _Found
+        self,
+        registry: V2Client,
+        user: str,
+        repo: str,
+        tag: str,
+        found: _Found,
+        warn: Warn | None,
     ) -> list[Job]:
         """Read `user/repo:tag` into `found` (or leave it out, or unread)."""
         try:
             resolved = await registry.image(f"{user}/{repo}", tag)
         except AuthError as err:
-            if _refused_credentials(err):
+            if err.token_service:
                 raise
             return []  # Hub's answer for a tag removed since the list was read
         except (NotFound, Unsupported):
             return []  # removed meanwhile, or not a container image (schema 1, artifact)
         except BadImage as err:
-            image = f"{user}/{repo}:{tag}"
-            _log.info("registry_image_skipped", registry=self.label, image=image, error=str(err))
+            left_out(self.label, f"{user}/{repo}:{tag}", err, warn)
             return []
         except RegistryError as err:
-            if err.status != 429 and not 500 <= (err.status or 0) < 600:
+            if not err.retryable:
                 raise
             # Hub busy with this one: not inspected, as beyond the cap (metadata fills in)
             found.unread.add((user, repo, tag))

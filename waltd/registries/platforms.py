@@ -1,4 +1,4 @@
-"""Node models and the image platforms they run (REFERENCE.md, "Node models and platforms").
+"""Node models and the image platforms they run.
 
 Pure functions over manifest list / OCI index entries (the JSON objects of `manifests`).
 """

@@ -1,7 +1,9 @@
-"""`walt image search`: sources queried concurrently, WalT images kept, rows formatted.
+"""`walt image search`: sources queried concurrently, WalT images kept (the client draws
+the table).
 
-The merge, filter and table are pure; `search` is the thin concurrent shell. A failing
-source becomes a one-line warning naming it while the others answer.
+The merge and filter are pure; `search` is the thin concurrent shell. A failing
+source, or one past its deadline, becomes a one-line warning naming it while the others
+answer; so does an image a source refused (its content did not match its digest).
 """
 
 from __future__ import annotations
@@ -10,10 +12,8 @@ import asyncio
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
-from waltd.registries.base import Credentials, ImageInfo, RegistryError, Source
-
-NO_MATCH = "Sorry, no image could match your request."
-HEADERS = ("User", "Image name", "Location", "Compatibility", "Clonable link")
+from waltd.registries.base import Credentials, ImageInfo, LimitExceeded, RegistryError, Source
+from waltd.registries.limits import SearchLimits
 
 
 @dataclass(frozen=True)
@@ -36,47 +36,14 @@ def keep(images: Iterable[ImageInfo], keyword: str | None) -> list[ImageInfo]:
     return sorted(seen.values(), key=lambda i: (i.user, i.name, i.tag, i.location))
 
 
-def row(image: ImageInfo, server_version: int) -> tuple[str, str, str, str, str]:
-    """One table row; an image needing a newer server shows that instead of its link."""
-    needed = image.minversion
-    link = (
-        f"[Need server upgrade, version>={needed}]"
-        if needed is not None and needed > server_version
-        else image.clone_url
-    )
-    tag = "" if image.tag == "latest" else f":{image.tag}"
-    return (image.user, f"{image.name}{tag}", image.kind, ",".join(image.models), link)
-
-
-def _printable(text: str) -> str:
-    """`text` with each non-printable character escaped (`\\x1b`, `\\u202e`, ...)."""
-    if text.isprintable():
-        return text
-    return "".join(
-        c if c.isprintable() else c.encode("unicode_escape").decode("ascii") for c in text
-    )
-
-
-def table(rows: Sequence[Sequence[str]], headers: Sequence[str] = HEADERS) -> str:
-    """A plain text table with a header line and a rule, columns padded.
-
-    Cells come from registries: control characters are escaped, never sent to a terminal.
-    """
-    cells = [[_printable(str(c)) for c in r] for r in [headers, *rows]]
-    widths = [max(len(r[i]) for r in cells) for i in range(len(headers))]
-    lines = [" | ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in cells]
-    lines.insert(1, "-+-".join("-" * w for w in widths))
-    return "\n".join(lines)
-
-
-def render(result: SearchResult, server_version: int) -> str:
-    """What `walt image search` prints (warnings excluded: they go to stderr)."""
-    if not result.images:
-        return NO_MATCH
-    return table([row(i, server_version) for i in result.images])
-
-
 Progress = Callable[[str, str, int | None], None]  # (source label, "done"|"failed", count)
+
+
+def _without(text: str, secrets: Iterable[str]) -> str:
+    """`text` with each of `secrets` replaced (longest first, so none shows through)."""
+    for secret in sorted(secrets, key=len, reverse=True):
+        text = text.replace(secret, "***")
+    return text
 
 
 async def search(
@@ -84,13 +51,31 @@ async def search(
     keyword: str | None,
     creds: Mapping[str, Credentials] | None = None,
     on_progress: Progress | None = None,
+    *,
+    deadline_s: float = SearchLimits.deadline_s,
 ) -> SearchResult:
-    """Query every source at once; keep the WalT images matching `keyword`."""
+    """Query every source at once, each for `deadline_s` at most; keep the WalT images
+    matching `keyword`.
+
+    The caller's passwords (`creds`) are kept out of the warnings: sources never put them in
+    their errors, and this checks it for this search's own texts only.
+    """
     creds = creds or {}
+    notes: list[str] = []  # what sources had to say while they went on
 
     async def one(source: Source) -> list[ImageInfo]:
+        deadline = asyncio.timeout(deadline_s)
         try:
-            found = await source.list_images(creds.get(source.label))
+            try:
+                async with deadline:
+                    found = await source.list_images(creds.get(source.label), warn=notes.append)
+            except TimeoutError:
+                if not deadline.expired():
+                    raise
+                raise LimitExceeded(
+                    source.label,
+                    f"no complete answer within {deadline_s:g} s (limit images.search-deadline-s)",
+                ) from None
         except RegistryError as err:
             if on_progress:
                 on_progress(source.label, "failed", None)
@@ -101,7 +86,7 @@ async def search(
 
     results = await asyncio.gather(*(one(s) for s in sources), return_exceptions=True)
     images: list[ImageInfo] = []
-    warnings: list[str] = []
+    warnings = [f"Warning: {note}" for note in notes]
     for source, res in zip(sources, results, strict=True):
         if isinstance(res, RegistryError):
             warnings.append(f"Warning: {res}")
@@ -111,4 +96,7 @@ async def search(
             warnings.append(f"Warning: {source.label}: unexpected failure: {res}")
         else:
             images.extend(res)
-    return SearchResult(tuple(keep(images, keyword)), tuple(warnings))
+    passwords = [c.password for c in creds.values()]
+    return SearchResult(
+        tuple(keep(images, keyword)), tuple(_without(w, passwords) for w in warnings)
+    )

@@ -1,8 +1,8 @@
-"""Server configuration, /etc/walt/server.conf: schema, validation with clear messages, atomic save.
+"""Validation of server.conf's data: pure, every problem found in one pass.
 
-Everything here is pure except `load` and `save`. `parse` checks a whole file and raises one
-`ConfigError` listing every problem, each naming the file, the entry and the key and saying what
-is allowed, so that an operator fixes the file in one pass.
+`parse` checks loaded YAML data and raises one `ConfigError` listing every problem, each naming
+the file, the entry and the key and saying what is allowed, so that an operator fixes the file
+in one pass. Its time is linear in the size of the data (a few thousand registries included).
 
 Decisions an operator may want to know:
 - An empty file, or one holding only comments, means all defaults (like `{}`): the defaults are
@@ -25,30 +25,39 @@ import os
 import re
 from collections import Counter
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
 from ipaddress import IPv4Address, IPv4Interface
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TypeVar
 from urllib.parse import urlsplit
 
-import yaml
+from waltd import names
+from waltd.config.schema import (
+    HUB,
+    HUB_DESCRIPTION,
+    SECTIONS,
+    Api,
+    Config,
+    ConfigError,
+    Daemon,
+    Exports,
+    Images,
+    Problem,
+    Registry,
+    WaltNet,
+)
 
-from waltd.atomic import write_atomic
-
-EX_CONFIG = 78
-DEFAULT_PATH = Path("/etc/walt/server.conf")
-RELOADABLE = ("registries", "images")
-
-HUB_DESCRIPTION = "Public registry at hub.docker.com"
 MAX_DESCRIPTION = 35
 MAX_FETCH_CONCURRENCY = 64
 # Bounds that keep timers sane: a retry delay of 1e300 s would overflow the event loop.
 MAX_RETRY_S = 86400.0
 MAX_SHUTDOWN_BUDGET_S = 3600.0
+# A search's bounds per source: an hour, a million repositories, 1 GiB of lists at most.
+MAX_SEARCH_DEADLINE_S = 3600.0
+MAX_SEARCH_REPOSITORIES = 1_000_000
+MIN_SEARCH_BYTES, MAX_SEARCH_BYTES = 64 * 2**10, 2**30
 # sun_path holds 108 bytes including the final NUL: a longer socket path fails at bind().
 MAX_SOCKET_PATH = 107
 
-_SECTIONS = ("network", "registries", "images", "exports", "api", "daemon")
 _WALT_NET_KEYS = ("interface", "ip", "dhcp-range")
 _APIS = ("docker-hub", "docker-registry-v2", "jfrog-artifactory")
 _PROTOCOLS = ("http", "https", "https-no-verify")
@@ -69,137 +78,40 @@ _DEFAULT_DESCRIPTIONS = {
     "docker-registry-v2": "Docker registry v2",
     "jfrog-artifactory": "JFrog Artifactory",
 }
-# Clone URL locations, so a registry cannot be labelled with them.
-_RESERVED_LABELS = ("hub", "walt", "docker")
 # Keys an operator may try for registry credentials: they belong in the secrets file.
 _CREDENTIAL_KEYS = frozenset(
     {"password", "passwd", "username", "user", "login", "token", "secret", "credentials"}
 )
 _CREDENTIALS_ELSEWHERE = "credentials do not belong in server.conf; use walt-server-setup"
+_RESERVED = f"{', '.join(names.CLONE_LOCATIONS[:-1])} and {names.CLONE_LOCATIONS[-1]}"
 
-_LABEL_RE = re.compile(r"[a-z0-9-]+")
 _HOSTNAME_RE = re.compile(r"(?!-)[A-Za-z0-9-]{1,63}(?<!-)(?:\.(?!-)[A-Za-z0-9-]{1,63}(?<!-))*")
-# Docker's path component grammar: the repository prefixes remote image names.
-_REPOSITORY_RE = re.compile(r"[a-z0-9]+(?:[._-][a-z0-9]+)*")
-_MERGE_TAG = "tag:yaml.org,2002:merge"
+# difflib's suggestions cost time in the key's length: a longer key gets none.
+_MAX_SUGGESTED_KEY = 64
 
 T = TypeVar("T")
 
 
-class ConfigError(Exception):
-    """An unusable configuration; `messages` holds one line per problem."""
-
-    def __init__(self, messages: list[str]) -> None:
-        super().__init__("\n".join(messages))
-        self.messages = list(messages)
-
-
-@dataclass(frozen=True)
-class WaltNet:
-    """The node network: the daemon serves DHCP on `interface` only."""
-
-    interface: str
-    ip: IPv4Interface
-    dhcp_range: tuple[IPv4Address, IPv4Address]
-
-
-@dataclass(frozen=True)
-class Registry:
-    """A registry entry; `host` is a bare name or IP address (IPv6 without brackets)."""
-
-    label: str
-    api: str
-    description: str
-    host: str | None = None
-    port: int | None = None
-    protocol: str | None = None
-    auth: str = "none"
-    repository: str | None = None
-    registry_url: str | None = None  # docker-hub only; None: https://registry-1.docker.io
-    hub_url: str | None = None  # docker-hub only; None: https://hub.docker.com
-
-
-@dataclass(frozen=True)
-class Images:
-    """Default image downloads: concurrency and retry backoff after a total failure."""
-
-    fetch_concurrency: int = 2
-    retry_min_s: float = 30.0
-    retry_max_s: float = 900.0
-    # The local docker daemon: a source for search, clone and default images.
-    docker_socket: Path = Path("/var/run/docker.sock")
-
-
-@dataclass(frozen=True)
-class Exports:
-    """Where images and node folders live, and which NFS server exports them."""
-
-    root: Path = Path("/var/lib/walt")
-    nfs: str = "kernel"
-
-
-@dataclass(frozen=True)
-class Api:
-    """The API's Unix socket."""
-
-    socket: Path = Path("/run/waltd/api.sock")
-
-
-@dataclass(frozen=True)
-class Daemon:
-    """The daemon's own state folder and how long a shutdown may take."""
-
-    state_dir: Path = Path("/var/lib/walt/state")
-    shutdown_budget_s: float = 20.0
-
-
-@dataclass(frozen=True)
-class Config:
-    """A whole server.conf; `source` (the file it came from) takes no part in comparisons."""
-
-    walt_net: WaltNet | None
-    registries: tuple[Registry, ...]
-    images: Images
-    exports: Exports
-    api: Api
-    daemon: Daemon
-    source: str = field(default="<defaults>", compare=False)
-
-
-_HUB = Registry(label="hub", api="docker-hub", description=HUB_DESCRIPTION)
-
-
-def default_config() -> Config:
-    """The configuration of an empty file: the hub entry only, and no node network."""
-    return Config(
-        walt_net=None,
-        registries=(_HUB,),
-        images=Images(),
-        exports=Exports(),
-        api=Api(),
-        daemon=Daemon(),
-    )
-
-
 class _Report:
-    """Collects problems, each prefixed with the file and where in the file."""
+    """Collects problems; `section` is the top-level section being checked (None: the top)."""
 
     def __init__(self, source: str) -> None:
         self.source = source
-        self.messages: list[str] = []
+        self.section: str | None = None
+        self.problems: list[Problem] = []
 
     def add(self, where: str, text: str) -> None:
-        self.messages.append(f"{self.source}: {where}: {text}")
+        self.problems.append(Problem(self.source, self.section, where, None, text))
 
     def key(self, where: str, key: str, text: str) -> None:
-        self.add(where, f"key {key!r}: {text}")
+        self.problems.append(Problem(self.source, self.section, where, key, text))
 
 
 class _Invalid(Exception):
     """Raised by a value check; its text says what is wrong and what is allowed."""
 
 
-def _show(value: object) -> str:
+def show(value: object) -> str:
     """A short description of a value for a message (YAML spellings for booleans and null)."""
     if isinstance(value, bool):
         return f"a boolean ({'true' if value else 'false'})"
@@ -217,7 +129,7 @@ def _show(value: object) -> str:
 
 
 def _not_allowed(value: object, choices: tuple[str, ...]) -> str:
-    return f"{_show(value)} is not allowed; use one of {', '.join(choices)}"
+    return f"{show(value)} is not allowed; use one of {', '.join(choices)}"
 
 
 def _unknown_keys(
@@ -239,9 +151,10 @@ def _unknown_keys(
         elif key in misplaced:
             report.add(where, f"key {key!r} does not apply {context}; {listing}")
         else:
-            guess = difflib.get_close_matches(key, allowed, n=1) if isinstance(key, str) else []
+            short = isinstance(key, str) and len(key) <= _MAX_SUGGESTED_KEY
+            guess = difflib.get_close_matches(key, allowed, n=1) if short else []
             hint = f" (did you mean {guess[0]!r}?)" if guess else ""
-            report.add(where, f"unknown key {_show(key)}; {listing}{hint}")
+            report.add(where, f"unknown key {show(key)}; {listing}{hint}")
 
 
 def _mapping(
@@ -251,7 +164,7 @@ def _mapping(
     if value is None:
         return {}
     if not isinstance(value, dict):
-        report.add(where, f"must be a mapping with keys {', '.join(allowed)}, not {_show(value)}")
+        report.add(where, f"must be a mapping with keys {', '.join(allowed)}, not {show(value)}")
         return None
     _unknown_keys(report, where, value, allowed)
     return {key: item for key, item in value.items() if key in allowed}
@@ -295,7 +208,7 @@ def _integer(low: int, high: int) -> Callable[[object], int]:
         # bool is an int in Python, but YAML `yes` must not pass as 1.
         if isinstance(value, int) and not isinstance(value, bool) and low <= value <= high:
             return value
-        raise _Invalid(f"must be an integer from {low} to {high}, not {_show(value)}")
+        raise _Invalid(f"must be an integer from {low} to {high}, not {show(value)}")
 
     return check
 
@@ -306,7 +219,7 @@ def _seconds(high: float) -> Callable[[object], float]:
         if isinstance(value, int | float) and not isinstance(value, bool) and 0 < value <= high:
             return float(value)
         raise _Invalid(
-            f"must be a number of seconds above 0 and at most {high:g}, not {_show(value)}"
+            f"must be a number of seconds above 0 and at most {high:g}, not {show(value)}"
         )
 
     return check
@@ -316,7 +229,7 @@ def _absolute_path(example: str) -> Callable[[object], Path]:
     def check(value: object) -> Path:
         if isinstance(value, str) and value.startswith("/") and "\0" not in value:
             return Path(value)
-        raise _Invalid(f"must be an absolute path, e.g. {example}, not {_show(value)}")
+        raise _Invalid(f"must be an absolute path, e.g. {example}, not {show(value)}")
 
     return check
 
@@ -326,7 +239,7 @@ def _socket_path(value: object) -> Path:
     size = len(os.fsencode(path))
     if size > MAX_SOCKET_PATH:
         raise _Invalid(
-            f"{_show(str(path))} is {size} bytes long; a Unix socket path has at most "
+            f"{show(str(path))} is {size} bytes long; a Unix socket path has at most "
             f"{MAX_SOCKET_PATH}"
         )
     return path
@@ -344,7 +257,7 @@ def _interface(value: object) -> str:
     ):
         return value
     raise _Invalid(
-        f"{_show(value)} is not a Linux interface name; use 1 to 15 characters without '/', "
+        f"{show(value)} is not a Linux interface name; use 1 to 15 characters without '/', "
         "':' or spaces, e.g. walt-net"
     )
 
@@ -354,18 +267,18 @@ def _server_ip(value: object) -> IPv4Interface:
     if not isinstance(value, str):
         raise _Invalid(
             f"must be the server's IPv4 address with the node subnet's prefix length, {example}, "
-            f"not {_show(value)}"
+            f"not {show(value)}"
         )
     if "/" not in value:
         raise _Invalid(
-            f"{_show(value)} has no prefix length; write the server's address with the node "
+            f"{show(value)} has no prefix length; write the server's address with the node "
             f"subnet's size, {example}"
         )
     try:
         ip = IPv4Interface(value)
     except ValueError:
         raise _Invalid(
-            f"{_show(value)} is not an IPv4 address with a prefix length, {example}"
+            f"{show(value)} is not an IPv4 address with a prefix length, {example}"
         ) from None
     net = ip.network
     if net.prefixlen > 30:
@@ -373,11 +286,11 @@ def _server_ip(value: object) -> IPv4Interface:
             f"the subnet {net} leaves no address for nodes; use a prefix length of 30 or less"
         )
     if ip.ip.is_multicast or ip.ip.is_loopback or ip.ip.is_unspecified or ip.ip.is_reserved:
-        raise _Invalid(f"{_show(value)} is not a unicast address for a node network, {example}")
+        raise _Invalid(f"{show(value)} is not a unicast address for a node network, {example}")
     for special, what in ((net.network_address, "network"), (net.broadcast_address, "broadcast")):
         if ip.ip == special:
             raise _Invalid(
-                f"{_show(value)} is the {what} address of {net}; use a host address, e.g. "
+                f"{show(value)} is the {what} address of {net}; use a host address, e.g. "
                 f"{net.network_address + 1}/{net.prefixlen}"
             )
     return ip
@@ -403,7 +316,7 @@ def _dhcp_range(
     except ValueError:
         # Either not two parts (unpacking) or not two addresses.
         report.key(
-            where, "dhcp-range", f"{_show(value)} is not a range; write FIRST-LAST, {example}"
+            where, "dhcp-range", f"{show(value)} is not a range; write FIRST-LAST, {example}"
         )
         return None
     if ip is None:
@@ -451,24 +364,23 @@ def _parse_network(report: _Report, value: object) -> WaltNet | None:
 
 def _description(value: object) -> str:
     if not isinstance(value, str) or not value.strip() or not value.isprintable():
-        raise _Invalid(f"must be one line of 1 to {MAX_DESCRIPTION} characters, not {_show(value)}")
+        raise _Invalid(f"must be one line of 1 to {MAX_DESCRIPTION} characters, not {show(value)}")
     if len(value) > MAX_DESCRIPTION:
         raise _Invalid(
-            f"{_show(value)} has {len(value)} characters; use at most {MAX_DESCRIPTION} "
+            f"{show(value)} has {len(value)} characters; use at most {MAX_DESCRIPTION} "
             "(it fills a table column)"
         )
     return value
 
 
 def _label(value: object) -> str:
-    if not isinstance(value, str) or not _LABEL_RE.fullmatch(value):
+    if not isinstance(value, str) or not names.is_label(value):
         raise _Invalid(
-            f"{_show(value)} is not allowed; use lower-case letters, digits and '-', e.g. local"
+            f"{show(value)} is not allowed; use lower-case letters, digits and '-', e.g. local"
         )
-    if value in _RESERVED_LABELS:
+    if value in names.CLONE_LOCATIONS:
         raise _Invalid(
-            f"{value!r} is not allowed; hub, walt and docker are clone URL locations, "
-            "choose another label"
+            f"{value!r} is not allowed; {_RESERVED} are clone URL locations, choose another label"
         )
     return value
 
@@ -495,7 +407,7 @@ def _host(value: object) -> str:
     if isinstance(value, str) and _is_host(value):
         return value
     raise _Invalid(
-        f"{_show(value)} is not allowed; use a host name or IP address alone (no scheme, port "
+        f"{show(value)} is not allowed; use a host name or IP address alone (no scheme, port "
         "or path), e.g. reg.example.org"
     )
 
@@ -516,17 +428,18 @@ def _base_url(value: object) -> str:
         ):
             return value.rstrip("/")
     raise _Invalid(
-        f"{_show(value)} is not allowed; use an http:// or https:// URL of a host and optional "
+        f"{show(value)} is not allowed; use an http:// or https:// URL of a host and optional "
         "port, without a path, e.g. https://mirror.example.org:5000"
     )
 
 
 def _repository(value: object) -> str:
-    if isinstance(value, str) and _REPOSITORY_RE.fullmatch(value):
+    # The repository prefixes remote image names: it is a Docker path component.
+    if isinstance(value, str) and names.is_path_component(value):
         return value
     raise _Invalid(
-        f"{_show(value)} is not allowed; use lower-case letters and digits, separated by single "
-        "'.', '_' or '-' (a Docker path component), e.g. walt"
+        f"{show(value)} is not allowed; use lower-case letters and digits, separated by '.', "
+        "'_', '__' or '-' (a Docker path component), e.g. walt"
     )
 
 
@@ -535,14 +448,14 @@ def _raw_label(entry: object) -> str | None:
     if not isinstance(entry, dict):
         return None
     label = entry.get("label", "hub" if entry.get("api") == "docker-hub" else None)
-    return label if isinstance(label, str) and _LABEL_RE.fullmatch(label) else None
+    return label if isinstance(label, str) and names.is_label(label) else None
 
 
 def _parse_registry(report: _Report, where: str, entry: object) -> Registry | None:
     if not isinstance(entry, dict):
         report.add(
             where,
-            f"must be a mapping with keys {', '.join(_ALL_REGISTRY_KEYS)}, not {_show(entry)}",
+            f"must be a mapping with keys {', '.join(_ALL_REGISTRY_KEYS)}, not {show(entry)}",
         )
         return None
     apis = ", ".join(_APIS)
@@ -557,7 +470,7 @@ def _parse_registry(report: _Report, where: str, entry: object) -> Registry | No
             report.key(
                 where,
                 "label",
-                f"{_show(entry['label'])} is not allowed; the docker-hub entry is always "
+                f"{show(entry['label'])} is not allowed; the docker-hub entry is always "
                 "labelled hub",
             )
             return None
@@ -596,14 +509,12 @@ def _parse_registry(report: _Report, where: str, entry: object) -> Registry | No
     return Registry(label, api, description, host, port, protocol, auth, repository)
 
 
-def _endpoint(registry: Registry) -> tuple[str, int | None]:
-    """Host and port, the host compared case-blind and IP addresses in canonical form."""
-    host = registry.host or ""
+def _endpoint(host: str, port: int) -> tuple[str, int]:
+    """Host and port as compared: the host case-blind, an IP address in canonical form."""
     try:
-        host = str(ipaddress.ip_address(host))
+        return str(ipaddress.ip_address(host)), port
     except ValueError:
-        host = host.lower()
-    return host, registry.port
+        return host.lower(), port
 
 
 def _parse_registries(report: _Report, value: object) -> tuple[Registry, ...]:
@@ -615,18 +526,18 @@ def _parse_registries(report: _Report, value: object) -> tuple[Registry, ...]:
         )
         return ()
     if not isinstance(value, list):
-        report.add("registries", f"must be a list of registry entries, not {_show(value)}")
+        report.add("registries", f"must be a list of registry entries, not {show(value)}")
         return ()
     labels = [_raw_label(entry) for entry in value]
     counts = Counter(label for label in labels if label)
-    names = [
+    places = [
         f"registries entry {label!r}" if label and counts[label] == 1 else f"registries[{index}]"
         for index, label in enumerate(labels)
     ]
     first_hub: str | None = None
     first_by_label: dict[str, str] = {}
     parsed: list[tuple[str, Registry]] = []
-    for where, label, entry in zip(names, labels, value, strict=True):
+    for where, label, entry in zip(places, labels, value, strict=True):
         registry = _parse_registry(report, where, entry)
         if isinstance(entry, dict) and entry.get("api") == "docker-hub":
             if first_hub is not None:
@@ -635,7 +546,7 @@ def _parse_registries(report: _Report, value: object) -> tuple[Registry, ...]:
                 )
                 continue
             first_hub = where
-        elif label and label not in _RESERVED_LABELS:
+        elif label and label not in names.CLONE_LOCATIONS:
             if label in first_by_label:
                 report.key(
                     where,
@@ -646,30 +557,56 @@ def _parse_registries(report: _Report, value: object) -> tuple[Registry, ...]:
             first_by_label[label] = where
         if registry is not None:
             parsed.append((where, registry))
+    _shared_endpoints(report, parsed)
+    return tuple(registry for _, registry in parsed)
+
+
+def _shared_endpoints(report: _Report, parsed: list[tuple[str, Registry]]) -> None:
+    """Report each entry whose host and port an earlier entry has, naming the first such entry.
+
+    Only jfrog-artifactory entries with different repositories may share them. One pass with
+    dictionaries keeps this linear in the number of entries.
+    """
+    first: dict[tuple[str, int], tuple[int, str]] = {}
+    first_not_jfrog: dict[tuple[str, int], tuple[int, str]] = {}
+    first_jfrog: dict[tuple[str, int, str | None], tuple[int, str]] = {}
     for index, (where, registry) in enumerate(parsed):
-        if registry.host is None:
+        if registry.host is None or registry.port is None:  # the docker-hub entry
             continue
-        for other_where, other in parsed[:index]:
-            if other.host is None or _endpoint(other) != _endpoint(registry):
-                continue
-            if registry.api == other.api == "jfrog-artifactory":
-                if registry.repository != other.repository:
-                    continue
+        endpoint = _endpoint(registry.host, registry.port)
+        if registry.api == "jfrog-artifactory":
+            key = (*endpoint, registry.repository)
+            clashes = [first_not_jfrog.get(endpoint), first_jfrog.get(key)]
+            first_jfrog.setdefault(key, (index, where))
+        else:
+            clashes = [first.get(endpoint)]
+            first_not_jfrog.setdefault(endpoint, (index, where))
+        first.setdefault(endpoint, (index, where))
+        earlier = min((clash for clash in clashes if clash is not None), default=None)
+        if earlier is not None:
             report.key(
                 where,
                 "host",
-                f"{registry.host}:{registry.port} is already used by {other_where}; only "
-                "jfrog-artifactory entries with different repositories may share a host and port",
+                f"{names.host_port(registry.host, registry.port)} is already used by "
+                f"{earlier[1]}; only jfrog-artifactory entries with different repositories may "
+                "share a host and port",
             )
-            break
-    return tuple(registry for _, registry in parsed)
+
+
+_IMAGES_KEYS = (
+    "fetch-concurrency",
+    "retry-min-s",
+    "retry-max-s",
+    "docker-socket",
+    "search-deadline-s",
+    "search-max-repositories",
+    "search-max-bytes",
+)
 
 
 def _parse_images(report: _Report, value: object) -> Images:
     where = "images"
-    images = _mapping(
-        report, where, value, ("fetch-concurrency", "retry-min-s", "retry-max-s", "docker-socket")
-    )
+    images = _mapping(report, where, value, _IMAGES_KEYS)
     default = Images()
     if images is None:
         return default
@@ -696,9 +633,38 @@ def _parse_images(report: _Report, value: object) -> Images:
     docker_socket = _field(
         report, where, images, "docker-socket", _socket_path, default.docker_socket
     )
+    search = (
+        _field(
+            report,
+            where,
+            images,
+            "search-deadline-s",
+            _seconds(MAX_SEARCH_DEADLINE_S),
+            default.search_deadline_s,
+        ),
+        _field(
+            report,
+            where,
+            images,
+            "search-max-repositories",
+            _integer(1, MAX_SEARCH_REPOSITORIES),
+            default.search_max_repositories,
+        ),
+        _field(
+            report,
+            where,
+            images,
+            "search-max-bytes",
+            _integer(MIN_SEARCH_BYTES, MAX_SEARCH_BYTES),
+            default.search_max_bytes,
+        ),
+    )
     if concurrency is None or retry_min is None or retry_max is None or docker_socket is None:
         return default
-    return Images(concurrency, retry_min, retry_max, docker_socket)
+    deadline, repositories, size = search
+    if deadline is None or repositories is None or size is None:
+        return default
+    return Images(concurrency, retry_min, retry_max, docker_socket, deadline, repositories, size)
 
 
 def _parse_exports(report: _Report, value: object) -> Exports:
@@ -750,162 +716,23 @@ def parse(data: object, source: str) -> Config:
     Raises ConfigError listing every problem found, each prefixed with `source`.
     """
     report = _Report(source)
-    top = _mapping(report, "top level", data, _SECTIONS)
+    top = _mapping(report, "top level", data, tuple(SECTIONS))
     if top is None:
-        raise ConfigError(report.messages)
-    config = Config(
-        walt_net=_parse_network(report, top.get("network")),
-        registries=(
-            _parse_registries(report, top["registries"]) if "registries" in top else (_HUB,)
-        ),
-        images=_parse_images(report, top.get("images")),
-        exports=_parse_exports(report, top.get("exports")),
-        api=_parse_api(report, top.get("api")),
-        daemon=_parse_daemon(report, top.get("daemon")),
-        source=source,
-    )
-    if report.messages:
-        raise ConfigError(report.messages)
+        raise ConfigError(report.problems)
+    # Each section's problems carry its name, for a tool that fixes one section only.
+    report.section = "network"
+    walt_net = _parse_network(report, top.get("network"))
+    report.section = "registries"
+    registries = _parse_registries(report, top["registries"]) if "registries" in top else (HUB,)
+    report.section = "images"
+    images = _parse_images(report, top.get("images"))
+    report.section = "exports"
+    exports = _parse_exports(report, top.get("exports"))
+    report.section = "api"
+    api = _parse_api(report, top.get("api"))
+    report.section = "daemon"
+    daemon = _parse_daemon(report, top.get("daemon"))
+    config = Config(walt_net, registries, images, exports, api, daemon, source=source)
+    if report.problems:
+        raise ConfigError(report.problems)
     return config
-
-
-class _Loader(yaml.SafeLoader):
-    """A SafeLoader that records duplicate keys, which PyYAML would resolve to the last one."""
-
-    def __init__(self, stream: str) -> None:
-        super().__init__(stream)
-        self.duplicates: list[tuple[int, object]] = []
-
-    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
-        seen: list[object] = []
-        for key_node, _ in node.value:
-            if key_node.tag == _MERGE_TAG:
-                continue
-            key = self.construct_object(key_node, deep=True)
-            if key in seen:
-                self.duplicates.append((key_node.start_mark.line + 1, key))
-            seen.append(key)
-        return super().construct_mapping(node, deep=deep)
-
-
-def load(path: Path) -> Config:
-    """Read and check a configuration file.
-
-    An empty file (or one holding only comments) means all defaults. Raises ConfigError naming
-    the file when it cannot be read, is not UTF-8 YAML, or is invalid.
-    """
-    try:
-        text = path.read_bytes().decode("utf-8")
-    except OSError as err:
-        raise ConfigError([f"{path}: cannot read it: {err.strerror or err}"]) from err
-    except UnicodeDecodeError as err:
-        raise ConfigError([f"{path}: not UTF-8 text (byte {err.start})"]) from err
-    try:
-        loader = _Loader(text)
-        try:
-            data = loader.get_single_data()
-        finally:
-            loader.dispose()
-    except yaml.reader.ReaderError as err:
-        line = text.count("\n", 0, err.position) + 1
-        problem = f"character #x{err.character:04x} is not allowed"
-        raise ConfigError([f"{path}: line {line}: YAML syntax error: {problem}"]) from err
-    except yaml.MarkedYAMLError as err:
-        mark = err.problem_mark or err.context_mark
-        where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
-        context = f" ({err.context})" if err.context else ""
-        raise ConfigError([f"{path}: {where}YAML syntax error: {err.problem}{context}"]) from err
-    messages = [
-        f"{path}: line {line}: key {_show(key)} appears twice in the same mapping; keep one"
-        for line, key in sorted(loader.duplicates, key=lambda duplicate: duplicate[0])
-    ]
-    try:
-        config = parse(data, str(path))
-    except ConfigError as err:
-        messages += err.messages
-    if messages:
-        raise ConfigError(messages)
-    return config
-
-
-def _plain(seconds: float) -> int | float:
-    """30 rather than 30.0 in the file."""
-    return int(seconds) if float(seconds).is_integer() else seconds
-
-
-def _registry_data(registry: Registry) -> dict[str, object]:
-    data: dict[str, object] = {
-        "label": registry.label,
-        "api": registry.api,
-        "description": registry.description,
-    }
-    if registry.api != "docker-hub":
-        data |= {
-            "host": registry.host,
-            "port": registry.port,
-            "protocol": registry.protocol,
-            "auth": registry.auth,
-        }
-    if registry.api == "jfrog-artifactory":
-        data["repository"] = registry.repository
-    if registry.registry_url:
-        data["registry-url"] = registry.registry_url
-    if registry.hub_url:
-        data["hub-url"] = registry.hub_url
-    return data
-
-
-def to_data(config: Config) -> dict[str, object]:
-    """The configuration as YAML-able data, every value written out; `parse` reads it back."""
-    data: dict[str, object] = {}
-    if config.walt_net is not None:
-        net = config.walt_net
-        first, last = net.dhcp_range
-        data["network"] = {
-            "walt-net": {
-                "interface": net.interface,
-                "ip": net.ip.with_prefixlen,
-                "dhcp-range": f"{first}-{last}",
-            }
-        }
-    # Always written: an absent key would bring the hub back.
-    data["registries"] = [_registry_data(registry) for registry in config.registries]
-    data["images"] = {
-        "fetch-concurrency": config.images.fetch_concurrency,
-        "retry-min-s": _plain(config.images.retry_min_s),
-        "retry-max-s": _plain(config.images.retry_max_s),
-        "docker-socket": str(config.images.docker_socket),
-    }
-    data["exports"] = {"root": str(config.exports.root), "nfs": config.exports.nfs}
-    data["api"] = {"socket": str(config.api.socket)}
-    data["daemon"] = {
-        "state-dir": str(config.daemon.state_dir),
-        "shutdown-budget-s": _plain(config.daemon.shutdown_budget_s),
-    }
-    return data
-
-
-def save(path: Path, config: Config) -> None:
-    """Write the configuration atomically, keeping the old file's mode and owner.
-
-    Refuses (ConfigError) a configuration that `load` would refuse. Writes a temporary file in
-    the same folder, syncs it, renames it over `path` (through a symlink, to its target) and syncs
-    the folder; on failure the old file is intact and no temporary file remains. Comments in the
-    old file are not kept.
-    """
-    path = Path(os.path.realpath(path))
-    data = to_data(config)
-    parse(data, str(path))
-    text = yaml.safe_dump(data, sort_keys=False, allow_unicode=True)
-    write_atomic(path, text.encode(), None)
-
-
-def restart_needed(old: Config, new: Config) -> list[str]:
-    """The changed sections that a reload cannot apply (those outside RELOADABLE)."""
-    sections = {
-        "network": (old.walt_net, new.walt_net),
-        "exports": (old.exports, new.exports),
-        "api": (old.api, new.api),
-        "daemon": (old.daemon, new.daemon),
-    }
-    return [name for name, (before, after) in sections.items() if before != after]

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import base64
 import ipaddress
 import json
 import re
@@ -79,19 +78,6 @@ def containers_conf(tmp_dir: Path) -> str:
         "[network]\n"
         f"network_config_dir = {toml_str(tmp + '/networks')}\n"
     )
-
-
-def registries_conf(insecure_hosts: Iterable[str]) -> str:
-    """containers-registries.conf(5) marking each `host:port` as a plain-HTTP registry."""
-    return "\n".join(
-        f"[[registry]]\nlocation = {toml_str(host)}\ninsecure = true\n" for host in insecure_hosts
-    )
-
-
-def registry_authfile(host: str, user: str, password: str) -> str:
-    """containers-auth.json(5) content with the credentials of one registry."""
-    token = base64.b64encode(f"{user}:{password}".encode()).decode()
-    return json.dumps({"auths": {host: {"auth": token}}})
 
 
 @dataclass(frozen=True)

@@ -1,10 +1,11 @@
 """The lab: a server network namespace with a node bridge, simulated nodes and test registries.
 
-Layout (INFRA.md): every server process (the registries here; waltd, dnsmasq, rpcbind and ganesha
+Layout: every server process (the registries here; waltd, dnsmasq, rpcbind and ganesha
 for the tests that start them) runs in one server namespace with `lo` up, started with
 `nsenter --net` so that all of them share the host's mounts. A bridge in that namespace carries
 the node network; each simulated node is a namespace holding one end of a veth pair (`eth0`, with
-the node's MAC), the other end sitting on the bridge.
+the node's MAC), the other end sitting on the bridge. Every process of the lab is a child of
+`waltd.process.Children`, so the kernel kills it when the lab's owner dies.
 
 Registries listen on 127.0.0.1:PORT of the server namespace, where the daemon under test finds
 them; the lab also listens on the host's 127.0.0.1:PORT (same number) and forwards each connection
@@ -26,14 +27,15 @@ import subprocess
 import sys
 import tempfile
 from collections.abc import Mapping, Sequence
-from contextlib import suppress
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from types import TracebackType
 from typing import BinaryIO
 
-from waltd.lab import configs, forward
-from waltd.lab import record as rec
+from lab import configs, forward
+from lab import record as rec
+from waltd import config, podman_registries
+from waltd.process import Children
 
 # Lab folders go into mount options and ganesha files: keep to characters neither needs to escape.
 _SAFE_ROOT = re.compile(r"/[A-Za-z0-9_./-]*")
@@ -52,11 +54,10 @@ class LabError(RuntimeError):
 
 @dataclass
 class LabProcess:
-    """A long-running process of the lab, stopped by PID at the latest when the lab ends."""
+    """A long-running process of the lab, stopped at the latest when the lab ends."""
 
     name: str
     process: asyncio.subprocess.Process
-    start_time: int | None
     netns: str | None
     log: Path
 
@@ -104,6 +105,14 @@ class Registry:
         """Base URL of the registry API (plain HTTP)."""
         return f"http://{self.host}"
 
+    def entry(self) -> config.Registry:
+        """The registry as a server.conf entry (`docker-registry-v2`, plain HTTP), label `role`."""
+        auth = "basic" if self.auth else "none"
+        description = f"lab registry {self.role}"
+        return config.Registry(
+            self.role, "docker-registry-v2", description, "127.0.0.1", self.port, "http", auth=auth
+        )
+
 
 class Lab:
     """A lab run: `async with Lab() as lab:` builds it, leaving the block removes all of it.
@@ -116,6 +125,7 @@ class Lab:
     def __init__(self, root: Path | str | None = None) -> None:
         self._root_arg = Path(root).absolute() if root is not None else None
         self._record: rec.LabRecord | None = None
+        self._children: Children | None = None
         self._processes: list[LabProcess] = []
         self.nodes: list[Node] = []
         self.registries: dict[str, Registry] = {}
@@ -128,6 +138,11 @@ class Lab:
         if self._record is None:
             raise LabError("the lab is not running (use `async with Lab() as lab`)")
         return self._record
+
+    @property
+    def processes(self) -> list[LabProcess]:
+        """The long-running processes started by `spawn` and not stopped yet, oldest first."""
+        return list(self._processes)
 
     @property
     def prefix(self) -> str:
@@ -199,6 +214,7 @@ class Lab:
 
     async def __aenter__(self) -> Lab:
         self._record = await asyncio.to_thread(self._reserve)
+        self._children = Children(self._record.children_file)
         try:
             await self._build()
         except BaseException:
@@ -273,7 +289,7 @@ class Lab:
         finally:
             # synchronous: it completes even when the task is being cancelled
             rec.clear_lab(self._record)
-            self._record = None
+            self._record = self._children = None
             self._processes.clear()
             self.nodes.clear()
             self.registries.clear()
@@ -289,18 +305,12 @@ class Lab:
     def _environ(env: Mapping[str, str] | None) -> dict[str, str] | None:
         return {**os.environ, **env} if env else None
 
-    def _track(self, pid: int) -> tuple[int, int] | None:
-        start = rec.process_start_time(pid)
-        if start is None:
-            return None  # already gone: nothing to stop later
-        self.record.processes.append((pid, start))
-        self.record.save()
-        return (pid, start)
-
-    def _untrack(self, entry: tuple[int, int] | None) -> None:
-        if entry is not None and self._record is not None and entry in self._record.processes:
-            self._record.processes.remove(entry)
-            self._record.save()
+    @property
+    def children(self) -> Children:
+        """The keeper of the lab's processes; raises LabError outside the `async with` block."""
+        if self._children is None:
+            raise LabError("the lab is not running (use `async with Lab() as lab`)")
+        return self._children
 
     async def spawn(
         self,
@@ -319,39 +329,25 @@ class Lab:
         """
         log = self.root / "logs" / f"{name}.log"
         with _open_log(log) as out:
-            process = await asyncio.create_subprocess_exec(
-                *self._command(argv, netns),
-                stdin=subprocess.DEVNULL,
-                stdout=out,
+            process = await self.children.spawn(
+                self._command(argv, netns),
+                stdout=out.fileno(),
                 stderr=subprocess.STDOUT,
                 env=self._environ(env),
                 cwd=cwd,
                 pass_fds=pass_fds,
-                start_new_session=True,
             )
-        entry = self._track(process.pid)
-        proc = LabProcess(name, process, entry[1] if entry else None, netns, log)
+        proc = LabProcess(name, process, netns, log)
         self._processes.append(proc)
         return proc
 
     async def stop(self, proc: LabProcess, *, grace_s: float = 5.0) -> int:
-        """Stop `proc` by PID (SIGTERM, SIGKILL after `grace_s`); return its exit status."""
-        process = proc.process
-        if process.returncode is None:
-            with suppress(ProcessLookupError):
-                process.terminate()
-            try:
-                await asyncio.wait_for(process.wait(), grace_s)
-            except TimeoutError:
-                with suppress(ProcessLookupError):
-                    process.kill()
-                await process.wait()
+        """Stop `proc` (SIGTERM to its group, SIGKILL after `grace_s`); return its exit status."""
+        await self.children.stop(proc.process, grace_s)
         if proc in self._processes:
             self._processes.remove(proc)
-        if proc.start_time is not None:
-            self._untrack((proc.pid, proc.start_time))
-        assert process.returncode is not None
-        return process.returncode
+        assert proc.process.returncode is not None
+        return proc.process.returncode
 
     async def run(
         self,
@@ -369,28 +365,15 @@ class Lab:
         With `check`, a non-zero exit raises LabError with the end of stderr. Secrets go through
         `input` or files, never `argv`: the command line appears in error messages.
         """
-        process = await asyncio.create_subprocess_exec(
-            *self._command(argv, netns),
-            stdin=subprocess.PIPE if input is not None else subprocess.DEVNULL,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            env=self._environ(env),
-            cwd=cwd,
-        )
-        entry = self._track(process.pid)
+        command = self._command(argv, netns)
+        running = self.children.run(command, env=self._environ(env), input=input, cwd=cwd)
         try:
-            out, err = await asyncio.wait_for(process.communicate(input), timeout_s)
+            # on time-out the run is cancelled, which kills the command
+            status, out, err = await asyncio.wait_for(running, timeout_s)
         except TimeoutError:
             raise LabError(f"{shlex.join(argv)}: no result after {timeout_s} s") from None
-        finally:
-            if process.returncode is None:
-                with suppress(ProcessLookupError):
-                    process.kill()
-                await process.wait()
-            self._untrack(entry)
-        assert process.returncode is not None
         stdout, stderr = out.decode(errors="replace"), err.decode(errors="replace")
-        result = subprocess.CompletedProcess(list(argv), process.returncode, stdout, stderr)
+        result = subprocess.CompletedProcess(list(argv), status, stdout, stderr)
         if check and result.returncode != 0:
             tail = "\n".join(result.stderr.strip().splitlines()[-10:])
             raise LabError(f"{shlex.join(argv)} exited with {result.returncode}: {tail}")
@@ -515,8 +498,12 @@ class Lab:
     # ---- registries -----------------------------------------------------------------------
 
     def _write_registries_conf(self) -> None:
-        path = self.root / "containers" / "registries.conf"
-        path.write_text(configs.registries_conf(r.host for r in self.registries.values()))
+        """podman's registries.conf: what waltd's own drop-in says for these registries."""
+        entries = tuple(r.entry() for r in self.registries.values())
+        podman_registries.write(
+            self.root / "containers" / "registries.conf",
+            replace(config.default_config(), registries=entries),
+        )
 
     async def start_registry(self, role: str, *, auth: tuple[str, str] | None = None) -> Registry:
         """Start a Docker registry v2 named `role` (e.g. "hub", "local").
@@ -564,6 +551,7 @@ class Lab:
 
 
 def _open_log(path: Path) -> BinaryIO:
+    # a local file, opened once per process start: not worth a thread
     return open(path, "ab")
 
 

@@ -1,10 +1,11 @@
 """What a lab leaves on the machine, and how to clear it, even after its owner was killed.
 
 Each lab keeps `/run/waltd-lab/<prefix>.json` (that folder is the index of labs): its owner
-process, folder, network namespaces, processes (PID and start time, so that a reused PID is never
-killed) and mounts. A namespace or mount is recorded before it is made, a process right after it
-starts. Links need no entry: every link is made inside a lab namespace and goes with it. Clearing
-is synchronous, so that it also runs while an event loop is being torn down.
+process, folder, network namespaces and mounts, each recorded before it is made. Its processes are
+`waltd.process.Children`, recorded in `<folder>/children.json` (PID and start time, so that a
+reused PID is never killed) and killed by the kernel when their owner dies (PDEATHSIG). Links need
+no entry: every link is made inside a lab namespace and goes with it. Clearing is synchronous, so
+that it also runs while an event loop is being torn down.
 """
 
 from __future__ import annotations
@@ -18,12 +19,13 @@ import shutil
 import signal
 import subprocess
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager, suppress
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from waltd.process import proc_state
+from waltd.atomic import write_atomic
+from waltd.process import kill_recorded, proc_state
 
 RECORD_DIR = Path("/run/waltd-lab")
 NETNS_DIR = Path("/run/netns")
@@ -57,8 +59,12 @@ class LabRecord:
     owner_pid: int
     owner_start: int
     netns: list[str] = field(default_factory=list)
-    processes: list[tuple[int, int]] = field(default_factory=list)
     mounts: list[str] = field(default_factory=list)
+
+    @property
+    def children_file(self) -> Path:
+        """Where the lab's `Children` record its processes."""
+        return Path(self.root) / "children.json"
 
     def owner_alive(self) -> bool:
         """Whether the process that made the lab still runs (same PID and start time)."""
@@ -66,17 +72,12 @@ class LabRecord:
 
     def save(self, directory: Path = RECORD_DIR) -> None:
         """Write the record atomically: a reader never sees half of it."""
-        path = directory / f"{self.prefix}.json"
-        tmp = path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(asdict(self)))
-        tmp.replace(path)
+        write_atomic(directory / f"{self.prefix}.json", json.dumps(asdict(self)).encode())
 
     @classmethod
     def load(cls, path: Path) -> LabRecord:
         """Read a record written by `save`."""
-        data = json.loads(path.read_text())
-        data["processes"] = [(int(pid), int(start)) for pid, start in data["processes"]]
-        return cls(**data)
+        return cls(**json.loads(path.read_text()))
 
 
 def lab_records(directory: Path = RECORD_DIR) -> list[LabRecord]:
@@ -119,10 +120,12 @@ def clear_stale_labs(directory: Path = RECORD_DIR) -> list[str]:
 def clear_lab(record: LabRecord, directory: Path = RECORD_DIR) -> None:
     """Stop the lab's processes, unmount its mounts, delete its namespaces, folder and record.
 
-    Processes go first (an exported mount cannot be unmounted), namespaces last (their identity
-    finds the processes that no record lists, such as a daemon's children).
+    Processes go first (an exported mount cannot be unmounted): the recorded ones, then every
+    process left in the lab's namespaces (those no record lists, such as a daemon's children);
+    namespaces go last.
     """
-    _terminate(_lab_pidfds(record))
+    kill_recorded(record.children_file)
+    _terminate(_namespace_pidfds(record))
     root = Path(record.root)
     for mount in mount_points(root, record.mounts):
         _unmount(mount)
@@ -135,38 +138,30 @@ def clear_lab(record: LabRecord, directory: Path = RECORD_DIR) -> None:
         raise RuntimeError(f"lab {record.prefix}: still mounted: {', '.join(left)}")
     if root.exists():
         shutil.rmtree(root)
-    for suffix in (".tmp", ".json"):  # .tmp: a save cut short
-        (directory / f"{record.prefix}{suffix}").unlink(missing_ok=True)
+    (directory / f"{record.prefix}.json").unlink(missing_ok=True)
 
 
-def _lab_pidfds(record: LabRecord) -> dict[int, int]:
-    """pidfds (by PID) of the recorded processes still alive and of every process in its namespaces.
+def _namespace_pidfds(record: LabRecord) -> dict[int, int]:
+    """pidfds (by PID) of every process in the lab's namespaces.
 
-    The pidfd is opened before the identity check: if the PID is reused after the open, the pidfd
-    still names the old (dead) process and a signal through it reaches nobody.
+    The pidfd is opened before the namespace check: if the PID is reused after the open, the
+    pidfd still names the old (dead) process and a signal through it reaches nobody.
     """
     found: dict[int, int] = {}
-
-    def take(pid: int, check: Callable[[], bool]) -> None:
-        if pid in found or pid == os.getpid():
-            return
+    namespaces = {ino for name in record.netns if (ino := netns_inode(NETNS_DIR / name))}
+    if not namespaces:
+        return found
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit() or int(entry) == os.getpid():
+            continue
         try:
-            fd = os.pidfd_open(pid)
+            fd = os.pidfd_open(int(entry))
         except OSError:
-            return
-        if check():
-            found[pid] = fd
+            continue  # gone meanwhile
+        if netns_inode(f"/proc/{entry}/ns/net") in namespaces:
+            found[int(entry)] = fd
         else:
             os.close(fd)
-
-    for pid, start in record.processes:
-        take(pid, lambda pid=pid, start=start: process_start_time(pid) == start)
-    namespaces = {ino for name in record.netns if (ino := netns_inode(NETNS_DIR / name))}
-    if namespaces:
-        for entry in os.listdir("/proc"):
-            if entry.isdigit():
-                pid = int(entry)
-                take(pid, lambda pid=pid: netns_inode(f"/proc/{pid}/ns/net") in namespaces)
     return found
 
 

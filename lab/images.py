@@ -5,13 +5,13 @@ from __future__ import annotations
 import os
 import secrets
 import shutil
-from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
-from contextlib import asynccontextmanager, contextmanager
+from collections.abc import AsyncIterator, Mapping, Sequence
+from contextlib import asynccontextmanager
 from pathlib import Path
 
-from waltd.lab import configs
-from waltd.lab.lab import Lab, LabError, Registry
-from waltd.lab.record import mount_points, unescape_mount_path
+from lab.lab import Lab, LabError, Registry
+from lab.record import mount_points, unescape_mount_path
+from waltd.registries.base import Credentials, authfile
 
 FileContent = bytes | str | Path
 
@@ -29,7 +29,8 @@ async def build_image(
     """Build an image from scratch with buildah, offline, and return its id.
 
     `files` is a folder copied to `/`, or a mapping of relative paths to contents (a Path
-    value is a file copied with its mode). The image is labelled `walt.node.models` (not at
+    value is a file copied with its mode; an empty mapping makes an image without a
+    layer). The image is labelled `walt.node.models` (not at
     all when `models` is None: a non-WalT image), made for linux/`arch`[/`variant`] (by
     default this machine's platform), and committed as `name`, e.g.
     docker.io/waltplatform/pc-x86-64-default:latest (give the full name, else buildah stores
@@ -37,15 +38,17 @@ async def build_image(
     """
     env = lab.containers_env
     staging = None
+    source: Path | None = None
     if isinstance(files, Path):
         source = files
-    else:
+    elif files:
         source = staging = lab.root / "build" / secrets.token_hex(4)
         _write_tree(staging, files)
     try:
         container = (await lab.run(["buildah", "from", "scratch"], env=env)).stdout.strip()
         try:
-            await lab.run(["buildah", "add", "--quiet", container, str(source), "/"], env=env)
+            if source is not None:
+                await lab.run(["buildah", "add", "--quiet", container, str(source), "/"], env=env)
             config = ["--os", "linux", "--arch", arch] if arch else []
             if variant:
                 config += ["--variant", variant]
@@ -53,7 +56,8 @@ async def build_image(
                 config += ["--label", f"walt.node.models={','.join(models)}"]
             for key, value in (labels or {}).items():
                 config += ["--label", f"{key}={value}"]
-            await lab.run(["buildah", "config", *config, container], env=env)
+            if config:
+                await lab.run(["buildah", "config", *config, container], env=env)
             commit = ["buildah", "commit", "--quiet", container, name]
             return (await lab.run(commit, env=env)).stdout.strip()
         finally:
@@ -83,24 +87,6 @@ async def image_id(lab: Lab, image: str) -> str:
     return (await lab.run(inspect, env=lab.containers_env)).stdout.strip()
 
 
-@contextmanager
-def _authfile(
-    lab: Lab, registry: Registry, credentials: tuple[str, str] | None
-) -> Iterator[list[str]]:
-    """Options giving skopeo `credentials` through a temporary auth file of mode 0600."""
-    if credentials is None:
-        yield []
-        return
-    path = lab.root / "containers" / f"auth-{secrets.token_hex(4)}.json"
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    try:
-        with os.fdopen(fd, "w") as out:
-            out.write(configs.registry_authfile(registry.host, *credentials))
-        yield ["--authfile", str(path)]
-    finally:
-        path.unlink(missing_ok=True)
-
-
 def _repository(image: str) -> str:
     """`image` without its registry host (docker.io/a/b:c -> a/b:c)."""
     first, _, rest = image.partition("/")
@@ -122,11 +108,9 @@ async def push_image(
     `credentials` default to the registry's own. Returns the remote reference.
     """
     remote = f"{registry.host}/{name or _repository(image)}"
-    with _authfile(lab, registry, credentials or registry.auth) as auth:
-        # skopeo 1.9 ignores CONTAINERS_REGISTRIES_CONF (podman and buildah honour it)
-        argv = ["skopeo", "copy", "--quiet", *auth, "--dest-tls-verify=false", "--format", "v2s2"]
-        argv += [f"containers-storage:{image}", f"docker://{remote}"]
-        await lab.run(argv, env=lab.containers_env)
+    options = ["--dest-tls-verify=false", "--format", "v2s2"]
+    source, dest = f"containers-storage:{image}", f"docker://{remote}"
+    await _copy(lab, registry, credentials, [*options, source, dest])
     return remote
 
 
@@ -143,11 +127,29 @@ async def pull_image(
     `image` defaults to `<registry host>/<name>`, `credentials` to the registry's own.
     """
     image = image or f"{registry.host}/{name}"
-    with _authfile(lab, registry, credentials or registry.auth) as auth:
-        argv = ["skopeo", "copy", "--quiet", *auth, "--src-tls-verify=false"]
-        argv += [f"docker://{registry.host}/{name}", f"containers-storage:{image}"]
-        await lab.run(argv, env=lab.containers_env)
+    source, dest = f"docker://{registry.host}/{name}", f"containers-storage:{image}"
+    await _copy(lab, registry, credentials, ["--src-tls-verify=false", source, dest])
     return await image_id(lab, image)
+
+
+async def _copy(
+    lab: Lab,
+    registry: Registry,
+    credentials: tuple[str, str] | None,
+    arguments: Sequence[str],
+) -> None:
+    """`skopeo copy ARGUMENTS` between the lab's storage and `registry`.
+
+    The login (`credentials`, else the registry's own) goes through a temporary auth file of
+    mode 0600, never the command line.
+    """
+    login = credentials or registry.auth
+    creds = Credentials(*login) if login else None
+    async with authfile(registry.host, creds) as path:
+        auth = ["--authfile", str(path)] if path else []
+        # skopeo 1.9 ignores CONTAINERS_REGISTRIES_CONF (podman and buildah honour it)
+        argv = ["skopeo", "copy", "--quiet", *auth, *arguments]
+        await lab.run(argv, env=lab.containers_env)
 
 
 def overlay_lowerdir(mounts: str, mount_point: str) -> str:

@@ -19,10 +19,10 @@ from typing import Any
 
 import yaml
 
+from lab.images import build_image, push_image
+from lab.lab import Lab, LabProcess, Registry
 from waltd.cli.client import Client, ClientError
 from waltd.cli.walt import format_event
-from waltd.lab.images import build_image, push_image
-from waltd.lab.lab import Lab, LabProcess, Registry
 
 NODES = (("walt.node.pc-x86-64", None), (None, "walt.node.rpi-3-b-plus"))
 # WalT images published to the lab's private registry, found by `walt image search`.

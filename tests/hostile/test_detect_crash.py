@@ -1,0 +1,202 @@
+"""Hostile conditions for lease detection: a frozen or killed daemon, floods, interruptions
+at every step, and bytes no DHCP client should send. Real daemon processes and hook calls."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.support.context import make_context
+from tests.support.daemon import ROOT, Daemon, remove, short_dir, walt, write_config
+from waltd import dhcp_event
+from waltd.node_events import NodeSeen
+from waltd.provision.detect import DetectionService
+
+
+@pytest.fixture
+def folder() -> Iterator[Path]:
+    path = short_dir()
+    yield path
+    remove(path)
+
+
+def _mac(i: int) -> str:
+    return f"52:54:00:00:{i >> 8:02x}:{i & 0xFF:02x}"
+
+
+def _hook(state: Path, *argv: str, **env: str) -> None:
+    environ = {
+        **os.environ,
+        "PYTHONPATH": str(ROOT),
+        dhcp_event.SOCKET_ENV: str(state / "dhcp-events.sock"),
+        dhcp_event.SPOOL_ENV: str(state / "dhcp-spool"),
+        **env,
+    }
+    subprocess.run(
+        [sys.executable, "-m", "waltd.dhcp_event", *argv], env=environ, check=True, timeout=10
+    )
+
+
+def _node_count(d: Daemon) -> int:
+    status = json.loads(walt(d.socket, "status", "--json").stdout)
+    return int(status["nodes"])
+
+
+def _wait_nodes(d: Daemon, count: int, timeout: float = 60) -> None:
+    d.wait_for(lambda e: e.get("event") == "dhcp_spool_drained", timeout=timeout)
+    deadline = time.monotonic() + timeout
+    while _node_count(d) < count:
+        assert time.monotonic() < deadline, f"{_node_count(d)} nodes of {count}"
+        d.wait_for(lambda e: e.get("event") == "dhcp_spool_drained", timeout=timeout)
+
+
+def test_leases_handed_to_a_frozen_daemon_survive_its_sigkill(folder: Path) -> None:
+    """Once the hook returned, the event is the daemon's: a SIGKILL loses none of them."""
+    conf = write_config(folder)
+    state = folder / "state"
+    first = Daemon(folder, conf).start()
+    try:
+        first.signal(signal.SIGSTOP)
+        for i in range(5):
+            _hook(state, "add", _mac(i), f"10.0.0.{i + 2}", DNSMASQ_VENDOR_CLASS="walt.node.x")
+        first.proc.kill()  # type: ignore[union-attr]
+        first.proc.wait()  # type: ignore[union-attr]
+    finally:
+        first.kill()
+    second = Daemon(folder, conf).start()
+    try:
+        _wait_nodes(second, 5)
+        detected = [r["mac"] for r in second.records() if r.get("event") == "node_detected"]
+        assert sorted(detected) == [_mac(i) for i in range(5)]
+        assert second.stop() == 0
+    finally:
+        second.kill()
+
+
+def test_a_flood_does_not_stretch_the_stop_beyond_its_budget(folder: Path) -> None:
+    """Thousands of spooled leases: SIGTERM stops within the 3 s budget, nothing is lost."""
+    conf = write_config(folder)
+    state = folder / "state"
+    count = 1500
+    d = Daemon(folder, conf).start()
+    try:
+        d.signal(signal.SIGSTOP)
+        for i in range(count):
+            event = dhcp_event.build_event(
+                ["add", _mac(i), "10.0.1.1"], {"DNSMASQ_VENDOR_CLASS": "walt.node.x"}
+            )
+            dhcp_event.spool(dhcp_event.encode(event), str(state / "dhcp-spool"))
+            dhcp_event.wake(str(state / "dhcp-events.sock"))
+        d.signal(signal.SIGCONT)
+        d.wait_for(lambda e: e.get("event") == "node_detected")
+        began = time.monotonic()
+        assert d.stop() == 0
+        assert time.monotonic() - began < 3 + 1.5
+    finally:
+        d.kill()
+    before = d.records()
+    again = Daemon(folder, conf).start()
+    try:
+        _wait_nodes(again, count)
+        assert list((state / "dhcp-spool").iterdir()) == []
+        detected = [r for r in before + again.records() if r.get("event") == "node_detected"]
+        assert len(detected) == count == len({r["mac"] for r in detected})
+        assert again.stop() == 0
+    finally:
+        again.kill()
+
+
+def test_a_stray_byte_in_a_class_keeps_the_lease(folder: Path) -> None:
+    """A vendor class holding byte 0xff (as a broken firmware sends): the node is still
+    detected from its user class, and one warning names the MAC and the dropped field."""
+    d = Daemon(folder, write_config(folder)).start()
+    try:
+        # str values are encoded with surrogateescape: '\udcff' reaches the hook as byte 0xff
+        _hook(
+            folder / "state",
+            "add",
+            _mac(1),
+            "10.0.0.9",
+            DNSMASQ_VENDOR_CLASS="PXEClient\udcff",
+            DNSMASQ_USER_CLASS0="walt.node.rpi-3-b",
+        )
+        detected = d.wait_for(lambda e: e.get("event") == "node_detected")
+        assert (detected["mac"], detected["model"]) == (_mac(1), "rpi-3-b")
+        (warning,) = [r for r in d.records() if r.get("event") == "dhcp_fields_dropped"]
+        assert warning["mac"] == _mac(1) and "vendor_class" in warning["problems"][0]
+        assert d.stop() == 0
+    finally:
+        d.kill()
+
+
+def _committed(db_path: Path, mac: str) -> bool:
+    conn = sqlite3.connect(db_path)
+    try:
+        return conn.execute("SELECT 1 FROM nodes WHERE mac = ?", (mac,)).fetchone() is not None
+    finally:
+        conn.close()
+
+
+async def test_a_lease_interrupted_after_its_commit_is_announced_exactly_once(
+    tmp_path: Path,
+) -> None:
+    """Detection is cancelled as soon as each node's row is committed (the window where a
+    replay used to take it for an old lease); after a restart every node has been
+    announced once: one NodeSeen(new) each, which is what gives dnsmasq its host entry."""
+    ctx = make_context(tmp_path)
+    announced: list[str] = []
+    interrupted_after_commit = 0
+
+    def take(event: object) -> None:
+        if isinstance(event, NodeSeen) and event.new:
+            announced.append(event.mac)
+
+    with ctx.nodes.subscribe("test") as seen:
+        async with ctx.db:
+            for i in range(20):
+                mac = _mac(i)
+                event = dhcp_event.build_event(
+                    ["add", mac, "10.0.0.2"], {"DNSMASQ_VENDOR_CLASS": "walt.node.x"}
+                )
+                dhcp_event.spool(dhcp_event.encode(event), str(tmp_path / "dhcp-spool"))
+                async with DetectionService(ctx) as svc:
+                    draining = asyncio.create_task(svc.drain_spool())
+                    # polling is the point: cancel in the instant the commit is visible
+                    while not draining.done() and not _committed(ctx.db.path, mac):  # noqa: ASYNC110
+                        await asyncio.sleep(0)
+                    draining.cancel()
+                    await asyncio.gather(draining, return_exceptions=True)
+                node = await ctx.db.get_node(mac)
+                interrupted_after_commit += node is not None and not node.announced
+                while seen.pending():
+                    take(await seen.get())
+                if mac in announced:
+                    continue
+                # a restart: what was left unannounced is announced, the spool replayed
+                async with DetectionService(ctx) as svc:
+                    serving = asyncio.create_task(svc.serve())
+                    async with asyncio.timeout(10):
+                        while mac not in announced:
+                            take(await seen.get())
+                    serving.cancel()
+                    await asyncio.gather(serving, return_exceptions=True)
+            async with DetectionService(ctx) as svc:
+                while await svc.drain_spool():
+                    pass
+                assert list(svc.spool.iterdir()) == []
+            while seen.pending():
+                take(await seen.get())
+            assert await ctx.db.unannounced_nodes() == []
+    assert sorted(announced) == [_mac(i) for i in range(20)]
+    # the test reached the window it is about at least once
+    assert interrupted_after_commit > 0

@@ -1,0 +1,58 @@
+"""The daemon's state is private: other users can neither list its folder nor read a file
+in it (nodes, the event spool, caches, child records). dnsmasq's own folder is the one
+exception: dnsmasq reads it after dropping to `nobody`, and it holds what the node network
+shows anyway (addresses and names of nodes)."""
+
+from __future__ import annotations
+
+import os
+import stat
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.support.daemon import ROOT, Daemon, remove, short_dir, walt, write_config
+from waltd import dhcp_event
+
+
+@pytest.fixture
+def folder() -> Iterator[Path]:
+    path = short_dir()
+    yield path
+    remove(path)
+
+
+def test_no_state_file_is_readable_by_other_users(folder: Path) -> None:
+    # a permissive umask, as a shell or a service manager may give
+    old = os.umask(0o022)
+    try:
+        d = Daemon(folder, write_config(folder), env={"PYTHONPATH": str(ROOT)}).start()
+    finally:
+        os.umask(old)
+    try:
+        state = folder / "state"
+        event = dhcp_event.build_event(
+            ["add", "52:54:00:00:00:01", "10.0.0.2"], {"DNSMASQ_VENDOR_CLASS": "walt.node.x"}
+        )
+        dhcp_event.spool(dhcp_event.encode(event), str(state / "dhcp-spool"))
+        dhcp_event.wake(str(state / "dhcp-events.sock"))
+        d.wait_for(lambda e: e.get("event") == "node_detected")
+        assert '"nodes": 1' in walt(d.socket, "status", "--json").stdout
+        assert stat.S_IMODE(state.stat().st_mode) == 0o711  # traversable, not listable
+        exposed = []
+        files = 0
+        for path in state.rglob("*"):
+            if path.is_relative_to(state / "dnsmasq"):
+                continue
+            files += 1
+            mode = stat.S_IMODE(path.lstat().st_mode)
+            if mode & 0o077 and not path.is_socket():
+                exposed.append(f"{path.relative_to(state)} {mode:o}")
+            if path.is_socket() and mode & 0o077:
+                exposed.append(f"{path.relative_to(state)} (socket) {mode:o}")
+        assert files >= 3  # the database, its journal, the spool folder at least
+        assert exposed == []
+        assert d.stop() == 0
+    finally:
+        d.kill()

@@ -1,0 +1,31 @@
+"""A daemon context for tests that run one service in the test's own event loop."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from pathlib import Path
+
+from waltd import config as configuration
+from waltd.context import Context, ServerSecrets
+from waltd.db import Database
+from waltd.events import EventBus
+from waltd.node_events import NodeEvents
+from waltd.process import Children
+from waltd.registries.sources import Registries
+from waltd.supervisor import RunningConfig
+
+
+def make_context(state_dir: Path, config: configuration.Config | None = None) -> Context:
+    """The real handles on `state_dir` (the database made, not opened), as daemon.py builds them."""
+    config = config or configuration.default_config()
+    config = replace(config, daemon=replace(config.daemon, state_dir=state_dir))
+    return Context(
+        running=RunningConfig(config, None),
+        bus=EventBus(),
+        nodes=NodeEvents(),
+        children=Children(state_dir / "children.json"),
+        db=Database(state_dir / "waltd.db"),
+        registries=Registries(None),
+        secrets=ServerSecrets(None),
+        statuses={},
+    )
