@@ -396,7 +396,9 @@ async def test_warm_listing_rereads_only_what_changed(world: World, tmp_path: Pa
         assert warm["dave/img:v07"].digest != cold["dave/img:v07"].digest
         assert warm["dave/img:v06"] == cold["dave/img:v06"]
 
-        # a new process: the disk has every manifest, config and tag: HEADs only
+        # a new process: the disk has every manifest, config and tag: HEADs only (the
+        # listing wrote them in the background; the daemon waits for that at shutdown)
+        await cache.flush()
         proxy.reset()
         fresh = RegistryV2Source(entry(proxy), cache=DigestCache(tmp_path / "cache"))
         assert _by_ref(await fresh.list_images()) == warm
@@ -454,6 +456,22 @@ async def test_cache_writes_to_disk_once_enough_waits(tmp_path: Path) -> None:
     assert len(os.listdir(tmp_path)) >= 15  # without a call of flush()
     await cache.flush()
     assert len(os.listdir(tmp_path)) == 20
+
+
+async def test_a_background_write_is_awaited_by_flush(tmp_path: Path) -> None:
+    """flush_soon returns at once (a search does not wait for the disk); the owner's
+    flush() waits for that write, so nothing is lost at shutdown."""
+    blobs = [json.dumps({"n": i}).encode() for i in range(50)]
+    cache = DigestCache(tmp_path)
+    for blob in blobs:
+        await cache.put(digest_of(blob), blob)
+    cache.remember_tag("reg/u/img:latest", digest_of(blobs[0]))
+    cache.flush_soon()
+    cache.flush_soon()  # one write at a time
+    assert os.listdir(tmp_path) == []  # nothing waited for the disk yet
+    await cache.flush()
+    assert len(os.listdir(tmp_path)) == 50 + 1  # the entries and the tag map
+    assert DigestCache(tmp_path).tag_digest("reg/u/img:latest") == digest_of(blobs[0])
 
 
 async def test_cache_counts_concurrent_disk_reads_once(tmp_path: Path) -> None:

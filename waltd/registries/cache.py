@@ -56,6 +56,11 @@ def _read_tags(path: Path, limit: int) -> dict[str, str]:
     return dict(list(tags.items())[-limit:])
 
 
+def _log_write_failure(task: asyncio.Future[None]) -> None:
+    if not task.cancelled() and (err := task.exception()) is not None:
+        _log.warning("registry_cache_write_failed", error=f"{type(err).__name__}: {err}")
+
+
 @dataclass(frozen=True)
 class CacheStats:
     """How much a DigestCache holds in memory, and how much waits to be written."""
@@ -73,9 +78,10 @@ class DigestCache:
     labels of a private registry are not for every local user. Disk errors only cost a miss.
 
     The event loop leaves for a thread as little as it can: the folder is listed once, so a
-    miss needs no disk access, and new entries are written together by `flush()` (clients
-    call it when they close, `put` once `max_unwritten` bytes wait) rather than one thread
-    hand-off each.
+    miss needs no disk access, and new entries are written together by `flush()` rather than
+    one thread hand-off each: in the background when a client closes (`flush_soon`: a search
+    never waits for the disk), at once when `put` finds `max_unwritten` bytes waiting, and by
+    the cache's owner at shutdown.
 
     Also remembers the last digest seen for a tag (`remember_tag`): a client then asks the
     registry with a HEAD whether the tag still points there. With `folder` that map is saved
@@ -103,6 +109,7 @@ class DigestCache:
         self._tags_changed = False
         # one flush at a time: an older tag map must not be renamed over a newer one
         self._flush_lock = asyncio.Lock()
+        self._writer: asyncio.Future[None] | None = None
         if folder is not None:
             self._tags.update(_read_tags(folder / TAGS_FILE, max_tags))
 
@@ -142,8 +149,20 @@ class DigestCache:
             if self._unwritten_size > self._max_unwritten:
                 await self.flush()
 
+    def flush_soon(self) -> None:
+        """Write what waits in the background: a search does not wait for the disk.
+
+        The cache owns that write; `flush()` (its owner calls it at shutdown) waits for it.
+        """
+        if self.folder is None or not (self._unwritten or self._tags_changed):
+            return
+        if self._writer is None or self._writer.done():
+            self._writer = asyncio.ensure_future(self.flush())
+            self._writer.add_done_callback(_log_write_failure)
+
     async def flush(self) -> None:
-        """Write the entries not yet on disk and the tag map, all in one thread hand-off."""
+        """Write the entries not yet on disk and the tag map, all in one thread hand-off;
+        a background write under way is waited for first."""
         async with self._flush_lock:
             if self.folder is None or not (self._unwritten or self._tags_changed):
                 return

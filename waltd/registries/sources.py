@@ -159,3 +159,5 @@ class RegistriesService(Service):
         old, self._registries.current = self._registries.current, None
         if old is not None:
             await old.close()
+        if self._registries.cache is not None:
+            await self._registries.cache.flush()  # what searches left to write in the background

@@ -194,7 +194,7 @@ class V2Client:
         """Stop pending token and blob fetches; close the session if the client made it."""
         await self._token_fetches.cancel()
         await self._blob_fetches.cancel()
-        await self._cache.flush()
+        self._cache.flush_soon()
         if self._owns_session and self._session is not None:
             await self._session.close()
             self._session = None
