@@ -56,7 +56,11 @@ def demo_config(lab: Lab, folder: Path, local_registry_port: int) -> dict[str, A
             },
         ],
         "api": {"socket": str(folder / "api.sock")},
-        "daemon": {"state-dir": str(folder / "state"), "shutdown-budget-s": 5},
+        "daemon": {
+            "state-dir": str(folder / "state"),
+            "shutdown-budget-s": 5,
+            "image-storage": str(folder / "images"),
+        },
         "exports": {"root": str(folder / "exports"), "nfs": "ganesha"},
     }
 

@@ -73,6 +73,7 @@ api:
 daemon:
     state-dir: /var/lib/walt/state
     shutdown-budget-s: 20
+    image-storage: /var/lib/containers/storage
 """
 LABEL_RE = re.compile(r"[a-z0-9-]+")
 
@@ -697,7 +698,7 @@ def test_section_values_accepted() -> None:
         ),
         ("exports", "root, nfs"),
         ("api", "socket"),
-        ("daemon", "state-dir, shutdown-budget-s"),
+        ("daemon", "state-dir, shutdown-budget-s, image-storage"),
     ],
 )
 def test_sections_must_be_mappings(section: str, keys: str) -> None:

@@ -128,7 +128,11 @@ def write_config(folder: Path, registries: list[dict[str, Any]]) -> Path:
         "registries": registries,
         "images": {"docker-socket": str(folder / "no-docker.sock")},
         "api": {"socket": str(folder / "api.sock")},
-        "daemon": {"state-dir": str(folder / "state"), "shutdown-budget-s": 5},
+        "daemon": {
+            "state-dir": str(folder / "state"),
+            "shutdown-budget-s": 5,
+            "image-storage": str(folder / "images"),
+        },
         "exports": {"root": str(folder / "exports"), "nfs": "ganesha"},
     }
     path = folder / "server.conf"

@@ -17,6 +17,7 @@ from waltd import config as configuration
 from waltd import credentials, log
 from waltd.db import Database
 from waltd.events import EventBus
+from waltd.images.repository import Repository
 from waltd.node_events import NodeEvents
 from waltd.process import Children
 from waltd.registries.base import Credentials
@@ -53,6 +54,7 @@ class Context:
     children: Children
     db: Database
     registries: Registries
+    repository: Repository
     secrets: ServerSecrets
     # Each service's status by name, kept by the supervisor (what `walt status` shows).
     statuses: Mapping[str, ServiceStatus]

@@ -16,6 +16,7 @@ from waltd.api.server import ApiService
 from waltd.context import Context, ServerSecrets
 from waltd.db import Database
 from waltd.events import EventBus
+from waltd.images.repository import Repository, RepositoryService
 from waltd.node_events import NodeEvents
 from waltd.process import Children, kill_recorded
 from waltd.provision.detect import DetectionService
@@ -55,6 +56,7 @@ def standard_services(config: configuration.Config) -> list[ServiceFactory]:
     services: list[ServiceFactory] = [
         lambda ctx: DatabaseService(ctx.db),
         lambda ctx: RegistriesService(ctx.registries, ctx.running),
+        lambda ctx: RepositoryService(ctx.repository, ctx.running),
         ApiService,
         DetectionService,
     ]
@@ -120,13 +122,15 @@ async def _run(
     secrets = ServerSecrets(config_path)
     secrets.load()
     statuses: dict[str, ServiceStatus] = {}
+    children = Children(records)
     ctx = Context(
         running=running,
         bus=bus,
         nodes=NodeEvents(),
-        children=Children(records),
+        children=children,
         db=Database(state_dir / "waltd.db"),
         registries=Registries(DigestCache(state_dir / "registry-cache")),
+        repository=Repository(children, running),
         secrets=secrets,
         statuses=statuses,
     )

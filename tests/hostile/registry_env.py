@@ -77,7 +77,11 @@ async def live_daemon(
         "registries": registries,
         "images": {"docker-socket": str(folder / "no-docker.sock"), **(images or {})},
         "api": {"socket": str(folder / "api.sock")},
-        "daemon": {"state-dir": str(folder / "state"), "shutdown-budget-s": 3},
+        "daemon": {
+            "state-dir": str(folder / "state"),
+            "shutdown-budget-s": 3,
+            "image-storage": str(folder / "images"),
+        },
         "exports": {"root": str(folder / "exports"), "nfs": "ganesha"},
     }
     config = folder / "server.conf"

@@ -9,6 +9,7 @@ from waltd import config as configuration
 from waltd.context import Context, ServerSecrets
 from waltd.db import Database
 from waltd.events import EventBus
+from waltd.images.repository import Repository
 from waltd.node_events import NodeEvents
 from waltd.process import Children
 from waltd.registries.sources import Registries
@@ -19,13 +20,16 @@ def make_context(state_dir: Path, config: configuration.Config | None = None) ->
     """The real handles on `state_dir` (the database made, not opened), as daemon.py builds them."""
     config = config or configuration.default_config()
     config = replace(config, daemon=replace(config.daemon, state_dir=state_dir))
+    running = RunningConfig(config, None)
+    children = Children(state_dir / "children.json")
     return Context(
-        running=RunningConfig(config, None),
+        running=running,
         bus=EventBus(),
         nodes=NodeEvents(),
-        children=Children(state_dir / "children.json"),
+        children=children,
         db=Database(state_dir / "waltd.db"),
         registries=Registries(None),
+        repository=Repository(children, running),
         secrets=ServerSecrets(None),
         statuses={},
     )

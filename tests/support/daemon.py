@@ -29,7 +29,11 @@ def write_config(folder: Path, **sections: Any) -> Path:
     """A server.conf whose every path lies inside `folder`; `sections` override."""
     data: dict[str, Any] = {
         "api": {"socket": str(folder / "api.sock")},
-        "daemon": {"state-dir": str(folder / "state"), "shutdown-budget-s": 3},
+        "daemon": {
+            "state-dir": str(folder / "state"),
+            "shutdown-budget-s": 3,
+            "image-storage": str(folder / "images"),
+        },
         "exports": {"root": str(folder / "exports"), "nfs": "ganesha"},
     }
     for key, value in sections.items():

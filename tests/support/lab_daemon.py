@@ -26,7 +26,11 @@ def lab_config(lab: Lab, folder: Path) -> Path:
             }
         },
         "api": {"socket": str(folder / "api.sock")},
-        "daemon": {"state-dir": str(folder / "state"), "shutdown-budget-s": 5},
+        "daemon": {
+            "state-dir": str(folder / "state"),
+            "shutdown-budget-s": 5,
+            "image-storage": str(folder / "images"),
+        },
         "exports": {"root": str(folder / "exports"), "nfs": "ganesha"},
     }
     path = folder / "server.conf"

@@ -117,10 +117,12 @@ class Api:
 
 @dataclass(frozen=True)
 class Daemon:
-    """The daemon's own state folder and how long a shutdown may take."""
+    """The daemon's own state folder, its image storage, and how long a shutdown may take."""
 
     state_dir: Path = Path("/var/lib/walt/state")
     shutdown_budget_s: float = 20.0
+    # The internal repository's podman storage (its graphroot).
+    image_storage: Path = Path("/var/lib/containers/storage")
 
 
 @dataclass(frozen=True)
@@ -207,5 +209,6 @@ def to_data(config: Config) -> dict[str, object]:
     data["daemon"] = {
         "state-dir": str(config.daemon.state_dir),
         "shutdown-budget-s": _plain(config.daemon.shutdown_budget_s),
+        "image-storage": str(config.daemon.image_storage),
     }
     return data

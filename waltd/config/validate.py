@@ -687,7 +687,7 @@ def _parse_api(report: _Report, value: object) -> Api:
 
 
 def _parse_daemon(report: _Report, value: object) -> Daemon:
-    daemon = _mapping(report, "daemon", value, ("state-dir", "shutdown-budget-s"))
+    daemon = _mapping(report, "daemon", value, ("state-dir", "shutdown-budget-s", "image-storage"))
     default = Daemon()
     if daemon is None:
         return default
@@ -707,7 +707,17 @@ def _parse_daemon(report: _Report, value: object) -> Daemon:
         _seconds(MAX_SHUTDOWN_BUDGET_S),
         default.shutdown_budget_s,
     )
-    return default if state_dir is None or budget is None else Daemon(state_dir, budget)
+    storage = _field(
+        report,
+        "daemon",
+        daemon,
+        "image-storage",
+        _absolute_path("/var/lib/containers/storage"),
+        default.image_storage,
+    )
+    if state_dir is None or budget is None or storage is None:
+        return default
+    return Daemon(state_dir, budget, storage)
 
 
 def parse(data: object, source: str) -> Config:

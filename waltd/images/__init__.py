@@ -1,0 +1,2 @@
+"""The internal image repository: podman storage, and the only caller of podman, buildah and
+skopeo (`tools.run`)."""
