@@ -17,6 +17,7 @@ from waltd import config as configuration
 from waltd import credentials, log
 from waltd.db import Database
 from waltd.events import EventBus
+from waltd.images.locks import NameLocks
 from waltd.images.repository import Repository
 from waltd.node_events import NodeEvents
 from waltd.process import Children
@@ -55,6 +56,8 @@ class Context:
     db: Database
     registries: Registries
     repository: Repository
+    # One lock per image name: two operations on one name run one after the other.
+    image_locks: NameLocks
     secrets: ServerSecrets
     # Each service's status by name, kept by the supervisor (what `walt status` shows).
     statuses: Mapping[str, ServiceStatus]

@@ -16,6 +16,7 @@ from waltd.api.server import ApiService
 from waltd.context import Context, ServerSecrets
 from waltd.db import Database
 from waltd.events import EventBus
+from waltd.images.locks import NameLocks
 from waltd.images.repository import Repository, RepositoryService
 from waltd.node_events import NodeEvents
 from waltd.process import Children, kill_recorded
@@ -131,6 +132,7 @@ async def _run(
         db=Database(state_dir / "waltd.db"),
         registries=Registries(DigestCache(state_dir / "registry-cache")),
         repository=Repository(children, running),
+        image_locks=NameLocks(),
         secrets=secrets,
         statuses=statuses,
     )

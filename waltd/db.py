@@ -365,6 +365,20 @@ class Database:
 
         return await self._run(work)
 
+    async def replace_node_image(self, old: str, new: str | None) -> list[str]:
+        """Give every node whose image is `old` the image `new` (None: no image); the names
+        of the nodes changed, in one transaction."""
+
+        def work(conn: sqlite3.Connection) -> list[str]:
+            with _transaction(conn):
+                rows = conn.execute(
+                    "SELECT name FROM nodes WHERE image = ? ORDER BY name", (old,)
+                ).fetchall()
+                conn.execute("UPDATE nodes SET image = ? WHERE image = ?", (new, old))
+            return [str(name) for (name,) in rows]
+
+        return await self._run(work)
+
     async def count_nodes(self) -> int:
         """Return how many nodes are known."""
 

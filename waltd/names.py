@@ -20,6 +20,8 @@ NAME_TOTAL_MAX = 255
 # Internal images are stored as docker.io/<user>/<name>: 128 leaves 116 characters for the user
 # within NAME_TOTAL_MAX (Linux caps user names at 32).
 LOCAL_NAME_MAX = 128
+# A walt user is a Unix user name normalised, and Linux caps those at 32 characters.
+WALT_USER_MAX = 32
 TAG_MAX = 128
 CLONE_LOCATIONS = ("walt", "hub", "docker")
 
@@ -133,6 +135,39 @@ def parse_local(text: str) -> tuple[str, str]:
             f"invalid tag {_show(tag)} in image name {_show(text)}: {_LOCAL_TAG_RULE}"
         )
     return name, tag
+
+
+def parse_owned_local(text: str, default_user: str) -> tuple[str, str, str]:
+    """(user, name, tag) of `[<user>/]<name>[:<tag>]`, the user defaulting to `default_user`.
+
+    The user is a walt user name (as `walt_user` makes them); raises InvalidName saying what
+    is wrong and what is allowed.
+    """
+    user, slash, rest = text.partition("/")
+    if not slash:
+        user, rest = default_user, text
+    elif ":" in user and _LOCATION_RE.fullmatch(user.partition(":")[0]):
+        raise InvalidName(
+            f"invalid image name {_show(text)}: a location ({_show(user.partition(':')[0])}) "
+            "belongs in a clone URL (walt image clone); name an image of the server as "
+            "<name>[:<tag>] (yours) or <user>/<name>[:<tag>]"
+        )
+    elif len(user) > WALT_USER_MAX:
+        raise InvalidName(
+            f"invalid user {_show(user)} in image name {_show(text)}: at most {WALT_USER_MAX} "
+            "characters are allowed"
+        )
+    elif not user or not _LOCAL_NAME_RE.fullmatch(user):
+        raise InvalidName(
+            f"invalid user {_show(user)} in image name {_show(text)}: {_LOCAL_NAME_RULE}; "
+            "write <name>[:<tag>] for your own images, <user>/<name>[:<tag>] for another's"
+        )
+    if "/" in rest:
+        raise InvalidName(
+            f"invalid image name {_show(text)}: at most one '/' is allowed (<user>/<name>[:<tag>])"
+        )
+    name, tag = parse_local(rest)
+    return user, name, tag
 
 
 def to_local(text: str) -> str:
@@ -398,3 +433,87 @@ def normalise_mac(mac: str) -> str:
             f"invalid MAC address {mac[:40]!r}: expected six hex pairs like 00:11:22:aa:bb:cc"
         )
     return mac.lower().replace("-", ":")
+
+
+# Build sources: git URLs and folders inside them ------------------------------------------
+
+GIT_URL_MAX = 2048
+SUB_DIR_MAX = 1024
+_SUB_DIR_DEPTH = 64
+# What a git URL may hold: letters, digits and the URL characters git repositories use. Left
+# out on purpose: spaces, quotes, ';', '$', '&', '=', '?' and '#' (no query or fragment).
+_GIT_URL_CHARS = re.compile(r"[A-Za-z0-9._~:/@%+\[\]-]+")
+_GIT_URL_RULE = (
+    "use https://host/path, ssh://[user@]host[:port]/path, [user@]host:path or file:///path"
+)
+# git's `<transport>::<address>` form runs a remote helper (`ext::` runs any command).
+_GIT_TRANSPORT_RE = re.compile(r"[A-Za-z0-9+.-]*::")
+_GIT_USER_RE = re.compile(r"[A-Za-z0-9._-]+")
+_GIT_SCP_RE = re.compile(
+    r"(?:(?P<user>[A-Za-z0-9._-]+)@)?(?P<host>[A-Za-z0-9]+(?:[.-]+[A-Za-z0-9]+)*)"
+    r":(?P<path>[^/:@-][^:@]*|/[^:@]*)"
+)
+
+
+def _git_url_problem(text: str) -> str | None:
+    if not text:
+        return "the URL is empty"
+    if len(text) > GIT_URL_MAX:
+        return f"at most {GIT_URL_MAX} characters are allowed"
+    if not _GIT_URL_CHARS.fullmatch(text):
+        return "it holds a character that is not allowed (space, quote, ';', '$', '=', '?'...)"
+    if text.startswith("-"):
+        return "it must not start with '-'"
+    if _GIT_TRANSPORT_RE.match(text):
+        return "git's '<transport>::' forms are not allowed"
+    scheme, sep, rest = text.partition("://")
+    if not sep:
+        if "/" in text.partition(":")[0] or not _GIT_SCP_RE.fullmatch(text):
+            return "it is no URL git reads as https, ssh or file"
+        return None
+    if scheme == "file":
+        path = rest.removeprefix("localhost")
+        if not path.startswith("/") or ".." in path.split("/"):
+            return "a file URL names an absolute path without '..': file:///path/to/repo"
+        return None
+    if scheme not in ("https", "ssh"):
+        return f"scheme {_show(scheme)} is not allowed (https, ssh or file only)"
+    authority, slash, path = rest.partition("/")
+    user, at, host = authority.rpartition("@")
+    if at and (scheme != "ssh" or not _GIT_USER_RE.fullmatch(user)):
+        return "a user name only in an ssh URL (no login, no password in an https URL)"
+    if not _DOMAIN_RE.fullmatch(host):
+        return f"host {_show(host)} is not allowed: a host name or address, optionally :port"
+    if not slash or not path:
+        return "the repository path after the host is missing"
+    return None
+
+
+def check_git_url(text: str) -> str:
+    """`text` when it is a git URL of the https, ssh (`ssh://` or `[user@]host:path`) or file
+    form, safe to give git after `--`; InvalidName saying what is allowed otherwise."""
+    problem = _git_url_problem(text)
+    if problem:
+        raise InvalidName(f"invalid git URL {_show(text)}: {problem}; {_GIT_URL_RULE}")
+    return text
+
+
+def parse_sub_dir(text: str) -> str:
+    """A folder inside a build source: relative, without '..', as `a/b` ("" for the top).
+
+    Raises InvalidName saying what is allowed.
+    """
+    parts = [part for part in text.split("/") if part not in ("", ".")]
+    if len(text) > SUB_DIR_MAX:
+        problem = f"at most {SUB_DIR_MAX} characters are allowed"
+    elif not text.isprintable():
+        problem = "it holds a control character"
+    elif text.startswith("/"):
+        problem = "it must be relative to the repository's top folder, not absolute"
+    elif ".." in parts:
+        problem = "'..' is not allowed: the folder must lie inside the repository"
+    elif len(parts) > _SUB_DIR_DEPTH:
+        problem = f"at most {_SUB_DIR_DEPTH} levels are allowed"
+    else:
+        return "/".join(parts)
+    raise InvalidName(f"invalid sub-folder {_show(text)}: {problem}")

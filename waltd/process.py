@@ -199,8 +199,9 @@ class Children:
             for pid, (_, started, argv0) in self._live.items()
         ]
         self._record_file.parent.mkdir(parents=True, exist_ok=True)
-        # durable: the next start kills what a crashed daemon left by this record
-        write_atomic(self._record_file, json.dumps(records).encode(), 0o600)
+        # Atomic, not synced: it serves the next start after a crash of the daemon, when the
+        # kernel still has the file; a power loss takes the children with it.
+        write_atomic(self._record_file, json.dumps(records).encode(), 0o600, durable=False)
 
 
 def _signal_group(pid: int, sig: signal.Signals) -> None:

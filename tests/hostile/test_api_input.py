@@ -16,7 +16,7 @@ import pytest
 
 from tests.support.daemon import Daemon, remove, short_dir, walt, write_config
 from waltd.api import wire
-from waltd.api.server import BODY_TIMEOUT_S
+from waltd.api.common import BODY_TIMEOUT_S
 
 
 @pytest.fixture(scope="module")

@@ -9,6 +9,7 @@ from waltd import config as configuration
 from waltd.context import Context, ServerSecrets
 from waltd.db import Database
 from waltd.events import EventBus
+from waltd.images.locks import NameLocks
 from waltd.images.repository import Repository
 from waltd.node_events import NodeEvents
 from waltd.process import Children
@@ -30,6 +31,7 @@ def make_context(state_dir: Path, config: configuration.Config | None = None) ->
         db=Database(state_dir / "waltd.db"),
         registries=Registries(None),
         repository=Repository(children, running),
+        image_locks=NameLocks(),
         secrets=ServerSecrets(None),
         statuses={},
     )

@@ -21,28 +21,28 @@ import structlog
 from aiohttp import web
 
 from waltd import SERVER_VERSION, __version__, log
-from waltd.api import wire
-from waltd.api.identity import Identity, RefusedCaller, identify, peer_credentials
+from waltd.api import images_build, images_store, images_transfer, wire
+from waltd.api.common import CONTEXT
+from waltd.api.common import caller as _caller
+from waltd.api.common import caller_credentials as _caller_credentials
+from waltd.api.common import context as _ctx
+from waltd.api.common import error as _error
+from waltd.api.common import read_body as _body
+from waltd.api.identity import RefusedCaller, identify, peer_credentials
 from waltd.api.listener import ROOT_UID, Listener
 from waltd.context import Context
-from waltd.registries.base import Credentials, ImageInfo
+from waltd.registries.base import ImageInfo
+from waltd.registries.internal import InternalSource
 from waltd.registries.search import SearchResult, search
 from waltd.supervisor import Service
 
 _log = log.get("api")
-CONTEXT = web.AppKey("context", Context)
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 # A connection must send its request headers within this many seconds of being accepted,
 # and is closed after as long without a request between two (aiohttp's keepalive_timeout,
 # an hour by default, which let idle connections pile up).
 IDLE_TIMEOUT_S = 10.0
-# A request body (a search request) must have arrived within this many seconds.
-BODY_TIMEOUT_S = 10.0
-
-
-def _error(status: int, message: str) -> web.Response:
-    return web.json_response({"error": message}, status=status)
 
 
 @web.middleware
@@ -59,15 +59,6 @@ async def _identify(request: web.Request, handler: Handler) -> web.StreamRespons
     # Every record logged for this request (and the tasks it starts) names its caller.
     with structlog.contextvars.bound_contextvars(uid=identity.uid):
         return await handler(request)
-
-
-def _caller(request: web.Request) -> Identity:
-    identity: Identity = request["identity"]
-    return identity
-
-
-def _ctx(request: web.Request) -> Context:
-    return request.app[CONTEXT]
 
 
 async def status(request: web.Request) -> web.Response:
@@ -121,32 +112,6 @@ async def events(request: web.Request) -> web.StreamResponse:
     return resp
 
 
-# A password too short to be a real one is refused, as the search's own warnings are
-# scrubbed of its passwords (search.py).
-_MIN_PASSWORD_CHARS = 6
-
-
-def _caller_credentials(
-    logins: Mapping[str, wire.Login], labels: set[str]
-) -> dict[str, Credentials]:
-    """The caller's registry logins, for this request only.
-
-    Only configured registries that take a login (`labels`) are kept; a password shorter
-    than a few characters is refused, since scrubbing it would blank ordinary text.
-    """
-    creds = {}
-    for label, login in logins.items():
-        if label not in labels:
-            continue  # not a registry of this server that takes a login: never used
-        if len(login.password) < _MIN_PASSWORD_CHARS:
-            raise ValueError(
-                f"the password for {label!r} is too short (at least {_MIN_PASSWORD_CHARS} "
-                "characters)"
-            )
-        creds[label] = Credentials(login.username, login.password)
-    return creds
-
-
 def image_row(image: ImageInfo) -> wire.ImageRow:
     """An image as the API sends it."""
     return wire.ImageRow(
@@ -163,18 +128,6 @@ def image_row(image: ImageInfo) -> wire.ImageRow:
         models=image.models,
         minversion=image.minversion,
     )
-
-
-async def _body(request: web.Request) -> Any:
-    """The request's JSON body, bounded in size, nesting and time; ValueError otherwise."""
-    try:
-        async with asyncio.timeout(BODY_TIMEOUT_S):
-            data = await request.read()
-    except web.HTTPRequestEntityTooLarge:
-        raise ValueError(f"the request body is over {wire.MAX_BODY_BYTES} bytes") from None
-    except TimeoutError:
-        raise ValueError(f"the request body took more than {BODY_TIMEOUT_S:g} s") from None
-    return wire.decode_body(data)
 
 
 async def search_images(request: web.Request) -> web.StreamResponse:
@@ -206,8 +159,10 @@ async def search_images(request: web.Request) -> web.StreamResponse:
         try:
             await resp.prepare(request)
             deadline_s = ctx.config.images.search_deadline_s
+            # the internal repository first, without the caller's own images
+            internal = InternalSource(ctx.repository, _caller(request).walt_user)
             task = asyncio.ensure_future(
-                search(sources, keyword, creds, progress, deadline_s=deadline_s)
+                search([internal, *sources], keyword, creds, progress, deadline_s=deadline_s)
             )
             while not task.done():
                 await asyncio.wait([task], timeout=0.2)
@@ -244,6 +199,9 @@ def make_app(ctx: Context) -> web.Application:
     app.router.add_get("/v1/status", status)
     app.router.add_get("/v1/events", events)
     app.router.add_post("/v1/images/search", search_images)
+    images_build.add_routes(app)
+    images_transfer.add_routes(app)
+    images_store.add_routes(app)
 
     async def end_streams(app: web.Application) -> None:
         ctx.bus.end_followers()

@@ -313,31 +313,37 @@ class SearchRequest:
 
     def to_json(self) -> dict[str, Any]:
         """The request body."""
-        creds = {
-            k: {"username": v.username, "password": v.password} for k, v in self.logins.items()
-        }
-        return {"keyword": self.keyword, "credentials": creds}
+        return {"keyword": self.keyword, "credentials": logins_to_json(self.logins)}
 
     @classmethod
     def from_json(cls, obj: Any) -> SearchRequest:
         """From a decoded body; ValueError naming a bad field (never a password)."""
         obj = _obj(obj, "the request body")
         keyword = _opt_str(obj.get("keyword"), "keyword", MAX_KEYWORD_CHARS)
-        raw = obj.get("credentials")
-        logins: dict[str, Login] = {}
-        if raw is not None:
-            for label, value in _obj(raw, "credentials", MAX_LOGINS).items():
-                where = f"credentials.{_shown(label)}"
-                _str(label, f"{where} (the label)", MAX_LABEL_CHARS)
-                entry = _obj(value, where, 2)
-                username = _str(entry.get("username"), f"{where}.username", MAX_LOGIN_CHARS)
-                password = _str(entry.get("password"), f"{where}.password", MAX_LOGIN_CHARS)
-                if len(username) + len(password) > MAX_LOGIN_CHARS:
-                    raise ValueError(
-                        f"{where}: the login is longer than {MAX_LOGIN_CHARS} characters"
-                    )
-                logins[label] = Login(username, password)
-        return cls(keyword, logins)
+        return cls(keyword, logins_from_json(obj.get("credentials")))
+
+
+def logins_to_json(logins: Mapping[str, Login]) -> dict[str, Any]:
+    """The `credentials` object of a request."""
+    return {k: {"username": v.username, "password": v.password} for k, v in logins.items()}
+
+
+def logins_from_json(raw: Any) -> dict[str, Login]:
+    """The `credentials` object of a request (None: no login); ValueError naming a bad field
+    (never a password)."""
+    logins: dict[str, Login] = {}
+    if raw is None:
+        return logins
+    for label, value in _obj(raw, "credentials", MAX_LOGINS).items():
+        where = f"credentials.{_shown(label)}"
+        _str(label, f"{where} (the label)", MAX_LABEL_CHARS)
+        entry = _obj(value, where, 2)
+        username = _str(entry.get("username"), f"{where}.username", MAX_LOGIN_CHARS)
+        password = _str(entry.get("password"), f"{where}.password", MAX_LOGIN_CHARS)
+        if len(username) + len(password) > MAX_LOGIN_CHARS:
+            raise ValueError(f"{where}: the login is longer than {MAX_LOGIN_CHARS} characters")
+        logins[label] = Login(username, password)
+    return logins
 
 
 def _shown(label: str) -> str:
@@ -468,3 +474,476 @@ def search_record(obj: Any) -> SearchProgress | SearchResult:
     if kind == "result":
         return SearchResult.from_json(obj)
     raise ValueError(f"a search record of unknown type {str(kind)[:40]!r}")
+
+
+# --- POST /v1/images/build -------------------------------------------------------------
+
+# A build context (the tar of a folder) the daemon accepts, and `walt` sends.
+MAX_BUILD_CONTEXT_BYTES = 2 * 1024**3
+# One line of build output as sent; a longer one is cut (a RUN step may print anything).
+MAX_BUILD_LINE_CHARS = 4096
+
+
+@dataclass(frozen=True)
+class BuildRequest:
+    """POST /v1/images/build?name=..[&url=..[&sub_dir=..]][&force=1]: build image `name`
+    (the caller's) from the git repository `url` (a folder `sub_dir` inside it), or, without
+    `url`, from the tar of a build context sent as the body (Content-Type
+    application/x-tar); `force`: even over an image nodes use."""
+
+    name: str
+    url: str | None = None
+    sub_dir: str | None = None
+    force: bool = False
+
+    def to_params(self) -> dict[str, str]:
+        """The query parameters."""
+        params = {"name": self.name}
+        if self.url is not None:
+            params["url"] = self.url
+        if self.sub_dir is not None:
+            params["sub_dir"] = self.sub_dir
+        if self.force:
+            params["force"] = "1"
+        return params
+
+    @classmethod
+    def from_query(cls, query: Mapping[str, str]) -> BuildRequest:
+        """From a request's query parameters; ValueError naming a bad one."""
+        name = query.get("name")
+        if name is None:
+            raise ValueError("name is missing")
+        url = query.get("url")
+        sub_dir = query.get("sub_dir")
+        if sub_dir is not None and url is None:
+            raise ValueError("sub_dir goes with url only")
+        return cls(
+            _str(name, "name", 512),
+            _opt_str(url, "url", 4096),
+            _opt_str(sub_dir, "sub_dir", 4096),
+            query.get("force") in ("1", "true", "yes"),
+        )
+
+
+@dataclass(frozen=True)
+class BuildProgress:
+    """One line of the build's output (buildah's steps and what RUN steps print)."""
+
+    line: str
+
+    def to_json(self) -> dict[str, Any]:
+        """The NDJSON record."""
+        return {"type": "progress", "line": self.line}
+
+    @classmethod
+    def from_json(cls, obj: Mapping[str, Any]) -> BuildProgress:
+        """From its record; ValueError naming a bad field."""
+        return cls(_str(_key(obj, "line", ""), "line", MAX_BUILD_LINE_CHARS))
+
+
+@dataclass(frozen=True)
+class BuildResult:
+    """The end of a successful build: the image as its owner names it."""
+
+    image: str
+    id: str
+    models: tuple[str, ...]
+    replaced: bool  # an image of that name was there before
+
+    def to_json(self) -> dict[str, Any]:
+        """The NDJSON record."""
+        return {
+            "type": "result",
+            "image": self.image,
+            "id": self.id,
+            "models": list(self.models),
+            "replaced": self.replaced,
+        }
+
+    @classmethod
+    def from_json(cls, obj: Mapping[str, Any]) -> BuildResult:
+        """From its record; ValueError naming a bad field."""
+        models = _list(_key(obj, "models", ""), "models", 1000)
+        replaced = _key(obj, "replaced", "")
+        if not isinstance(replaced, bool):
+            raise ValueError("replaced must be true or false")
+        return cls(
+            image=_str(_key(obj, "image", ""), "image", 512),
+            id=_str(_key(obj, "id", ""), "id", 256),
+            models=tuple(_str(m, f"models[{i}]", 256) for i, m in enumerate(models)),
+            replaced=replaced,
+        )
+
+
+@dataclass(frozen=True)
+class BuildFailed:
+    """The end of a failed build: why (a tool's own words included)."""
+
+    error: str
+
+    def to_json(self) -> dict[str, Any]:
+        """The NDJSON record."""
+        return {"type": "error", "error": self.error}
+
+    @classmethod
+    def from_json(cls, obj: Mapping[str, Any]) -> BuildFailed:
+        """From its record; ValueError naming a bad field."""
+        return cls(_str(_key(obj, "error", ""), "error"))
+
+
+def build_record(obj: Any) -> BuildProgress | BuildResult | BuildFailed:
+    """A record of the build stream; ValueError for an unknown or broken one."""
+    obj = _obj(obj, "a build record")
+    kind = obj.get("type")
+    if kind == "progress":
+        return BuildProgress.from_json(obj)
+    if kind == "result":
+        return BuildResult.from_json(obj)
+    if kind == "error":
+        return BuildFailed.from_json(obj)
+    raise ValueError(f"a build record of unknown type {str(kind)[:40]!r}")
+
+
+# --- POST /v1/images/clone and /v1/images/publish ---------------------------------------
+# Both stream NDJSON: `CopyProgress` records, then one `CloneResult`/`PublishResult` record or
+# an error record `{"type": "error", "error": "..."}`.
+
+MAX_URL_CHARS = 1024
+MAX_NAME_CHARS = 512
+
+
+@dataclass(frozen=True)
+class CloneRequest:
+    """POST /v1/images/clone: copy the image of clone URL `url` into the caller's images as
+    `name` (None: the URL's image name and tag); `force` replaces an image of that name."""
+
+    url: str
+    name: str | None = None
+    force: bool = False
+    logins: Mapping[str, Login] = field(default_factory=dict)
+
+    def to_json(self) -> dict[str, Any]:
+        """The request body."""
+        return {
+            "url": self.url,
+            "name": self.name,
+            "force": self.force,
+            "credentials": logins_to_json(self.logins),
+        }
+
+    @classmethod
+    def from_json(cls, obj: Any) -> CloneRequest:
+        """From a decoded body; ValueError naming a bad field (never a password)."""
+        obj = _obj(obj, "the request body")
+        force = obj.get("force", False)
+        if not isinstance(force, bool):
+            raise ValueError("force must be true or false")
+        return cls(
+            url=_str(_key(obj, "url", ""), "url", MAX_URL_CHARS),
+            name=_opt_str(obj.get("name"), "name", MAX_NAME_CHARS),
+            force=force,
+            logins=logins_from_json(obj.get("credentials")),
+        )
+
+
+@dataclass(frozen=True)
+class PublishRequest:
+    """POST /v1/images/publish: push the caller's image `image` to the registry `registry`
+    (None: the only configured one)."""
+
+    image: str
+    registry: str | None = None
+    logins: Mapping[str, Login] = field(default_factory=dict)
+
+    def to_json(self) -> dict[str, Any]:
+        """The request body."""
+        return {
+            "image": self.image,
+            "registry": self.registry,
+            "credentials": logins_to_json(self.logins),
+        }
+
+    @classmethod
+    def from_json(cls, obj: Any) -> PublishRequest:
+        """From a decoded body; ValueError naming a bad field (never a password)."""
+        obj = _obj(obj, "the request body")
+        return cls(
+            image=_str(_key(obj, "image", ""), "image", MAX_NAME_CHARS),
+            registry=_opt_str(obj.get("registry"), "registry", MAX_LABEL_CHARS),
+            logins=logins_from_json(obj.get("credentials")),
+        )
+
+
+@dataclass(frozen=True)
+class CopyProgress:
+    """One step of an image copy: a blob (layer), the config or the manifest, in state
+    `copying`, `done` or `skipped` (already held), with bytes when known."""
+
+    step: str
+    id: str
+    state: str
+    done: int | None = None
+    total: int | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        """The NDJSON record."""
+        return {
+            "type": "progress",
+            "step": self.step,
+            "id": self.id,
+            "state": self.state,
+            "done": self.done,
+            "total": self.total,
+        }
+
+    @classmethod
+    def from_json(cls, obj: Mapping[str, Any]) -> CopyProgress:
+        """From its record; ValueError naming a bad field."""
+        return cls(
+            _str(_key(obj, "step", ""), "step", 64),
+            _str(_key(obj, "id", ""), "id", 128),
+            _str(_key(obj, "state", ""), "state", 64),
+            _opt_int(obj.get("done"), "done"),
+            _opt_int(obj.get("total"), "total"),
+        )
+
+
+@dataclass(frozen=True)
+class CloneResult:
+    """A clone done: the caller's image `image` (`name[:tag]`), its id and node models."""
+
+    image: str
+    url: str
+    id: str
+    models: tuple[str, ...]
+    replaced: bool
+
+    def to_json(self) -> dict[str, Any]:
+        """The NDJSON record."""
+        return {
+            "type": "result",
+            "image": self.image,
+            "url": self.url,
+            "id": self.id,
+            "models": list(self.models),
+            "replaced": self.replaced,
+        }
+
+    @classmethod
+    def from_json(cls, obj: Mapping[str, Any]) -> CloneResult:
+        """From its record; ValueError naming a bad field."""
+        models = _list(_key(obj, "models", ""), "models", 1000)
+        replaced = obj.get("replaced", False)
+        return cls(
+            image=_str(_key(obj, "image", ""), "image", MAX_NAME_CHARS),
+            url=_str(_key(obj, "url", ""), "url", MAX_URL_CHARS),
+            id=_str(_key(obj, "id", ""), "id", 256),
+            models=tuple(_str(m, f"models[{i}]", 256) for i, m in enumerate(models)),
+            replaced=replaced is True,
+        )
+
+
+@dataclass(frozen=True)
+class PublishResult:
+    """A publish done: the clone URL of the published image and its registry reference."""
+
+    url: str
+    reference: str
+
+    def to_json(self) -> dict[str, Any]:
+        """The NDJSON record."""
+        return {"type": "result", "url": self.url, "reference": self.reference}
+
+    @classmethod
+    def from_json(cls, obj: Mapping[str, Any]) -> PublishResult:
+        """From its record; ValueError naming a bad field."""
+        return cls(
+            _str(_key(obj, "url", ""), "url", MAX_URL_CHARS),
+            _str(_key(obj, "reference", ""), "reference", MAX_URL_CHARS),
+        )
+
+
+@dataclass(frozen=True)
+class OperationError:
+    """An operation refused or failed: one message for the user."""
+
+    error: str
+
+    def to_json(self) -> dict[str, Any]:
+        """The NDJSON record."""
+        return {"type": "error", "error": self.error}
+
+
+def transfer_record(
+    obj: Any, result: type[CloneResult] | type[PublishResult]
+) -> CopyProgress | CloneResult | PublishResult | OperationError:
+    """A record of a clone or publish stream (`result`: the kind of its result record);
+    ValueError for an unknown or broken one."""
+    obj = _obj(obj, "a record")
+    kind = obj.get("type")
+    if kind == "progress":
+        return CopyProgress.from_json(obj)
+    if kind == "result":
+        return result.from_json(obj)
+    if kind == "error":
+        return OperationError(_str(_key(obj, "error", ""), "error"))
+    raise ValueError(f"a record of unknown type {str(kind)[:40]!r}")
+
+
+# --- GET /v1/images, POST /v1/images/{rename,duplicate,remove,squash} --------------------
+# GET /v1/images?all=1 answers an `ImageListing` (JSON). The four operations take an
+# `ImageOperation` body and stream NDJSON: `OperationStep` records, then one
+# `OperationResult` record or an `OperationError` record.
+
+MAX_STORED_IMAGES = 100_000
+MAX_NODES = 100_000
+
+
+@dataclass(frozen=True)
+class StoredImageRow:
+    """An image of the internal repository as `walt image show` lists it."""
+
+    user: str
+    name: str
+    tag: str
+    id: str
+    created: str | None
+    size: int
+    layers: int
+    models: tuple[str, ...]
+    nodes: tuple[str, ...]  # the nodes using it
+    mine: bool  # the caller's own
+    default: bool  # the default image of a node model (waltplatform/<model>-default)
+    clone_url: str  # walt:<user>/<name>[:<tag>]
+
+    def to_json(self) -> dict[str, Any]:
+        """The JSON form."""
+        return {**self.__dict__, "models": list(self.models), "nodes": list(self.nodes)}
+
+    @classmethod
+    def from_json(cls, obj: Any, where: str) -> StoredImageRow:
+        """From its JSON form; ValueError naming a bad field."""
+        obj = _obj(obj, where.rstrip("."))
+        models = _list(_key(obj, "models", where), f"{where}models", 1000)
+        nodes = _list(_key(obj, "nodes", where), f"{where}nodes", MAX_NODES)
+        flags = {}
+        for flag in ("mine", "default"):
+            value = _key(obj, flag, where)
+            if not isinstance(value, bool):
+                raise ValueError(f"{where}{flag} must be true or false")
+            flags[flag] = value
+        return cls(
+            user=_str(_key(obj, "user", where), f"{where}user", MAX_NAME_CHARS),
+            name=_str(_key(obj, "name", where), f"{where}name", MAX_NAME_CHARS),
+            tag=_str(_key(obj, "tag", where), f"{where}tag", MAX_NAME_CHARS),
+            id=_str(_key(obj, "id", where), f"{where}id", 256),
+            created=_opt_str(obj.get("created"), f"{where}created", 256),
+            size=_int(_key(obj, "size", where), f"{where}size"),
+            layers=_int(_key(obj, "layers", where), f"{where}layers"),
+            models=tuple(_str(m, f"{where}models[{i}]", 256) for i, m in enumerate(models)),
+            nodes=tuple(_str(n, f"{where}nodes[{i}]", 256) for i, n in enumerate(nodes)),
+            mine=flags["mine"],
+            default=flags["default"],
+            clone_url=_str(_key(obj, "clone_url", where), f"{where}clone_url", MAX_URL_CHARS),
+        )
+
+
+@dataclass(frozen=True)
+class ImageListing:
+    """GET /v1/images[?all=1]: the caller's images (with all: every image)."""
+
+    images: tuple[StoredImageRow, ...]
+
+    def to_json(self) -> dict[str, Any]:
+        """The JSON form (what `walt image show --json` prints)."""
+        return {"images": [i.to_json() for i in self.images]}
+
+    @classmethod
+    def from_json(cls, obj: Any) -> ImageListing:
+        """From its JSON form; ValueError naming a bad field."""
+        obj = _obj(obj, "the image listing")
+        images = _list(_key(obj, "images", ""), "images", MAX_STORED_IMAGES)
+        return cls(
+            tuple(StoredImageRow.from_json(i, f"images[{n}].") for n, i in enumerate(images))
+        )
+
+
+@dataclass(frozen=True)
+class ImageOperation:
+    """POST /v1/images/{rename,duplicate,remove,squash}: the image `image` as the caller
+    writes it (`name[:tag]` for their own, `user/name[:tag]` for another's), the new name
+    (rename, duplicate), and whether to replace or remove an image in use (`force`)."""
+
+    image: str
+    new: str | None = None
+    force: bool = False
+
+    def to_json(self) -> dict[str, Any]:
+        """The request body."""
+        return {"image": self.image, "new": self.new, "force": self.force}
+
+    @classmethod
+    def from_json(cls, obj: Any) -> ImageOperation:
+        """From a decoded body; ValueError naming a bad field."""
+        obj = _obj(obj, "the request body")
+        force = obj.get("force", False)
+        if not isinstance(force, bool):
+            raise ValueError("force must be true or false")
+        return cls(
+            image=_str(_key(obj, "image", ""), "image", MAX_NAME_CHARS),
+            new=_opt_str(obj.get("new"), "new", MAX_NAME_CHARS),
+            force=force,
+        )
+
+
+@dataclass(frozen=True)
+class OperationStep:
+    """A step of a running operation, one line for the user."""
+
+    step: str
+
+    def to_json(self) -> dict[str, Any]:
+        """The NDJSON record."""
+        return {"type": "progress", "step": self.step}
+
+
+@dataclass(frozen=True)
+class OperationResult:
+    """An operation done: the image it leaves (None after a removal: the one removed), its
+    id and layer count, the nodes it changed, and one line for the user."""
+
+    image: str
+    id: str | None
+    layers: int | None
+    nodes: tuple[str, ...]
+    message: str
+
+    def to_json(self) -> dict[str, Any]:
+        """The NDJSON record."""
+        return {"type": "result", **self.__dict__, "nodes": list(self.nodes)}
+
+    @classmethod
+    def from_json(cls, obj: Mapping[str, Any]) -> OperationResult:
+        """From its record; ValueError naming a bad field."""
+        nodes = _list(_key(obj, "nodes", ""), "nodes", MAX_NODES)
+        return cls(
+            image=_str(_key(obj, "image", ""), "image", MAX_NAME_CHARS),
+            id=_opt_str(obj.get("id"), "id", 256),
+            layers=_opt_int(obj.get("layers"), "layers"),
+            nodes=tuple(_str(n, f"nodes[{i}]", 256) for i, n in enumerate(nodes)),
+            message=_str(_key(obj, "message", ""), "message"),
+        )
+
+
+def operation_record(obj: Any) -> OperationStep | OperationResult | OperationError:
+    """A record of a rename, duplicate, remove or squash stream; ValueError for an unknown or
+    broken one."""
+    obj = _obj(obj, "a record")
+    kind = obj.get("type")
+    if kind == "progress":
+        return OperationStep(_str(_key(obj, "step", ""), "step"))
+    if kind == "result":
+        return OperationResult.from_json(obj)
+    if kind == "error":
+        return OperationError(_str(_key(obj, "error", ""), "error"))
+    raise ValueError(f"a record of unknown type {str(kind)[:40]!r}")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterable, AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -62,16 +62,27 @@ class Client:
         except (ValueError, aiohttp.ContentTypeError) as err:
             raise ClientError(f"waltd sent an unreadable answer: {err}") from err
 
-    async def stream(self, path: str, body: Any = None) -> AsyncIterator[dict[str, Any]]:
-        """GET (or POST `body` as JSON to) a newline-delimited JSON stream; yields each record.
+    async def stream(
+        self,
+        path: str,
+        body: Any = None,
+        *,
+        data: bytes | AsyncIterable[bytes] | None = None,
+        content_type: str | None = None,
+    ) -> AsyncIterator[dict[str, Any]]:
+        """GET (or POST `body` as JSON, or `data` chunked as `content_type`, to) a
+        newline-delimited JSON stream; yields each record.
 
         Records may be of any size; a broken stream or record becomes a ClientError.
         """
         assert self._session is not None
-        method = "GET" if body is None else "POST"
+        method = "GET" if body is None and data is None else "POST"
+        extra: dict[str, Any] = {"json": body}
+        if data is not None:
+            extra = {"data": data, "headers": {"Content-Type": content_type or ""}}
         answered = False
         try:
-            async with self._session.request(method, f"http://waltd{path}", json=body) as resp:
+            async with self._session.request(method, f"http://waltd{path}", **extra) as resp:
                 answered = True
                 if resp.status >= 400:
                     raise ClientError(_message(await resp.json(content_type=None), resp.status))

@@ -9,6 +9,7 @@ import sys
 from typing import Any, TextIO
 
 from waltd.api import wire
+from waltd.cli import images_build, images_store, images_transfer
 from waltd.cli.client import Client, ClientError
 from waltd.cli.terminal import printable, table
 from waltd.cli.user_credentials import CredentialsError, for_registries
@@ -180,6 +181,9 @@ def parser() -> argparse.ArgumentParser:
     search.add_argument("keyword", nargs="?", help="keep images whose clone URL holds it")
     search.add_argument("--json", action="store_true", help="print the images as JSON")
     search.set_defaults(func=_image_search)
+    images_build.register(imagecmds)
+    images_transfer.register(imagecmds)
+    images_store.register(imagecmds)
     return p
 
 

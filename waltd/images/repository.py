@@ -1,18 +1,20 @@
 """The internal repository as the daemon's services see it: the tools run on its storage.
 
 `Repository` is the handle on the context; `RepositoryService` writes the storage's
-configuration files at start and again on reload (the registries may have changed).
+configuration files at start and again on reload (the registries may have changed), and
+at start removes the staging images a crash left (`store.cleanup_staging`).
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
+from pathlib import Path
 from typing import Any, Self
 
 from waltd import config as configuration
 from waltd import log
-from waltd.images import tools
+from waltd.images import store, tools
 from waltd.images.storage import Storage
 from waltd.process import Children
 from waltd.supervisor import RunningConfig, Service
@@ -38,9 +40,26 @@ class Repository:
         """One tool command's stdout; ToolError carrying its message when it fails."""
         return await tools.run(self._children, self.storage, argv, input=input, secrets=secrets)
 
+    async def run_streaming(
+        self,
+        argv: Sequence[str],
+        on_output: Callable[[bytes], None],
+        *,
+        secrets: Iterable[str] = (),
+    ) -> None:
+        """One tool command whose terminal output reaches `on_output` as it comes."""
+        await tools.run_streaming(self._children, self.storage, argv, on_output, secrets=secrets)
+
     async def run_json(self, argv: Sequence[str], *, secrets: Iterable[str] = ()) -> Any:
         """One tool command's JSON output."""
         return await tools.run_json(self._children, self.storage, argv, secrets=secrets)
+
+
+def _written(graphroot: Path) -> bool:
+    """Whether podman or buildah ever wrote an image or a container in `graphroot` (their
+    overlay driver's records appear with the first)."""
+    records = ("overlay-images/images.json", "overlay-containers/containers.json")
+    return any((graphroot / record).exists() for record in records)
 
 
 class RepositoryService(Service):
@@ -55,7 +74,18 @@ class RepositoryService(Service):
     async def __aenter__(self) -> Self:
         storage = self._repository.storage
         await asyncio.to_thread(storage.prepare, self._running.current)
-        _log.info("repository_ready", storage=str(storage.graphroot))
+        # what a crash left half made (no operation runs yet: the API starts after this)
+        try:
+            used = await asyncio.to_thread(_written, storage.graphroot)
+            # a storage never written holds nothing to clean: no tool run, a quicker start
+            removed = await store.cleanup_staging(self._repository) if used else 0
+        except (tools.ToolError, OSError) as err:
+            # the daemon still serves what needs no tool (search, nodes); image commands
+            # report the same failure to their callers
+            _log.warning("repository_cleanup_failed", error=str(err))
+            removed = 0
+        await asyncio.to_thread(storage.remove_work_left)
+        _log.info("repository_ready", storage=str(storage.graphroot), staging_removed=removed)
         return self
 
     async def reload(self, config: configuration.Config) -> None:

@@ -10,6 +10,7 @@ run a whole repository inside their own folder.
 from __future__ import annotations
 
 import json
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -95,6 +96,14 @@ class Storage:
             "REGISTRY_AUTH_FILE": str(self.auth_file),
             "TMPDIR": str(self.tmp),
         }
+
+    def remove_work_left(self) -> int:
+        """Remove the build folders (`tmp/build-*`) a crash left; how many. Only at start:
+        a running build owns its folder."""
+        left = list(self.tmp.glob("build-*")) if self.tmp.is_dir() else []
+        for folder in left:
+            shutil.rmtree(folder, ignore_errors=True)
+        return len(left)
 
     def prepare(self, config: Config) -> None:
         """Write the configuration files (again: the registries may have changed)."""

@@ -104,6 +104,12 @@ class DigestMismatch(BadImage):
     the daemon, changed it. Refused; a listing leaves the image out and warns the user."""
 
 
+def node_models(labels: Mapping[str, str]) -> tuple[str, ...]:
+    """Node models from the `walt.node.models` label (entries not named like one left out)."""
+    raw = labels.get(MODELS_LABEL, "")
+    return tuple(m for m in (e.strip() for e in raw.split(",")) if _MODEL.fullmatch(m))
+
+
 @dataclass(frozen=True)
 class ImageInfo:
     """A WalT image as a source holds it."""
@@ -121,8 +127,7 @@ class ImageInfo:
     @property
     def models(self) -> tuple[str, ...]:
         """Node models from the `walt.node.models` label (entries not named like one left out)."""
-        raw = self.labels.get(MODELS_LABEL, "")
-        return tuple(m for m in (e.strip() for e in raw.split(",")) if _MODEL.fullmatch(m))
+        return node_models(self.labels)
 
     @property
     def is_walt(self) -> bool:
