@@ -6,8 +6,8 @@ A lab registry holds a WalT image of `LAYERS` layers of `LAYER_MB` MiB of random
 a waltd started beforehand on a new folder (its start is not timed); **skopeo** is
 `skopeo copy docker://... containers-storage:...` into a new storage of the same kind
 (`waltd.images.storage.Storage`: overlay, its own configuration files). After one untimed run
-of each, runs alternate, ours first, `RUNS` of each; the figures are medians. The lab and
-every folder are removed at the end.
+of each, `RUNS` rounds of both, after a `sync`, the side that goes first alternating from
+round to round; the figures are medians. The lab and every folder are removed at the end.
 """
 
 from __future__ import annotations
@@ -163,11 +163,14 @@ async def _run() -> int:
         ours: list[float] = []
         plain: list[float] = []
         for run in range(RUNS):
-            # each run starts with the previous one's writes on disk, not in the page cache
-            await asyncio.to_thread(os.sync)
-            ours.append(await asyncio.to_thread(_ours, registry.port))
-            await asyncio.to_thread(os.sync)
-            plain.append(await asyncio.to_thread(_skopeo, registry.port))
+            # which goes first alternates (ours first, then skopeo first, ...): the disk's
+            # write-back of earlier runs weighs on whichever comes first, and must not always
+            # fall on the same side
+            pair = [(ours, _ours), (plain, _skopeo)]
+            for times, measure in pair if run % 2 == 0 else reversed(pair):
+                # each run starts with the previous one's writes on disk, not in the page cache
+                await asyncio.to_thread(os.sync)
+                times.append(await asyncio.to_thread(measure, registry.port))
             print(f"run {run + 1}: ours {ours[-1]:.2f} s, skopeo {plain[-1]:.2f} s", flush=True)
     ours_s, skopeo_s = statistics.median(ours), statistics.median(plain)
     figures = {
