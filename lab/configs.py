@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import ipaddress
-import json
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -13,11 +12,6 @@ import yaml
 
 # Characters a ganesha quoted string may hold: it has no escapes, and a newline ends the block.
 _GANESHA_SAFE = re.compile(r'[^"\\\n\r\x00]*')
-
-
-def toml_str(value: str) -> str:
-    """A TOML basic string holding `value` (JSON's escapes are a subset of TOML's)."""
-    return json.dumps(value)
 
 
 def registry_config(
@@ -43,41 +37,6 @@ def registry_config(
     if htpasswd is not None:
         config["auth"] = {"htpasswd": {"realm": realm, "path": str(htpasswd)}}
     return yaml.safe_dump(config, sort_keys=False)
-
-
-def storage_conf(graphroot: Path, runroot: Path) -> str:
-    """containers-storage.conf(5) keeping images out of /var/lib/containers."""
-    return (
-        "[storage]\n"
-        'driver = "overlay"\n'
-        f"graphroot = {toml_str(str(graphroot))}\n"
-        f"runroot = {toml_str(str(runroot))}\n"
-    )
-
-
-def containers_conf(tmp_dir: Path) -> str:
-    """containers.conf(5) for podman/buildah on this kind of machine.
-
-    runc and cgroupfs because crun refuses hybrid cgroups; ulimits below the 20000 open-files hard
-    limit; podman's state, events, copy buffers and network configurations under `tmp_dir`
-    instead of /run/libpod, the journal, /var/tmp and /etc/cni.
-    """
-    tmp = str(tmp_dir)
-    return (
-        "[containers]\n"
-        'default_ulimits = ["nofile=20000:20000", "nproc=4096:4096"]\n'
-        "\n"
-        "[engine]\n"
-        'runtime = "runc"\n'
-        'cgroup_manager = "cgroupfs"\n'
-        'events_logger = "file"\n'
-        f"events_logfile_path = {toml_str(tmp + '/events.log')}\n"
-        f"tmp_dir = {toml_str(tmp + '/libpod')}\n"
-        f"image_copy_tmp_dir = {toml_str(tmp)}\n"
-        "\n"
-        "[network]\n"
-        f"network_config_dir = {toml_str(tmp + '/networks')}\n"
-    )
 
 
 @dataclass(frozen=True)

@@ -35,6 +35,7 @@ from typing import BinaryIO
 from lab import configs, forward
 from lab import record as rec
 from waltd import config, podman_registries
+from waltd.images.storage import render_containers_conf, render_storage_conf
 from waltd.process import Children
 
 # Lab folders go into mount options and ganesha files: keep to characters neither needs to escape.
@@ -267,8 +268,8 @@ class Lab:
         folder = self.root / "containers"
         for sub in ("storage", "run", "tmp"):
             (folder / sub).mkdir(parents=True)
-        (folder / "storage.conf").write_text(configs.storage_conf(self.graphroot, folder / "run"))
-        (folder / "containers.conf").write_text(configs.containers_conf(folder / "tmp"))
+        (folder / "storage.conf").write_text(render_storage_conf(self.graphroot, folder / "run"))
+        (folder / "containers.conf").write_text(render_containers_conf(folder / "tmp"))
         self._write_registries_conf()
         # must exist: buildah refuses an auth file path that does not
         (folder / "auth.json").write_text('{"auths": {}}')

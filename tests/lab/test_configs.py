@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import re
-import tomllib
 from pathlib import Path
 
 import pytest
@@ -12,12 +11,9 @@ import yaml
 from lab import LabError, NfsExport
 from lab.configs import (
     LEASE_MARKER,
-    containers_conf,
     ganesha_conf,
     ganesha_exports,
     registry_config,
-    storage_conf,
-    toml_str,
     udhcpc_script,
 )
 from lab.images import overlay_lowerdir
@@ -49,28 +45,6 @@ def test_registry_config_with_htpasswd() -> None:
 def test_registry_config_refuses_bad_ports(port: int) -> None:
     with pytest.raises(ValueError, match="port"):
         registry_config(LAB, port, secret="s")
-
-
-@pytest.mark.parametrize("text", ["plain", 'quo"te', "back\\slash", "tab\tnew\nline", "é"])
-def test_toml_strings_round_trip(text: str) -> None:
-    assert tomllib.loads(f"key = {toml_str(text)}") == {"key": text}
-
-
-def test_storage_conf() -> None:
-    conf = tomllib.loads(storage_conf(LAB / "storage", LAB / "run"))
-    assert conf == {
-        "storage": {"driver": "overlay", "graphroot": f"{LAB}/storage", "runroot": f"{LAB}/run"}
-    }
-
-
-def test_containers_conf() -> None:
-    conf = tomllib.loads(containers_conf(LAB / "tmp"))
-    assert conf["containers"]["default_ulimits"] == ["nofile=20000:20000", "nproc=4096:4096"]
-    engine = conf["engine"]
-    assert engine["runtime"] == "runc" and engine["cgroup_manager"] == "cgroupfs"
-    assert engine["tmp_dir"].startswith(f"{LAB}/tmp/")
-    assert engine["events_logger"] == "file"
-    assert conf["network"]["network_config_dir"].startswith(f"{LAB}/tmp/")
 
 
 def test_ganesha_conf_includes_the_exports_file() -> None:

@@ -9,7 +9,6 @@ run a whole repository inside their own folder.
 
 from __future__ import annotations
 
-import json
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,8 +19,23 @@ from waltd.config import Config
 
 
 def toml_str(value: str) -> str:
-    """A TOML basic string holding `value` (JSON's escapes are a subset of TOML's)."""
-    return json.dumps(value)
+    """A TOML basic string holding `value`: quotes, backslashes and control characters
+    escaped, everything else literal (TOML has no surrogate-pair escapes, which JSON would
+    write for characters beyond U+FFFF). ValueError for a lone surrogate, which no TOML file
+    can hold."""
+    out = ['"']
+    for char in value:
+        code = ord(char)
+        if char in '"\\':
+            out.append("\\" + char)
+        elif code < 0x20 or code == 0x7F:
+            out.append(f"\\u{code:04x}")
+        elif 0xD800 <= code <= 0xDFFF:
+            raise ValueError(f"{value!r} holds a lone surrogate, which TOML cannot hold")
+        else:
+            out.append(char)
+    out.append('"')
+    return "".join(out)
 
 
 def render_storage_conf(graphroot: Path, runroot: Path) -> str:
