@@ -85,6 +85,7 @@ async def setup(user: str) -> AsyncIterator[Setup]:
         open_ = await lab.start_registry("open")
         secure = await lab.start_registry("secure", auth=(REG_USER, REG_PASSWORD))
         hub = await lab.start_registry("hub")
+        jfrog = await lab.start_registry("jfrog")
         folder = short_dir()
         folder.chmod(0o755)
         repo = repository_at(folder)
@@ -95,6 +96,18 @@ async def setup(user: str) -> AsyncIterator[Setup]:
             registry_entry(open_, "open"),
             registry_entry(secure, "secure", "basic"),
             {"label": "hub", "api": "docker-hub", "description": "hub", "registry-url": hub.url},
+            # Artifactory keeps `<repository>/<name>` where a registry keeps that path: a
+            # push lands the same way (only its catalog differs, which publish never reads)
+            {
+                "label": "jfrog",
+                "api": "jfrog-artifactory",
+                "description": "lab jfrog",
+                "host": "127.0.0.1",
+                "port": jfrog.port,
+                "protocol": "http",
+                "auth": "none",
+                "repository": "walt",
+            },
         ]
         conf = write_config(folder, registries=entries, images={"docker-socket": "/nonexistent"})
         daemon = Daemon(folder, conf).start()
@@ -144,6 +157,14 @@ async def test_publish_with_auth_names_it_after_the_registry_user(setup: Setup) 
     assert REG_PASSWORD not in setup.daemon.log_path.read_text()
     others = await asyncio.to_thread(setup.publish, "root/img", "open")
     assert others[-1]["type"] == "error" and "you may publish only your own" in others[-1]["error"]
+
+
+async def test_publish_to_artifactory_names_it_in_the_repository(setup: Setup) -> None:
+    out = await asyncio.to_thread(setup.publish, "pub:v2", "jfrog")
+    assert out[-1]["type"] == "result", out[-1]
+    assert out[-1]["url"] == "jfrog:walt/pub:v2"
+    info, _ = await inspect(setup.lab.registries["jfrog"], "walt/pub:v2")
+    assert info["Labels"]["walt.node.models"] == "rpi-3-b"
 
 
 async def test_publish_to_the_hub_updates_walt_metadata(setup: Setup) -> None:
