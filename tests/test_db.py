@@ -285,3 +285,13 @@ async def test_closed_database_refuses_calls(path: Path) -> None:
     assert not path.with_name("waltd.db-wal").exists()
     async with Database(path) as again:
         assert await again.count_nodes() == 1
+
+
+async def test_nodes_using_an_image(path: Path) -> None:
+    async with Database(path) as database:
+        await database.upsert_node("00:11:22:aa:bb:02", name="b", image="docker.io/u/x:latest")
+        await database.upsert_node("00:11:22:aa:bb:01", name="a", image="docker.io/u/x:latest")
+        await database.upsert_node("00:11:22:aa:bb:03", name="c", image="docker.io/u/y:latest")
+        using = await database.nodes_using_image("docker.io/u/x:latest")
+        assert [node.name for node in using] == ["a", "b"]
+        assert await database.nodes_using_image("docker.io/u/z:latest") == []

@@ -332,6 +332,17 @@ class Database:
 
         return await self._run(work)
 
+    async def nodes_using_image(self, image: str) -> list[Node]:
+        """The nodes whose image is `image` (its full name), ordered by name."""
+
+        def work(conn: sqlite3.Connection) -> list[Node]:
+            rows = conn.execute(
+                f"SELECT {_NODE_COLUMNS} FROM nodes WHERE image = ? ORDER BY name", (image,)
+            ).fetchall()
+            return [_node(row) for row in rows]
+
+        return await self._run(work)
+
     async def unannounced_nodes(self) -> list[Node]:
         """Nodes recorded whose first sighting was not announced (an interruption came
         between the commit and the announcement), oldest first."""

@@ -30,7 +30,7 @@ from pathlib import Path, PurePosixPath
 
 from waltd import log
 from waltd.db import Database, Node
-from waltd.images import store
+from waltd.images import replacing, store
 from waltd.images.locks import NameLocks
 from waltd.images.repository import Repository
 from waltd.images.store import LocalRef
@@ -421,32 +421,15 @@ async def _resolved_containerfile(repo: Repository, context: Path, work: Path, c
 
 
 def check_replace(
-    shown: str, nodes: Iterable[Node], models: tuple[str, ...] | None, force: bool
+    shown: str, nodes: list[Node], models: tuple[str, ...] | None, force: bool
 ) -> None:
     """BuildError when the image `shown`, which `nodes` use, may not be replaced: without
-    `force` at all, with it when the new image (supporting `models`, None: not built yet)
-    does not support the models of those nodes."""
-    using = sorted(nodes, key=lambda node: node.name)
-    if not using:
-        return
-    names = ", ".join(node.name for node in using)
-    if not force:
-        raise BuildError(
-            f"image {shown} is used by node(s) {names}: replacing it changes what they boot "
-            f"(at their next reboot); to do it anyway: walt image build --force {shown} ..."
-        )
-    unsupported = sorted({n.model for n in using if n.model and n.model not in (models or ())})
-    if models is not None and unsupported:
-        raise BuildError(
-            f"image {shown} is used by node(s) {names} of model(s) {', '.join(unsupported)}, "
-            f"which the new image does not support (it supports {', '.join(models)}): "
-            "refused even with --force"
-        )
-
-
-async def _users(db: Database, ref: LocalRef) -> list[Node]:
-    """The nodes whose image is `ref`."""
-    return [node for node in await db.list_nodes() if node.image == ref.full]
+    `force` when nodes use it (an unused image is simply replaced), with it when the new
+    image (supporting `models`, None: not built yet) misses one of their models."""
+    command = f"walt image build --force {shown} ..."
+    refusal = replacing.refusal(shown, nodes, models, force, command, unused_needs_force=False)
+    if refusal:
+        raise BuildError(refusal)
 
 
 async def build(
@@ -466,7 +449,9 @@ async def build(
     the previous image of that name untouched. An image nodes use is replaced only with
     `force`, and only by one supporting their models. BuildError for the user otherwise."""
     shown = ref.local if ref.user == caller else ref.display
-    check_replace(shown, await _users(db, ref), None, force)  # early: no build in vain
+    check_replace(
+        shown, await db.nodes_using_image(ref.full), None, force
+    )  # early: no build in vain
     containerfile = await _resolved_containerfile(repo, context, work, caller)
     lines = LineSplitter(on_line)
     async with store.staging(repo, ref) as staged:
@@ -503,7 +488,7 @@ async def build(
         except store.TooManyLayers as err:
             raise BuildError(str(err)) from None
         async with locks.hold(ref.full):
-            check_replace(shown, await _users(db, ref), data.models, force)
+            check_replace(shown, await db.nodes_using_image(ref.full), data.models, force)
             replaced = await store.get(repo, ref) is not None
             await store.install(repo, staged, ref)
     _log.info("image_built", image=ref.display, id=data.id[:12], replaced=replaced)

@@ -25,7 +25,8 @@ from typing import Any
 
 from waltd import log, names
 from waltd.context import Context
-from waltd.images import ownership, store
+from waltd.db import Node
+from waltd.images import ownership, replacing, store
 from waltd.images.copy import Progress, Side, copy
 from waltd.images.store import LocalRef
 from waltd.registries.base import Credentials, NotFound, RegistryError, Source
@@ -89,13 +90,6 @@ def destination(url: names.CloneURL, name: str | None, caller: str, is_root: boo
     return dest
 
 
-async def nodes_using(ctx: Context, ref: LocalRef) -> list[tuple[str, str | None]]:
-    """(name, model) of each node whose image is `ref` (nodes record its full name)."""
-    if not ctx.db.is_open:
-        return []
-    return [(node.name, node.model) for node in await ctx.db.list_nodes() if node.image == ref.full]
-
-
 def _registry_tls(source: RegistryApiSource) -> bool:
     return source.base_url.startswith("https://") and source.verify_tls
 
@@ -144,11 +138,11 @@ async def _precheck(source: Source, order: CloneOrder) -> None:
         raise ValueError(NO_MODELS)
 
 
-def _overwrite_refusal(order: CloneOrder, users: list[tuple[str, str | None]]) -> str:
+def _overwrite_refusal(order: CloneOrder, users: list[Node]) -> str:
     text = f"Image {order.dest.local} already exists: cloning would overwrite it"
     if users:
         text += f" (and reboot the {len(users)} node(s) using it: "
-        text += ", ".join(name for name, _ in users) + ")"
+        text += replacing.node_names(users) + ")"
     shown = "" if order.dest.user == order.caller else f"{order.dest.user}/"
     return (
         f"{text}. If this is what you want, use: "
@@ -182,7 +176,7 @@ async def _clone(
         looking = asyncio.ensure_future(_source_side(ctx, order))
         try:
             existing = await store.get(repo, order.dest)
-            users = await nodes_using(ctx, order.dest) if existing is not None else []
+            users = await ctx.db.nodes_using_image(order.dest.full) if existing is not None else []
             if existing is not None and not order.force:
                 raise FileExistsError(_overwrite_refusal(order, users))
         except BaseException:
@@ -197,7 +191,7 @@ async def _clone(
                 raise RuntimeError(f"the copy left no image under {staged}")
             if not data.models:
                 raise ValueError(NO_MODELS)
-            missing = sorted({m for _, m in users if m} - set(data.models))
+            missing = replacing.unsupported(users, data.models)
             if missing:
                 raise ValueError(
                     f"refused: {order.dest.local} is used by nodes of model(s) "

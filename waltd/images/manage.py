@@ -20,13 +20,13 @@ from __future__ import annotations
 
 import asyncio
 import secrets
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import TypeVar
 
 from waltd import log
 from waltd.db import Database, Node
-from waltd.images import store
+from waltd.images import replacing, store
 from waltd.images.locks import NameLocks
 from waltd.images.ownership import PLATFORM_USER, may_change, may_read
 from waltd.images.store import LocalRef, Repository, StoredImage
@@ -97,10 +97,6 @@ async def _nodes_by_image(db: Database) -> dict[str, list[Node]]:
     return using
 
 
-def _names(nodes: Iterable[Node]) -> str:
-    return ", ".join(sorted(node.name for node in nodes))
-
-
 async def _completed(work: Awaitable[_T]) -> _T:
     """Run `work` to its end even if the caller is cancelled meanwhile (then re-raise): a
     change of storage and database is never left half done."""
@@ -139,23 +135,11 @@ def _check_replace(
     force: bool,
     command: str,
 ) -> None:
-    """May `target`, which exists and which `nodes` use, be replaced by an image supporting
-    `models`? `command` is the command line that would do it (with --force)."""
-    shown = actor.shown(target)
-    if not force:
-        if nodes:
-            raise Refused(
-                f"image {shown} is used by node(s) {_names(nodes)}: replacing it changes what "
-                f"they boot (at their next reboot); to do it anyway: {command}"
-            )
-        raise Refused(f"image {shown} exists already; to overwrite it: {command}")
-    unsupported = sorted({n.model for n in nodes if n.model and n.model not in models})
-    if unsupported:
-        raise Refused(
-            f"image {shown} is used by node(s) {_names(nodes)} of model(s) "
-            f"{', '.join(unsupported)}, which the new image does not support "
-            f"(it supports {', '.join(models) or 'no model'}): refused even with --force"
-        )
+    """Refused unless `target`, which exists and which `nodes` use, may be replaced by an
+    image supporting `models` (`replacing.refusal`)."""
+    refusal = replacing.refusal(actor.shown(target), nodes, models, force, command)
+    if refusal:
+        raise Refused(refusal)
 
 
 async def show(handles: Handles, actor: Actor, everyone: bool) -> list[ShownImage]:
@@ -187,16 +171,16 @@ async def rename(
     command = f"walt image rename --force {actor.shown(old)} {actor.shown(new)}"
     async with handles.locks.hold_all(old.full, new.full):
         image = await _existing(handles.repo, actor, old)
-        using = await _nodes_by_image(handles.db)
-        moving = using.get(old.full, [])
+        moving = await handles.db.nodes_using_image(old.full)
         if moving and not force:
             raise Refused(
-                f"image {actor.shown(old)} is used by node(s) {_names(moving)}: renaming it "
-                f"moves them to {actor.shown(new)} (what they boot does not change); "
+                f"image {actor.shown(old)} is used by node(s) {replacing.node_names(moving)}: "
+                f"renaming it moves them to {actor.shown(new)} (what they boot does not change); "
                 f"to do it: {command}"
             )
         if await store.get(handles.repo, new) is not None:
-            _check_replace(actor, new, using.get(new.full, []), image.models, force, command)
+            nodes = await handles.db.nodes_using_image(new.full)
+            _check_replace(actor, new, nodes, image.models, force, command)
         return await _completed(_rename(handles, actor, image, new))
 
 
@@ -246,7 +230,7 @@ async def duplicate(
     command = f"walt image duplicate --force {actor.shown(src)} {actor.shown(new)}"
     async with handles.locks.hold_all(src.full, new.full):
         image = await _existing(handles.repo, actor, src)
-        nodes = (await _nodes_by_image(handles.db)).get(new.full, [])
+        nodes = await handles.db.nodes_using_image(new.full)
         if await store.get(handles.repo, new) is not None:
             _check_replace(actor, new, nodes, image.models, force, command)
         return await _completed(_duplicate(handles, actor, image, new, nodes))
@@ -275,11 +259,11 @@ async def remove(handles: Handles, actor: Actor, text: str, force: bool) -> Outc
     _check_may_change(actor, ref)
     async with handles.locks.hold(ref.full):
         image = await _existing(handles.repo, actor, ref)
-        nodes = (await _nodes_by_image(handles.db)).get(ref.full, [])
+        nodes = await handles.db.nodes_using_image(ref.full)
         if nodes and not force:
             raise Refused(
-                f"image {actor.shown(ref)} is used by node(s) {_names(nodes)}; to remove it "
-                f"anyway, leaving them without an image: walt image remove --force "
+                f"image {actor.shown(ref)} is used by node(s) {replacing.node_names(nodes)}; to "
+                f"remove it anyway, leaving them without an image: walt image remove --force "
                 f"{actor.shown(ref)}"
             )
         return await _completed(_remove(handles, actor, image))
@@ -318,7 +302,7 @@ async def squash(
             return Outcome(
                 shown, image.id, image.layers, (), f"image {shown} has one layer already"
             )
-        nodes = (await _nodes_by_image(handles.db)).get(ref.full, [])
+        nodes = await handles.db.nodes_using_image(ref.full)
         if nodes:
             command = f"walt image squash --force {shown}"
             _check_replace(actor, ref, nodes, image.models, force, command)
