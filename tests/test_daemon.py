@@ -21,7 +21,7 @@ import pexpect
 import pytest
 import yaml
 
-from tests.conftest import require_root, require_tool
+from tests.conftest import require_tool
 from tests.support.daemon import (
     ROOT,
     Daemon,
@@ -33,6 +33,7 @@ from tests.support.daemon import (
     walt,
     write_config,
 )
+from tests.support.users import fresh_name, unix_users
 from tests.support.wait import until_sync
 from waltd.process import start_time
 
@@ -312,15 +313,9 @@ print(json.dumps(json.loads(data.split(b"\\r\\n\\r\\n", 1)[1])["caller"]))
 
 
 def test_identity_of_a_useradd_user_and_of_root(daemon: Daemon) -> None:
-    require_root()
-    require_tool("useradd")
     python = require_tool("/usr/bin/python3")
-    name = f"Walt_T{uuid.uuid4().hex[:6]}"
-    subprocess.run(
-        ["useradd", "--badname", "-M", "-s", "/bin/sh", name], check=True, capture_output=True
-    )
-    daemon.folder.chmod(0o755)
-    try:
+    with unix_users(fresh_name("Walt_T")) as (name,):
+        daemon.folder.chmod(0o755)
         daemon.start()
         res = subprocess.run(
             ["runuser", "-u", name, "--", python, "-c", _RAW_STATUS, str(daemon.socket)],
@@ -336,8 +331,6 @@ def test_identity_of_a_useradd_user_and_of_root(daemon: Daemon) -> None:
         root = json.loads(walt(daemon.socket, "status", "--json").stdout)["caller"]
         assert root == {"unix_user": "root", "walt_user": "root", "uid": 0}
         assert daemon.stop() == 0
-    finally:
-        subprocess.run(["userdel", name], capture_output=True)
 
 
 def test_client_without_daemon_says_so(folder: Path) -> None:
@@ -467,18 +460,11 @@ def _get_status_as(user: str, sock: Path) -> dict[str, Any]:
 
 
 def test_callers_without_a_walt_user_of_their_own_are_refused(daemon: Daemon) -> None:
-    require_root()
-    require_tool("useradd")
     suffix = uuid.uuid4().hex[:6]
     symbols = "_" + "".join(random.choice("._") for _ in range(12))  # normalises to ""
     upper, lower = f"Walt_C{suffix}", f"walt-c{suffix}"  # both give walt-c<suffix>
-    users = [symbols, upper, lower]
-    for name in users:
-        subprocess.run(
-            ["useradd", "--badname", "-M", "-s", "/bin/sh", name], check=True, capture_output=True
-        )
-    daemon.folder.chmod(0o755)
-    try:
+    with unix_users(symbols, upper, lower):
+        daemon.folder.chmod(0o755)
         daemon.start()
         nameless = _get_status_as(symbols, daemon.socket)
         assert nameless["status"] == 403
@@ -492,9 +478,6 @@ def test_callers_without_a_walt_user_of_their_own_are_refused(daemon: Daemon) ->
         root = json.loads(walt(daemon.socket, "status", "--json").stdout)["caller"]
         assert root["walt_user"] == "root"
         assert daemon.stop() == 0
-    finally:
-        for name in users:
-            subprocess.run(["userdel", name], capture_output=True)
 
 
 class _Registry(ThreadingHTTPServer):

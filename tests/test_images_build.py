@@ -15,7 +15,6 @@ import shutil
 import subprocess
 import sys
 import tarfile
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -36,6 +35,7 @@ from tests.support.daemon import (
     write_config,
 )
 from tests.support.store_images import release_storage
+from tests.support.users import unix_user
 from tests.support.wait import until
 from waltd.api import wire
 from waltd.config import load as load_config
@@ -455,13 +455,8 @@ print(json.dumps({"status": status, "records": [json.loads(l) for l in f if l.st
 @pytest.fixture
 def user() -> Iterator[str]:
     """A real non-root user, made with useradd and removed after the test."""
-    require_tool("useradd")
-    name = f"waltb{uuid.uuid4().hex[:6]}"
-    subprocess.run(
-        ["useradd", "--badname", "-M", "-s", "/bin/sh", name], check=True, capture_output=True
-    )
-    yield name
-    subprocess.run(["userdel", "--force", name], capture_output=True)
+    with unix_user("waltb") as name:
+        yield name
 
 
 def _give(folder: Path, user: str) -> None:

@@ -30,7 +30,8 @@ from tests.support.dockerd import dockerd, load_image
 from tests.support.labs import running_lab
 from tests.support.store_images import build as build_stored
 from tests.support.store_images import release_storage, repository_at
-from tests.support.transfer import post_as, registry_entry, run, unix_user
+from tests.support.transfer import post_as, registry_entry, run
+from tests.support.users import unix_user
 from waltd.api.wire import CloneRequest, CopyProgress, Login, PublishRequest
 from waltd.cli.images_transfer import ProgressView
 from waltd.db import Database

@@ -25,7 +25,8 @@ from tests.support.daemon import ROOT, Daemon, remove, short_dir, write_config
 from tests.support.labs import running_lab
 from tests.support.store_images import build as build_stored
 from tests.support.store_images import release_storage, repository_at
-from tests.support.transfer import post_as, registry_entry, run, unix_user
+from tests.support.transfer import post_as, registry_entry, run
+from tests.support.users import unix_user
 from waltd import config
 from waltd.images.publish import choose_registry, render_metadata
 from waltd.images.store import LocalRef

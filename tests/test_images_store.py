@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import json
 import subprocess
-import uuid
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import replace
 from pathlib import Path
@@ -14,9 +13,10 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import require_root, require_tool
+from tests.conftest import require_tool
 from tests.support.daemon import Daemon, remove, short_dir, walt, write_config
 from tests.support.store_images import build, release_storage, repository_at
+from tests.support.users import fresh_name, unix_users
 from waltd.api import wire
 from waltd.cli.images_store import MINE_HEADERS, NO_IMAGES, OTHERS_HEADERS, show_text
 from waltd.db import Database
@@ -460,17 +460,9 @@ print(json.dumps({"status": status, "records": lines}))
 
 
 @pytest.fixture(scope="module")
-def users() -> Iterator[tuple[str, str]]:
-    require_root()
-    require_tool("useradd")
-    names = (f"waltsa{uuid.uuid4().hex[:6]}", f"waltsb{uuid.uuid4().hex[:6]}")
-    for name in names:
-        subprocess.run(
-            ["useradd", "--badname", "-M", "-s", "/bin/sh", name], check=True, capture_output=True
-        )
-    yield names
-    for name in names:
-        subprocess.run(["userdel", "--force", name], capture_output=True)
+def users() -> Iterator[tuple[str, ...]]:
+    with unix_users(fresh_name("waltsa"), fresh_name("waltsb")) as names:
+        yield names
 
 
 def _as(user: str, daemon: Daemon, method: str, target: str, body: Any = None) -> Any:

@@ -15,14 +15,14 @@ import signal
 import subprocess
 import sys
 import time
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from tests.conftest import require_root, require_tool
+from tests.conftest import require_tool
 from tests.support.daemon import ROOT, Daemon, remove, short_dir, walt, write_config
+from tests.support.users import unix_user
 from tests.support.wait import until_sync
 from waltd.api.listener import ACCEPT_PAUSE_MAX_S, ConnectionCounts, ConnectionLimits
 from waltd.api.server import IDLE_TIMEOUT_S
@@ -84,14 +84,8 @@ def folder() -> Iterator[Path]:
 
 @pytest.fixture
 def user() -> Iterator[str]:
-    require_root()
-    require_tool("useradd")
-    name = f"waltflood{uuid.uuid4().hex[:6]}"
-    subprocess.run(
-        ["useradd", "--badname", "-M", "-s", "/bin/sh", name], check=True, capture_output=True
-    )
-    yield name
-    subprocess.run(["userdel", "--force", name], capture_output=True)
+    with unix_user("waltflood") as name:
+        yield name
 
 
 @pytest.fixture

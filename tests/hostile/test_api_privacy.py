@@ -18,8 +18,9 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import require_root, require_tool
+from tests.conftest import require_tool
 from tests.support.daemon import Daemon, remove, short_dir, walt, write_config
+from tests.support.users import fresh_name, unix_users
 
 # MODE search KEYWORD: one search; MODE events: the event backlog; MODE follow MARKER:
 # follow the events, print "ready" once answered, then every record up to one holding MARKER.
@@ -60,17 +61,9 @@ def folder() -> Iterator[Path]:
 
 
 @pytest.fixture
-def users() -> Iterator[tuple[str, str]]:
-    require_root()
-    require_tool("useradd")
-    names = (f"waltpa{uuid.uuid4().hex[:6]}", f"waltpb{uuid.uuid4().hex[:6]}")
-    for name in names:
-        subprocess.run(
-            ["useradd", "--badname", "-M", "-s", "/bin/sh", name], check=True, capture_output=True
-        )
-    yield names
-    for name in names:
-        subprocess.run(["userdel", "--force", name], capture_output=True)
+def users() -> Iterator[tuple[str, ...]]:
+    with unix_users(fresh_name("waltpa"), fresh_name("waltpb")) as names:
+        yield names
 
 
 def _uid(name: str) -> int:

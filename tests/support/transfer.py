@@ -1,4 +1,4 @@
-"""What the clone and publish tests share: a real non-root user (useradd) speaking HTTP on
+"""What the clone and publish tests share: a non-root user (tests/support/users.py) speaking HTTP on
 the API socket with the system Python (as any user of the server could), and lab registries
 as server.conf entries."""
 
@@ -6,14 +6,11 @@ from __future__ import annotations
 
 import json
 import subprocess
-import uuid
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 from lab import Registry
-from tests.conftest import require_root, require_tool
+from tests.conftest import require_tool
 
 # POST a JSON body to the socket, print each NDJSON line of the answer (a non-200 answer:
 # its JSON body with its status).
@@ -40,19 +37,6 @@ else:
 def run(argv: list[str], **kw: Any) -> subprocess.CompletedProcess[str]:
     """A command to its end (2 minutes at most), output captured as text."""
     return subprocess.run(argv, capture_output=True, text=True, timeout=120, **kw)
-
-
-@contextmanager
-def unix_user(prefix: str) -> Iterator[str]:
-    """A new Unix user (no home), removed at the end."""
-    require_root()
-    require_tool("useradd")
-    name = f"{prefix}{uuid.uuid4().hex[:6]}"
-    run(["useradd", "--badname", "-M", "-s", "/bin/sh", name]).check_returncode()
-    try:
-        yield name
-    finally:
-        run(["userdel", "--force", name])
 
 
 def client_argv(user: str, socket: Path, path: str, body: dict[str, Any]) -> list[str]:
