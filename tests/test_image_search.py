@@ -30,7 +30,7 @@ import pytest_asyncio
 import yaml
 
 from lab import Lab, LabProcess, Registry
-from tests.support.daemon import ROOT, is_event
+from tests.support.daemon import ROOT, is_event, write_config
 from tests.support.hub_fake import HubApiFake, HubRepo, TokenFront, encode_metadata
 from tests.support.hub_fake import publish_metadata as publish_hub_metadata
 from tests.support.lab_daemon import records, start_waltd, wait_record
@@ -122,22 +122,14 @@ def _rows_except(location: str = "") -> list[list[str]]:
     return [image.row for image in ALL if image.location != location]
 
 
-def write_config(folder: Path, registries: list[dict[str, Any]]) -> Path:
+def _config(folder: Path, registries: list[dict[str, Any]]) -> Path:
     """waltd's server.conf: these registries, its files in `folder`, no docker daemon."""
-    data = {
-        "registries": registries,
-        "images": {"docker-socket": str(folder / "no-docker.sock")},
-        "api": {"socket": str(folder / "api.sock")},
-        "daemon": {
-            "state-dir": str(folder / "state"),
-            "shutdown-budget-s": 5,
-            "image-storage": str(folder / "images"),
-        },
-        "exports": {"root": str(folder / "exports"), "nfs": "ganesha"},
-    }
-    path = folder / "server.conf"
-    path.write_text(yaml.safe_dump(data, sort_keys=False))
-    return path
+    return write_config(
+        folder,
+        registries=registries,
+        images={"docker-socket": str(folder / "no-docker.sock")},
+        daemon={"shutdown-budget-s": 5},
+    )
 
 
 def _events(waltd: LabProcess, name: str) -> list[dict[str, Any]]:
@@ -179,7 +171,7 @@ class SearchLab:
 
     async def reload(self, registries: list[dict[str, Any]]) -> None:
         """Rewrite server.conf, SIGHUP waltd, wait until it runs with these registries."""
-        write_config(self.folder, registries)
+        _config(self.folder, registries)
         seen = len(_events(self.waltd, "config_reloaded"))
         os.kill(self.waltd.pid, signal.SIGHUP)
         reloaded = await wait_record(self.waltd, is_event("config_reloaded"), after=seen)
@@ -290,7 +282,7 @@ async def world() -> AsyncIterator[SearchLab]:
             folder.mkdir()
             client.mkdir()
             entries = _registry_entries(front, api, registries["local"], jfrog)
-            config = write_config(folder, entries)
+            config = _config(folder, entries)
             waltd = await start_waltd(lab, config)
             await wait_record(waltd, is_event("daemon_ready"))
             yield SearchLab(

@@ -22,7 +22,7 @@ from aiohttp import web
 
 from lab import Lab, Registry
 from tests.conftest import require_root, require_tool
-from tests.support.daemon import ROOT, Daemon, short_dir
+from tests.support.daemon import ROOT, Daemon, short_dir, write_config
 from tests.support.registry_images import build, push_tags
 
 WALT_IMAGE = "alice/rpi-os"  # the honest registry's image, tag latest
@@ -73,19 +73,8 @@ async def live_daemon(
 ) -> AsyncIterator[Daemon]:
     """A waltd process with these registries (and `images` settings), no docker daemon."""
     folder = short_dir()
-    data = {
-        "registries": registries,
-        "images": {"docker-socket": str(folder / "no-docker.sock"), **(images or {})},
-        "api": {"socket": str(folder / "api.sock")},
-        "daemon": {
-            "state-dir": str(folder / "state"),
-            "shutdown-budget-s": 3,
-            "image-storage": str(folder / "images"),
-        },
-        "exports": {"root": str(folder / "exports"), "nfs": "ganesha"},
-    }
-    config = folder / "server.conf"
-    config.write_text(yaml.safe_dump(data, sort_keys=False))
+    no_docker = {"docker-socket": str(folder / "no-docker.sock")}
+    config = write_config(folder, registries=registries, images={**no_docker, **(images or {})})
     daemon = Daemon(folder, config)
     # its start is waited for in a thread: the servers of this loop must keep answering
     await asyncio.to_thread(daemon.start)

@@ -26,7 +26,8 @@ def short_dir() -> Path:
 
 
 def write_config(folder: Path, **sections: Any) -> Path:
-    """A server.conf whose every path lies inside `folder`; `sections` override."""
+    """A server.conf whose every path lies inside `folder`; `sections` override (a mapping
+    is merged into the section's keys given here, anything else replaces it)."""
     data: dict[str, Any] = {
         "api": {"socket": str(folder / "api.sock")},
         "daemon": {
@@ -37,7 +38,9 @@ def write_config(folder: Path, **sections: Any) -> Path:
         "exports": {"root": str(folder / "exports"), "nfs": "ganesha"},
     }
     for key, value in sections.items():
-        data[key.replace("_", "-")] = value
+        name = key.replace("_", "-")
+        given = data.get(name)
+        data[name] = {**given, **value} if isinstance(given, dict) else value
     path = folder / "server.conf"
     path.write_text(yaml.safe_dump(data))
     return path

@@ -7,35 +7,20 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from lab.lab import Lab, LabProcess
-from tests.support.daemon import ROOT, find_record, read_records
+from tests.support.daemon import ROOT, find_record, read_records, write_config
 from tests.support.wait import until
 
 
 def lab_config(lab: Lab, folder: Path) -> Path:
     """A server.conf putting waltd on the lab's bridge; all its files in `folder`."""
     first, last = lab.dhcp_range
-    data: dict[str, Any] = {
-        "network": {
-            "walt-net": {
-                "interface": lab.bridge,
-                "ip": str(lab.server_interface),
-                "dhcp-range": f"{first}-{last}",
-            }
-        },
-        "api": {"socket": str(folder / "api.sock")},
-        "daemon": {
-            "state-dir": str(folder / "state"),
-            "shutdown-budget-s": 5,
-            "image-storage": str(folder / "images"),
-        },
-        "exports": {"root": str(folder / "exports"), "nfs": "ganesha"},
+    net = {
+        "interface": lab.bridge,
+        "ip": str(lab.server_interface),
+        "dhcp-range": f"{first}-{last}",
     }
-    path = folder / "server.conf"
-    path.write_text(yaml.safe_dump(data))
-    return path
+    return write_config(folder, network={"walt-net": net}, daemon={"shutdown-budget-s": 5})
 
 
 async def start_waltd(lab: Lab, config: Path) -> LabProcess:
