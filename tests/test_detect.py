@@ -18,7 +18,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from tests.support.context import make_context
-from tests.support.daemon import ROOT, Daemon, remove, short_dir, walt, write_config
+from tests.support.daemon import ROOT, Daemon, remove, run_hook, short_dir, walt, write_config
 from waltd import dhcp_event
 from waltd.context import Context
 from waltd.provision import detect
@@ -168,19 +168,6 @@ def folder() -> Iterator[Path]:
     remove(path)
 
 
-def _hook(state: Path, *argv: str, **env: str) -> None:
-    environ = {
-        **os.environ,
-        "PYTHONPATH": str(ROOT),
-        dhcp_event.SOCKET_ENV: str(state / "dhcp-events.sock"),
-        dhcp_event.SPOOL_ENV: str(state / "dhcp-spool"),
-        **env,
-    }
-    subprocess.run(
-        [sys.executable, "-m", "waltd.dhcp_event", *argv], env=environ, check=True, timeout=10
-    )
-
-
 def _events(d: Daemon) -> list[dict[str, object]]:
     res = walt(d.socket, "log", "show", "--json", "--limit", "0")
     return [json.loads(line) for line in res.stdout.splitlines()]
@@ -191,12 +178,12 @@ def test_events_reach_the_daemon_and_bad_ones_are_refused(folder: Path) -> None:
     try:
         d.start()
         state = folder / "state"
-        _hook(state, "add", MAC, "10.0.0.5", DNSMASQ_USER_CLASS0="walt.node.rpi-3-b")
+        run_hook(state, "add", MAC, "10.0.0.5", DNSMASQ_USER_CLASS0="walt.node.rpi-3-b")
         d.wait_for(lambda e: e.get("event") == "node_detected")
         # dnsmasq repeats leases without classes after a restart: the model stays.
-        _hook(state, "old", MAC, "10.0.0.5")
-        _hook(state, "add", "02:00:00:00:00:01", "10.0.0.6", DNSMASQ_VENDOR_CLASS="udhcp 1.35")
-        _hook(state, "tftp", "512", "10.0.0.5", "/tftp/nodes/x/start.ipxe")
+        run_hook(state, "old", MAC, "10.0.0.5")
+        run_hook(state, "add", "02:00:00:00:00:01", "10.0.0.6", DNSMASQ_VENDOR_CLASS="udhcp 1.35")
+        run_hook(state, "tftp", "512", "10.0.0.5", "/tftp/nodes/x/start.ipxe")
         dhcp_event.spool(b'{"action": "add", "mac": "zz"}', str(state / "dhcp-spool"))
         dhcp_event.wake(str(state / "dhcp-events.sock"))
         d.wait_for(lambda e: e.get("event") == "dhcp_event_malformed")
@@ -222,8 +209,8 @@ def test_events_reach_the_daemon_and_bad_ones_are_refused(folder: Path) -> None:
 
 def test_events_spooled_while_down_are_delivered_at_start(folder: Path) -> None:
     state = folder / "state"
-    _hook(state, "add", MAC, "10.0.0.5", DNSMASQ_VENDOR_CLASS="walt.node.pc-x86-64")
-    _hook(state, "old", MAC, "10.0.0.5")
+    run_hook(state, "add", MAC, "10.0.0.5", DNSMASQ_VENDOR_CLASS="walt.node.pc-x86-64")
+    run_hook(state, "old", MAC, "10.0.0.5")
     assert len(list((state / "dhcp-spool").iterdir())) == 2
     d = Daemon(folder, write_config(folder))
     try:
@@ -252,7 +239,7 @@ def test_hook_never_waits_on_a_full_queue(folder: Path) -> None:
             while True:
                 filler.sendto(b"", socket.MSG_DONTWAIT, path)
         began = time.monotonic()
-        _hook(state, "add", MAC, "10.0.0.5", DNSMASQ_VENDOR_CLASS="walt.node.pc-x86-64")
+        run_hook(state, "add", MAC, "10.0.0.5", DNSMASQ_VENDOR_CLASS="walt.node.pc-x86-64")
         assert time.monotonic() - began < 5  # a Python start-up, never a send timeout
         (file,) = (state / "dhcp-spool").iterdir()
         assert parse_message(file.read_bytes()).mac == MAC

@@ -5,11 +5,8 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import signal
 import sqlite3
-import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -17,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from tests.support.context import make_context
-from tests.support.daemon import ROOT, Daemon, remove, short_dir, walt, write_config
+from tests.support.daemon import Daemon, remove, run_hook, short_dir, walt, write_config
 from waltd import dhcp_event
 from waltd.node_events import NodeSeen
 from waltd.provision.detect import DetectionService
@@ -32,19 +29,6 @@ def folder() -> Iterator[Path]:
 
 def _mac(i: int) -> str:
     return f"52:54:00:00:{i >> 8:02x}:{i & 0xFF:02x}"
-
-
-def _hook(state: Path, *argv: str, **env: str) -> None:
-    environ = {
-        **os.environ,
-        "PYTHONPATH": str(ROOT),
-        dhcp_event.SOCKET_ENV: str(state / "dhcp-events.sock"),
-        dhcp_event.SPOOL_ENV: str(state / "dhcp-spool"),
-        **env,
-    }
-    subprocess.run(
-        [sys.executable, "-m", "waltd.dhcp_event", *argv], env=environ, check=True, timeout=10
-    )
 
 
 def _node_count(d: Daemon) -> int:
@@ -68,7 +52,7 @@ def test_leases_handed_to_a_frozen_daemon_survive_its_sigkill(folder: Path) -> N
     try:
         first.signal(signal.SIGSTOP)
         for i in range(5):
-            _hook(state, "add", _mac(i), f"10.0.0.{i + 2}", DNSMASQ_VENDOR_CLASS="walt.node.x")
+            run_hook(state, "add", _mac(i), f"10.0.0.{i + 2}", DNSMASQ_VENDOR_CLASS="walt.node.x")
         first.proc.kill()  # type: ignore[union-attr]
         first.proc.wait()  # type: ignore[union-attr]
     finally:
@@ -122,7 +106,7 @@ def test_a_stray_byte_in_a_class_keeps_the_lease(folder: Path) -> None:
     d = Daemon(folder, write_config(folder)).start()
     try:
         # str values are encoded with surrogateescape: '\udcff' reaches the hook as byte 0xff
-        _hook(
+        run_hook(
             folder / "state",
             "add",
             _mac(1),

@@ -16,6 +16,7 @@ from typing import Any
 import yaml
 
 from tests.support.wait import until_sync
+from waltd import dhcp_event
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -178,3 +179,18 @@ def walt(socket: Path, *args: str) -> subprocess.CompletedProcess[str]:
 def remove(folder: Path) -> None:
     """Remove a test folder."""
     shutil.rmtree(folder, ignore_errors=True)
+
+
+def run_hook(state: Path, *argv: str, **env: str) -> None:
+    """Run `waltd-dhcp-event ARGV` as dnsmasq would for the daemon of `state` (its spool and
+    wake-up socket); `env` adds dnsmasq's DNSMASQ_* variables."""
+    environ = {
+        **os.environ,
+        "PYTHONPATH": str(ROOT),
+        dhcp_event.SOCKET_ENV: str(state / "dhcp-events.sock"),
+        dhcp_event.SPOOL_ENV: str(state / "dhcp-spool"),
+        **env,
+    }
+    subprocess.run(
+        [sys.executable, "-m", "waltd.dhcp_event", *argv], env=environ, check=True, timeout=10
+    )
