@@ -192,3 +192,28 @@ def test_retry_policy_decides_which_errors_retry() -> None:
     endless = RetryPolicy(min_s=1, max_s=60)
     assert endless.should_retry(Busy(), 1_000_000)
     assert math.isinf(endless.max_retry_after_s)
+
+
+async def test_single_flight_can_end_a_run_nobody_waits_for() -> None:
+    """With cancel_unwaited, one caller leaving keeps the run for the other; the last one
+    leaving cancels it, and the run's clean-up is done when that caller's leaving is."""
+    flight: SingleFlight[str, int] = SingleFlight(cancel_unwaited=True)
+    started, cleaned = asyncio.Event(), asyncio.Event()
+
+    async def long() -> int:
+        started.set()
+        try:
+            await asyncio.Future()
+        finally:
+            cleaned.set()
+        return 0
+
+    first = asyncio.create_task(flight.run("k", long))
+    second = asyncio.create_task(flight.run("k", long))
+    await started.wait()
+    first.cancel()
+    await asyncio.gather(first, return_exceptions=True)
+    assert not cleaned.is_set()  # the second caller still waits
+    second.cancel()
+    await asyncio.gather(second, return_exceptions=True)
+    assert cleaned.is_set()

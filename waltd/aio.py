@@ -9,6 +9,7 @@ Nothing here knows about registries or images.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import math
 import random
 from collections import deque
@@ -24,12 +25,16 @@ class SingleFlight(Generic[K, T]):
     """At most one run per key: callers asking for a key already under way share its result.
 
     The run is a task of this object, shielded from its callers: one caller cancelled does
-    not cancel the run the others wait for. A failure reaches every caller of that run; the
-    next call for the key starts afresh. `cancel` ends every run (the owner's clean-up).
+    not cancel the run the others wait for. With `cancel_unwaited`, the run is cancelled
+    (and awaited: it cleans up) once its last caller has gone. A failure reaches every caller
+    of that run; the next call for the key starts afresh. `cancel` ends every run (the
+    owner's clean-up).
     """
 
-    def __init__(self) -> None:
+    def __init__(self, *, cancel_unwaited: bool = False) -> None:
         self._runs: dict[K, asyncio.Task[T]] = {}
+        self._waiting: dict[asyncio.Task[T], int] = {}
+        self._cancel_unwaited = cancel_unwaited
 
     async def run(self, key: K, make: Callable[[], Coroutine[Any, Any, T]]) -> T:
         """The result of `make()` for `key`, started only if no run of `key` is under way."""
@@ -38,7 +43,17 @@ class SingleFlight(Generic[K, T]):
             task = asyncio.create_task(make())
             self._runs[key] = task
             task.add_done_callback(lambda done: self._done(key, done))
-        return await asyncio.shield(task)
+        self._waiting[task] = self._waiting.get(task, 0) + 1
+        try:
+            return await asyncio.shield(task)
+        finally:
+            self._waiting[task] -= 1
+            if not self._waiting[task]:
+                del self._waiting[task]
+                if self._cancel_unwaited and not task.done():
+                    task.cancel()  # nobody waits any longer: the run cleans up and ends
+                    with contextlib.suppress(asyncio.CancelledError, Exception):
+                        await task
 
     def _done(self, key: K, task: asyncio.Task[T]) -> None:
         if self._runs.get(key) is task:

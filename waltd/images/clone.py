@@ -18,12 +18,12 @@ for the same clone (same source, same destination) joins the one under way (`Clo
 from __future__ import annotations
 
 import asyncio
-import contextlib
 from collections.abc import Callable, Coroutine, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 from waltd import log, names
+from waltd.aio import SingleFlight
 from waltd.context import Context
 from waltd.db import Node
 from waltd.images import ownership, replacing, store
@@ -209,18 +209,13 @@ async def _clone(
     return CloneDone(order.dest, order.url, data.id, data.models, existing is not None)
 
 
-@dataclass
-class _Flight:
-    task: asyncio.Task[CloneDone]
-    listeners: list[Callable[[Progress], None]] = field(default_factory=list)
-
-
 class Clones:
     """The clones under way: a request for a clone under way joins it (its progress from
     then on, its result); the clone is cancelled, and cleans up, once no request waits."""
 
     def __init__(self) -> None:
-        self._flights: dict[tuple[str, str], _Flight] = {}
+        self._flights: SingleFlight[tuple[str, str], CloneDone] = SingleFlight(cancel_unwaited=True)
+        self._listeners: dict[tuple[str, str], list[Callable[[Progress], None]]] = {}
 
     async def run(
         self,
@@ -229,29 +224,16 @@ class Clones:
         on_progress: Callable[[Progress], None],
     ) -> CloneDone:
         """The result of the clone `key`, started with `make(broadcast)` unless under way."""
-        flight = self._flights.get(key)
-        if flight is None:
-            listeners: list[Callable[[Progress], None]] = []
+        listeners = self._listeners.setdefault(key, [])
+        listeners.append(on_progress)
 
-            def broadcast(event: Progress) -> None:
-                for listener in list(listeners):
-                    listener(event)
+        def broadcast(event: Progress) -> None:
+            for listener in list(self._listeners.get(key, ())):
+                listener(event)
 
-            flight = _Flight(asyncio.create_task(make(broadcast)), listeners)
-            self._flights[key] = flight
-            flight.task.add_done_callback(lambda _: self._end(key, flight))
-        flight.listeners.append(on_progress)
         try:
-            return await asyncio.shield(flight.task)
+            return await self._flights.run(key, lambda: make(broadcast))
         finally:
-            flight.listeners.remove(on_progress)
-            if not flight.listeners and not flight.task.done():
-                flight.task.cancel()  # nobody waits any longer: the clone cleans up and ends
-                with contextlib.suppress(asyncio.CancelledError, Exception):
-                    await flight.task
-
-    def _end(self, key: tuple[str, str], flight: _Flight) -> None:
-        if self._flights.get(key) is flight:
-            del self._flights[key]
-        if not flight.task.cancelled():
-            flight.task.exception()  # retrieved: its callers may all have left
+            listeners.remove(on_progress)
+            if not listeners and self._listeners.get(key) is listeners:
+                del self._listeners[key]
