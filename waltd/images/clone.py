@@ -90,10 +90,6 @@ def destination(url: names.CloneURL, name: str | None, caller: str, is_root: boo
     return dest
 
 
-def _registry_tls(source: RegistryApiSource) -> bool:
-    return source.base_url.startswith("https://") and source.verify_tls
-
-
 async def _source_side(ctx: Context, order: CloneOrder) -> Side:
     """Where skopeo reads the image of `order.url`; NotFound, LookupError or ValueError
     (no compatible node models) when the source says so before any copy."""
@@ -117,8 +113,8 @@ async def _source_side(ctx: Context, order: CloneOrder) -> Side:
     await _precheck(source, order)
     return Side(
         source.transport(url.user, url.name, url.tag),
-        tls_verify=_registry_tls(source),
-        registry_host=str(getattr(source, "registry_host", "")),
+        tls_verify=source.tls_verified,
+        registry_host=source.registry_host,
         creds=order.creds.get(url.location),
     )
 

@@ -104,10 +104,10 @@ def remote_user(entry: configuration.Registry, caller: str, creds: Credentials |
 
 
 def _side(source: RegistryApiSource, path: str, tag: str, creds: Credentials | None) -> Side:
-    host = str(getattr(source, "registry_host", ""))
+    host = source.registry_host
     return Side(
         f"docker://{host}/{path}:{tag}",
-        tls_verify=source.base_url.startswith("https://") and source.verify_tls,
+        tls_verify=source.tls_verified,
         registry_host=host,
         creds=creds,
     )

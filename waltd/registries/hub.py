@@ -356,12 +356,6 @@ class HubSource(RegistryApiSource):
         """skopeo's source string, `docker://docker.io/user/name:tag` (or the configured host)."""
         return f"docker://{self.registry_host}/{user}/{name}:{tag}"
 
-    def skopeo_options(self) -> list[str]:
-        """skopeo options for `transport`: TLS checks off for a plain-HTTP or unverified URL."""
-        if self.registry_url.startswith("http://") or not self.verify_tls:
-            return ["--src-tls-verify=false"]
-        return []
-
     @asynccontextmanager
     async def _hub_api(self) -> AsyncIterator[_HubApi]:
         if self.session is not None:

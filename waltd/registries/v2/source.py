@@ -67,6 +67,8 @@ class RegistryApiSource:
     """
 
     kind: str
+    # Host (and port) of image references and auth files; each subclass sets it.
+    registry_host: str
 
     def __init__(
         self,
@@ -91,6 +93,16 @@ class RegistryApiSource:
         self.concurrency = concurrency
         self.limits = limits
         self._semaphore = asyncio.Semaphore(concurrency)
+
+    @property
+    def tls_verified(self) -> bool:
+        """Whether copies from and to the registry keep TLS checks on: https with its
+        certificate verified (not plain HTTP, not https-no-verify)."""
+        return self.base_url.startswith("https://") and self.verify_tls
+
+    def skopeo_options(self) -> list[str]:
+        """skopeo options for `transport`: TLS checks off unless `tls_verified`."""
+        return [] if self.tls_verified else ["--src-tls-verify=false"]
 
     def client(self, creds: Credentials | None = None) -> V2Client:
         """A client of the registry with `creds` (use it with `async with`)."""
@@ -222,10 +234,6 @@ class RegistryV2Source(RegistryApiSource):
     def transport(self, user: str, name: str, tag: str) -> str:
         """`docker://host:port/user/name:tag` for skopeo."""
         return f"docker://{self.registry_host}/{self._repo_path(user, name)}:{tag}"
-
-    def skopeo_options(self) -> list[str]:
-        """skopeo options for `transport`: TLS checks off for `http` and `https-no-verify`."""
-        return [] if self.verify_tls else ["--src-tls-verify=false"]
 
     def _repo_path(self, user: str, name: str) -> str:
         return f"{user}/{name}"
