@@ -79,15 +79,6 @@ class ServiceStatus:
     restarts: int = 0
     last_error: str | None = None
 
-    def as_dict(self) -> dict[str, Any]:
-        """JSON-ready form."""
-        return {
-            "name": self.name,
-            "state": self.state,
-            "restarts": self.restarts,
-            "last_error": self.last_error,
-        }
-
 
 class Supervisor:
     """Runs services until a stop signal, then shuts them down within the budget."""

@@ -18,7 +18,6 @@ import re
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
 
 from waltd.images.repository import Repository
 from waltd.registries.base import Credentials, authfile
@@ -54,16 +53,6 @@ class Progress:
     state: str
     done: int | None = None
     total: int | None = None
-
-    def to_json(self) -> dict[str, Any]:
-        """The record's fields (the API adds its type)."""
-        return {
-            "step": self.step,
-            "id": self.id,
-            "state": self.state,
-            "done": self.done,
-            "total": self.total,
-        }
 
 
 def _bytes(number: str, unit: str) -> int:
