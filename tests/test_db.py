@@ -172,10 +172,10 @@ async def test_new_node_gets_defaults(path: Path) -> None:
         assert node == Node(
             mac=MAC,
             ip="192.168.152.2",
-            name="node-aabbcc",
+            name="unknown-aabbcc",
             model=None,
             image=None,
-            state="new",
+            state="unknown",
             first_seen=10.0,
             last_seen=10.0,
             announced=False,
@@ -222,8 +222,62 @@ async def test_list_and_remove_nodes(path: Path) -> None:
         ]
         assert await database.remove_node("00-00-00-00-00-02") is True
         assert await database.remove_node("00:00:00:00:00:02") is False
-        assert await database.count_nodes() == 2
+        assert await database.count_devices() == 2
+        assert await database.count_nodes() == 0  # no model: devices, not nodes
+        await database.upsert_node("00:00:00:00:00:01", model="pc-x86-64")
+        assert await database.count_nodes() == 1
         assert await database.get_node("00:00:00:00:00:02") is None
+
+
+async def test_a_device_takes_its_models_name_once_it_has_one(path: Path) -> None:
+    async with Database(path) as database:
+        await database.upsert_node(MAC)
+        node = await database.upsert_node(MAC, model="rpi-3-b")
+        assert node.name == "rpi-3-b-aabbcc"
+        # a name given by someone is kept
+        await database.upsert_node(MAC, name="bench")
+        assert (await database.upsert_node(MAC, model="pc-x86-64")).name == "bench"
+
+
+async def test_states_and_their_transitions(path: Path) -> None:
+    async with Database(path) as database:
+        for i, model in enumerate(["a", "a", "b"]):
+            await database.upsert_node(f"00:00:00:00:00:0{i}", model=model, state="waiting")
+        waiting = await database.nodes_in_state("waiting", "a")
+        assert [n.mac for n in waiting] == ["00:00:00:00:00:00", "00:00:00:00:00:01"]
+        moved = await database.set_node_state(
+            "00:00:00:00:00:00",
+            "ready",
+            image="docker.io/waltplatform/a-default:latest",
+            expect="waiting",
+        )
+        assert moved is not None and moved.state == "ready"
+        assert moved.image == "docker.io/waltplatform/a-default:latest"
+        # only from the state expected
+        assert await database.set_node_state("00:00:00:00:00:00", "ready", expect="waiting") is None
+        assert len(await database.nodes_in_state("waiting")) == 2
+
+
+async def test_migration_3_maps_old_states(path: Path) -> None:
+    make_db_at_version(path, 2)
+    conn = sqlite3.connect(path)
+    rows = [
+        ("00:00:00:00:00:01", "a", "leased"),
+        ("00:00:00:00:00:02", None, "leased"),
+        ("00:00:00:00:00:03", "a", "released"),
+        ("00:00:00:00:00:04", "a", "new"),
+    ]
+    for mac, model, state in rows:
+        conn.execute(
+            "INSERT INTO nodes (mac, name, model, state, first_seen, last_seen)"
+            " VALUES (?, ?, ?, ?, 1, 1)",
+            (mac, mac, model, state),
+        )
+    conn.commit()
+    conn.close()
+    async with Database(path) as database:
+        states = {n.mac[-1]: n.state for n in await database.list_nodes()}
+        assert states == {"1": "waiting", "2": "unknown", "3": "down", "4": "waiting"}
 
 
 async def test_model_status_round_trip(path: Path) -> None:
@@ -252,7 +306,7 @@ async def test_concurrent_upserts_all_land(path: Path) -> None:
         assert [node.mac for node in nodes] == macs
         # Many tasks hitting one node: every call lands and the latest time wins.
         await asyncio.gather(*(database.upsert_node(MAC, now=float(t)) for t in range(50)))
-        assert await database.count_nodes() == 201
+        assert await database.count_devices() == 201
         node = await database.get_node(MAC)
         assert node is not None
         assert (node.first_seen, node.last_seen) == (0.0, 49.0)
@@ -284,7 +338,7 @@ async def test_closed_database_refuses_calls(path: Path) -> None:
     # Closing checkpointed the WAL and the data is there for the next run.
     assert not path.with_name("waltd.db-wal").exists()
     async with Database(path) as again:
-        assert await again.count_nodes() == 1
+        assert await again.count_devices() == 1
 
 
 async def test_nodes_using_an_image(path: Path) -> None:

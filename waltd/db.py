@@ -51,6 +51,19 @@ MIGRATIONS: tuple[str, ...] = (
     """
     ALTER TABLE nodes ADD COLUMN announced INTEGER NOT NULL DEFAULT 1;
     """,
+    # Node states became the provisioning state machine (provision/nodes.py); a model's
+    # default image is pinned: its name, its image id (config digest), where it came from.
+    """
+    UPDATE nodes SET state = CASE
+        WHEN state = 'released' THEN 'down'
+        WHEN model IS NULL THEN 'unknown'
+        ELSE 'waiting' END
+    WHERE state NOT IN ('unknown', 'waiting', 'ready', 'booted', 'down');
+    ALTER TABLE models ADD COLUMN image TEXT;
+    ALTER TABLE models ADD COLUMN image_id TEXT;
+    ALTER TABLE models ADD COLUMN source TEXT;
+    CREATE INDEX nodes_by_model_state ON nodes (model, state);
+    """,
 )
 
 # Long enough to ride out a checkpoint or a backup tool reading the file, short enough to
@@ -58,7 +71,7 @@ MIGRATIONS: tuple[str, ...] = (
 BUSY_TIMEOUT_S = 5.0
 
 _NODE_COLUMNS = "mac, ip, name, model, image, state, first_seen, last_seen, announced"
-_MODEL_COLUMNS = "model, image_status, last_error, next_retry, updated"
+_MODEL_COLUMNS = "model, image_status, last_error, next_retry, updated, image, image_id, source"
 
 
 class StateError(Exception):
@@ -91,14 +104,20 @@ class ModelStatus:
     """Where the default image of a node model stands."""
 
     model: str
-    image_status: str
+    image_status: str  # provision/nodes.py: missing, fetching, failed, ready
     last_error: str | None
     next_retry: float | None
     updated: float
+    # Once ready: the default image's full name, its pinned image id, the source it came from.
+    image: str | None = None
+    image_id: str | None = None
+    source: str | None = None
 
 
-def _default_name(mac: str) -> str:
-    return "node-" + mac.replace(":", "")[-6:]
+def default_name(mac: str, model: str | None) -> str:
+    """A new node's name, `<model>-<last six hex digits of its MAC>`; `unknown-...` for a
+    device of no known model."""
+    return f"{model or 'unknown'}-" + mac.replace(":", "")[-6:]
 
 
 @contextmanager
@@ -274,9 +293,10 @@ class Database:
     ) -> Node:
         """Record a sighting of node ``mac`` and return the node as stored.
 
-        A new node gets ``first_seen = last_seen = now``, the name ``node-`` plus the last six
-        hex digits of its MAC unless given, and the state 'new' unless given. A known node gets
-        ``last_seen = now`` and only the fields given (not None); the others keep their value.
+        A new node gets ``first_seen = last_seen = now``, the name `default_name` unless
+        given, and the state 'unknown' unless given. A known node gets ``last_seen = now``
+        and only the fields given (not None); the others keep their value, except that a
+        device still under its `unknown-...` name takes its model's name once it has one.
         Raises ValueError for an invalid MAC.
         """
         mac = normalise_mac(mac)
@@ -287,7 +307,8 @@ class Database:
             "name": name,
             "image": image,
             "state": state,
-            "default_name": _default_name(mac),
+            "default_name": default_name(mac, model),
+            "unknown_name": default_name(mac, None),
             "now": time.time() if now is None else now,
         }
 
@@ -297,9 +318,11 @@ class Database:
                     "INSERT INTO nodes"
                     " (mac, ip, name, model, image, state, first_seen, last_seen, announced)"
                     " VALUES (:mac, :ip, coalesce(:name, :default_name), :model, :image,"
-                    " coalesce(:state, 'new'), :now, :now, 0)"
+                    " coalesce(:state, 'unknown'), :now, :now, 0)"
                     " ON CONFLICT (mac) DO UPDATE SET"
-                    " ip = coalesce(:ip, ip), name = coalesce(:name, name),"
+                    " ip = coalesce(:ip, ip),"
+                    " name = coalesce(:name, CASE WHEN name = :unknown_name AND :model IS NOT NULL"
+                    " THEN :default_name ELSE name END),"
                     " model = coalesce(:model, model), image = coalesce(:image, image),"
                     " state = coalesce(:state, state), last_seen = :now",
                     params,
@@ -391,11 +414,58 @@ class Database:
         return await self._run(work)
 
     async def count_nodes(self) -> int:
-        """Return how many nodes are known."""
+        """Return how many nodes are known (unknown devices not counted)."""
+
+        def work(conn: sqlite3.Connection) -> int:
+            count: int = conn.execute(
+                "SELECT count(*) FROM nodes WHERE model IS NOT NULL"
+            ).fetchone()[0]
+            return count
+
+        return await self._run(work)
+
+    async def count_devices(self) -> int:
+        """Return how many entries there are, nodes and unknown devices."""
 
         def work(conn: sqlite3.Connection) -> int:
             count: int = conn.execute("SELECT count(*) FROM nodes").fetchone()[0]
             return count
+
+        return await self._run(work)
+
+    async def nodes_in_state(self, state: str, model: str | None = None) -> list[Node]:
+        """The nodes in `state` (of `model` when given), oldest first."""
+
+        def work(conn: sqlite3.Connection) -> list[Node]:
+            rows = conn.execute(
+                f"SELECT {_NODE_COLUMNS} FROM nodes WHERE state = ?"
+                " AND (? IS NULL OR model = ?) ORDER BY first_seen, mac",
+                (state, model, model),
+            ).fetchall()
+            return [_node(row) for row in rows]
+
+        return await self._run(work)
+
+    async def set_node_state(
+        self, mac: str, state: str, *, image: str | None = None, expect: str | None = None
+    ) -> Node | None:
+        """Move node `mac` to `state` (and `image` when given), only from state `expect`
+        when given; the node as stored, or None when it is unknown or was not in `expect`."""
+        mac = normalise_mac(mac)
+
+        def work(conn: sqlite3.Connection) -> Node | None:
+            with _transaction(conn):
+                changed = conn.execute(
+                    "UPDATE nodes SET state = ?, image = coalesce(?, image)"
+                    " WHERE mac = ? AND (? IS NULL OR state = ?)",
+                    (state, image, mac, expect, expect),
+                ).rowcount
+                if not changed:
+                    return None
+                row = conn.execute(
+                    f"SELECT {_NODE_COLUMNS} FROM nodes WHERE mac = ?", (mac,)
+                ).fetchone()
+            return _node(row)
 
         return await self._run(work)
 
@@ -406,6 +476,9 @@ class Database:
         *,
         last_error: str | None = None,
         next_retry: float | None = None,
+        image: str | None = None,
+        image_id: str | None = None,
+        source: str | None = None,
         now: float | None = None,
     ) -> ModelStatus:
         """Replace the image status of ``model`` and return it as stored.
@@ -418,17 +491,30 @@ class Database:
             last_error=last_error,
             next_retry=next_retry,
             updated=time.time() if now is None else now,
+            image=image,
+            image_id=image_id,
+            source=source,
         )
 
         def work(conn: sqlite3.Connection) -> ModelStatus:
             # An upsert rather than INSERT OR REPLACE, which deletes the row and would fire
             # foreign-key actions should a later table refer to models.
             conn.execute(
-                f"INSERT INTO models ({_MODEL_COLUMNS}) VALUES (?, ?, ?, ?, ?)"
+                f"INSERT INTO models ({_MODEL_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
                 " ON CONFLICT (model) DO UPDATE SET image_status = excluded.image_status,"
                 " last_error = excluded.last_error, next_retry = excluded.next_retry,"
-                " updated = excluded.updated",
-                (model, image_status, last_error, next_retry, status.updated),
+                " updated = excluded.updated, image = excluded.image,"
+                " image_id = excluded.image_id, source = excluded.source",
+                (
+                    model,
+                    image_status,
+                    last_error,
+                    next_retry,
+                    status.updated,
+                    image,
+                    image_id,
+                    source,
+                ),
             )
             return status
 

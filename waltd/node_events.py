@@ -1,7 +1,10 @@
 """Node events: what detection learns about nodes, told to the services that act on it.
 
 A typed in-process channel, apart from the log: the log is what operators read, these are
-what services act on, and no service parses log text. Each subscriber has its own bounded
+what services act on, and no service parses log text. The lifecycle events (`Lifecycle`:
+a node detected, a new model, a default image fetched, a node's state changed) are both:
+`emit` writes the record named by the event's `EVENT` and publishes the event, so the log
+and the channel never disagree. Each subscriber has its own bounded
 queue. A subscriber that falls behind (or a burst larger than its queue) does not grow
 memory or block the publisher: its queue is cleared and it receives one `Resync`, which
 tells it to rebuild its view from the state database, the source of truth.
@@ -11,7 +14,8 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
+from typing import Any, ClassVar
 
 from waltd import log
 
@@ -47,7 +51,79 @@ class Resync:
     dropped: int
 
 
-NodeEvent = NodeSeen | NodeReleased
+@dataclass(frozen=True)
+class ModelNew:
+    """A node model seen for the first time on this server."""
+
+    EVENT: ClassVar[str] = "model.new"
+    model: str
+    image: str  # its default image, `waltplatform/<model>-default:latest`
+
+
+@dataclass(frozen=True)
+class FetchStarted:
+    """A default image is being fetched from `source` (a registry label or `docker`)."""
+
+    EVENT: ClassVar[str] = "image.fetch.started"
+    model: str
+    image: str
+    source: str
+
+
+@dataclass(frozen=True)
+class FetchSourceFailed:
+    """One source could not give the default image; the next one is tried."""
+
+    EVENT: ClassVar[str] = "image.fetch.source_failed"
+    LEVEL: ClassVar[str] = "warning"
+    model: str
+    image: str
+    source: str
+    error: str
+
+
+@dataclass(frozen=True)
+class FetchDone:
+    """A default image is in the repository: `image_id` (its config digest) is pinned."""
+
+    EVENT: ClassVar[str] = "image.fetch.done"
+    model: str
+    image: str
+    source: str
+    image_id: str
+    duration_s: float
+
+
+@dataclass(frozen=True)
+class FetchFailed:
+    """Every source failed: each source with its error; the next try in `retry_in_s`."""
+
+    EVENT: ClassVar[str] = "image.fetch.failed"
+    LEVEL: ClassVar[str] = "error"
+    model: str
+    image: str
+    errors: tuple[tuple[str, str], ...]
+    retry_in_s: float
+
+
+@dataclass(frozen=True)
+class NodeState:
+    """A node (or unknown device) entered `state`; its record is `node.<state>`."""
+
+    mac: str
+    name: str
+    model: str | None
+    ip: str | None
+    state: str
+    image: str | None
+
+    @property
+    def EVENT(self) -> str:  # an instance's name, the others' is a class constant
+        return f"node.{self.state}"
+
+
+Lifecycle = ModelNew | FetchStarted | FetchSourceFailed | FetchDone | FetchFailed | NodeState
+NodeEvent = NodeSeen | NodeReleased | Lifecycle
 
 
 class Subscription:
@@ -121,3 +197,19 @@ class NodeEvents:
         """Hand `event` to every subscriber; never blocks (must run on the event loop)."""
         for sub in list(self._subscribers):
             sub.offer(event)
+
+
+def fields(event: Lifecycle) -> dict[str, Any]:
+    """An event's fields as a record's keys (`errors` as a list of {source, error})."""
+    data = asdict(event)
+    if isinstance(event, FetchFailed):
+        data["errors"] = [{"source": s, "error": e} for s, e in event.errors]
+    return data
+
+
+def emit(channel: NodeEvents, event: Lifecycle) -> None:
+    """Write `event`'s record (named by its EVENT, at its LEVEL) and publish it, with no
+    await between them."""
+    level = getattr(event, "LEVEL", "info")
+    getattr(_log, level)(event.EVENT, **fields(event))
+    channel.publish(event)

@@ -1,0 +1,53 @@
+"""Nodes and their states: the rules (pure), and the service that moves nodes along them.
+
+A device on the node network is in one of these states, kept in the state database:
+
+- `unknown`: it never said which node model it is (no `walt.node.<model>` class, no
+  Raspberry Pi MAC prefix): recorded, never provisioned;
+- `waiting`: a node whose model's default image is not in the repository yet;
+- `ready`: a node with an image to boot (its model's default image, or one it was given);
+- `booted`: the node said it finished booting;
+- `down`: its lease ended, or it stopped answering.
+
+A model's default image (`waltplatform/<model>-default:latest`) has its own status:
+`missing` (never fetched), `fetching`, `failed` (every source failed; retried later) and
+`ready` (in the repository, its image id pinned in the database).
+"""
+
+from __future__ import annotations
+
+from waltd.images.store import LocalRef
+
+UNKNOWN = "unknown"
+WAITING = "waiting"
+READY = "ready"
+BOOTED = "booted"
+DOWN = "down"
+NODE_STATES = (UNKNOWN, WAITING, READY, BOOTED, DOWN)
+
+# The status of a model's default image.
+MISSING = "missing"
+FETCHING = "fetching"
+FAILED = "failed"
+IMAGE_READY = "ready"
+
+PLATFORM_USER = "waltplatform"
+
+
+def default_image(model: str) -> LocalRef:
+    """The default image of node model `model`: `waltplatform/<model>-default:latest`."""
+    return LocalRef(PLATFORM_USER, f"{model}-default")
+
+
+def state_on_lease(known_state: str | None, model: str | None) -> str:
+    """The state a lease (a DHCP request answered) puts a device in.
+
+    A device of no model is `unknown`. A node that is `ready` stays so, and one that was
+    `booted` is booting again: `ready`. Any other node waits until the provisioning
+    service finds its image (which it does at once when the image is there).
+    """
+    if model is None:
+        return UNKNOWN
+    if known_state in (READY, BOOTED):
+        return READY
+    return WAITING
