@@ -65,6 +65,7 @@ images:
     search-deadline-s: 120
     search-max-repositories: 10000
     search-max-bytes: 8388608
+    fetch-timeout-s: 1800
 exports:
     root: /var/lib/walt
     nfs: kernel
@@ -694,7 +695,7 @@ def test_section_values_accepted() -> None:
         (
             "images",
             "fetch-concurrency, retry-min-s, retry-max-s, docker-socket, search-deadline-s, "
-            "search-max-repositories, search-max-bytes",
+            "search-max-repositories, search-max-bytes, fetch-timeout-s",
         ),
         ("exports", "root, nfs"),
         ("api", "socket"),
@@ -731,7 +732,7 @@ def test_sections_must_be_mappings(section: str, keys: str) -> None:
             {"images": {"concurrency": 3}},
             "images: unknown key 'concurrency'; allowed keys: fetch-concurrency, retry-min-s, "
             "retry-max-s, docker-socket, search-deadline-s, search-max-repositories, "
-            "search-max-bytes (did you mean 'fetch-concurrency'?)",
+            "search-max-bytes, fetch-timeout-s (did you mean 'fetch-concurrency'?)",
         ),
         ({"daemon": {"password": "x"}}, "daemon: unknown key 'password': credentials do not "),
     ],

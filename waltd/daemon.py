@@ -22,6 +22,7 @@ from waltd.node_events import NodeEvents
 from waltd.process import Children, kill_recorded
 from waltd.provision.detect import DetectionService
 from waltd.provision.dnsmasq import DnsmasqService
+from waltd.provision.provisioning import ProvisioningService
 from waltd.registries.cache import DigestCache
 from waltd.registries.sources import Registries, RegistriesService
 from waltd.supervisor import RunningConfig, Service, ServiceStatus, Supervisor
@@ -51,7 +52,8 @@ ServiceFactory = Callable[[Context], Service]
 def standard_services(config: configuration.Config) -> list[ServiceFactory]:
     """The daemon's services in start order (shutdown runs in reverse).
 
-    Detection listens before dnsmasq starts, so no lease event meets a closed socket.
+    Detection listens before dnsmasq starts, so no lease event meets a closed socket; the
+    provisioning service subscribes to node events before detection publishes any.
     Without a node network there is no dnsmasq at all: no DHCP on an operator's LAN.
     """
     services: list[ServiceFactory] = [
@@ -59,6 +61,7 @@ def standard_services(config: configuration.Config) -> list[ServiceFactory]:
         lambda ctx: RegistriesService(ctx.registries, ctx.running),
         lambda ctx: RepositoryService(ctx.repository, ctx.running),
         ApiService,
+        ProvisioningService,
         DetectionService,
     ]
     if config.walt_net is not None:

@@ -98,6 +98,8 @@ class Images:
     search_deadline_s: float = 120.0
     search_max_repositories: int = 10_000
     search_max_bytes: int = 8 * 2**20
+    # How long one source may take to give a default image (resolving and copying it).
+    fetch_timeout_s: float = 1800.0
 
 
 @dataclass(frozen=True)
@@ -203,6 +205,7 @@ def to_data(config: Config) -> dict[str, object]:
         "search-deadline-s": _plain(config.images.search_deadline_s),
         "search-max-repositories": config.images.search_max_repositories,
         "search-max-bytes": config.images.search_max_bytes,
+        "fetch-timeout-s": _plain(config.images.fetch_timeout_s),
     }
     data["exports"] = {"root": str(config.exports.root), "nfs": config.exports.nfs}
     data["api"] = {"socket": str(config.api.socket)}

@@ -53,6 +53,8 @@ MAX_RETRY_S = 86400.0
 MAX_SHUTDOWN_BUDGET_S = 3600.0
 # A search's bounds per source: an hour, a million repositories, 1 GiB of lists at most.
 MAX_SEARCH_DEADLINE_S = 3600.0
+# One source's part in a default-image fetch: a day covers a slow link and a huge image.
+MAX_FETCH_TIMEOUT_S = 86400.0
 MAX_SEARCH_REPOSITORIES = 1_000_000
 MIN_SEARCH_BYTES, MAX_SEARCH_BYTES = 64 * 2**10, 2**30
 # sun_path holds 108 bytes including the final NUL: a longer socket path fails at bind().
@@ -601,6 +603,7 @@ _IMAGES_KEYS = (
     "search-deadline-s",
     "search-max-repositories",
     "search-max-bytes",
+    "fetch-timeout-s",
 )
 
 
@@ -659,12 +662,29 @@ def _parse_images(report: _Report, value: object) -> Images:
             default.search_max_bytes,
         ),
     )
+    fetch_timeout = _field(
+        report,
+        where,
+        images,
+        "fetch-timeout-s",
+        _seconds(MAX_FETCH_TIMEOUT_S),
+        default.fetch_timeout_s,
+    )
     if concurrency is None or retry_min is None or retry_max is None or docker_socket is None:
         return default
     deadline, repositories, size = search
-    if deadline is None or repositories is None or size is None:
+    if deadline is None or repositories is None or size is None or fetch_timeout is None:
         return default
-    return Images(concurrency, retry_min, retry_max, docker_socket, deadline, repositories, size)
+    return Images(
+        concurrency,
+        retry_min,
+        retry_max,
+        docker_socket,
+        deadline,
+        repositories,
+        size,
+        fetch_timeout,
+    )
 
 
 def _parse_exports(report: _Report, value: object) -> Exports:

@@ -152,6 +152,15 @@ def _options(side: Side, prefix: str, auth: str | None) -> list[str]:
     return options
 
 
+def platform_options(platform: str | None) -> list[str]:
+    """skopeo's options choosing `platform` (`os/arch[/variant]`) in a manifest list."""
+    if platform is None:
+        return []
+    os_name, arch, *variant = platform.split("/")
+    options = ["--override-os", os_name, "--override-arch", arch]
+    return options + (["--override-variant", variant[0]] if variant else [])
+
+
 async def copy(
     repo: Repository,
     source: Side,
@@ -159,12 +168,15 @@ async def copy(
     *,
     on_progress: Callable[[Progress], None] | None = None,
     manifest_format: str | None = None,
+    platform: str | None = None,
     idle_timeout_s: float = IDLE_TIMEOUT_S,
 ) -> None:
     """`skopeo copy` from `source` to `dest`; `on_progress` receives the copy's steps.
 
-    `manifest_format` (`v2s2`) converts the manifest. ToolError (secrets removed) when skopeo
-    fails, TimeoutError when it shows nothing for `idle_timeout_s`.
+    `manifest_format` (`v2s2`) converts the manifest; `platform` (`os/arch[/variant]`) is the
+    image taken from a manifest list (by default skopeo takes the server's own). ToolError
+    (secrets removed) when skopeo fails, TimeoutError when it shows nothing for
+    `idle_timeout_s`.
     """
     parser = ProgressParser()
     shown: dict[tuple[str, str], float] = {}
@@ -193,6 +205,7 @@ async def copy(
         argv += _options(dest, "dest", str(dest_auth) if dest_auth else None)
         if manifest_format is not None:
             argv += ["--format", manifest_format]
+        argv += platform_options(platform)
         argv += [source.ref, dest.ref]
         try:
             async with asyncio.timeout(idle_timeout_s) as deadline:

@@ -123,6 +123,7 @@ class ImageInfo:
     labels: Mapping[str, str]
     created: str | None = None
     platforms: tuple[str, ...] = ()  # "linux/arm64", ... when the image is a manifest list
+    platform: str | None = None  # the one chosen in a list (`resolve`'s models), "os/arch[/v]"
 
     @property
     def models(self) -> tuple[str, ...]:

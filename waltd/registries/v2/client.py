@@ -89,6 +89,7 @@ class ResolvedImage:
             labels=dict(self.labels),
             created=self.created,
             platforms=tuple(self.platforms),
+            platform=self.platform if self.platforms else None,
         )
 
 

@@ -1,0 +1,273 @@
+"""Default images: each node model's `waltplatform/<model>-default:latest`, fetched once.
+
+`plan` (pure) says which sources are tried, in which order, with which of the server's
+logins, and which are skipped without being contacted (a registry that needs a login the
+server has none for). `Fetcher.fetch` makes sure a model's default image is in the
+repository:
+
+- one download per image however many callers ask (`aio.SingleFlight` keyed by image);
+- at most `images.fetch-concurrency` downloads at once, so several models come in parallel;
+- an image already in the repository (a restart, a crash after the install) is adopted,
+  not fetched again;
+- sources in configuration order, then the docker daemon, each within
+  `images.fetch-timeout-s`: resolved over its API first (absent, or not supporting the
+  model: the next source, before any layer is copied), copied by manifest digest (the image
+  checked is the image copied; for a multi-platform image, the model's platform), under a
+  staging name, checked (`walt.node.models` lists the model; the layer bound), then tagged
+  into place (`images/store.py`): never a half image under the real name;
+- the result is pinned in the database (image, image id, source); when every source fails,
+  the status says why and when the next try comes (`images.retry-min-s`, doubling, jittered,
+  up to `retry-max-s`), and one error record names each source with its error.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+
+from waltd import config as configuration
+from waltd import log
+from waltd.aio import RetryPolicy, SingleFlight
+from waltd.context import Context
+from waltd.db import ModelStatus
+from waltd.images import store
+from waltd.images.copy import Side, copy
+from waltd.images.store import LocalRef
+from waltd.images.tools import ToolError
+from waltd.node_events import FetchDone, FetchFailed, FetchSourceFailed, FetchStarted, emit
+from waltd.provision import nodes
+from waltd.registries.base import Credentials, NotFound, RegistryError, Source
+from waltd.registries.docker_daemon import DockerDaemonSource
+from waltd.registries.v2.source import RegistryApiSource
+
+_log = log.get("fetch")
+DOCKER = "docker"
+# An error shown in a record or the model's status is cut to this (a registry's message is
+# outside text).
+_ERROR_MAX = 300
+
+
+@dataclass(frozen=True)
+class Attempt:
+    """One source to try (`label`: a registry's, or `docker`), with the server's login for it,
+    or the reason it is skipped without being contacted."""
+
+    label: str
+    creds: Credentials | None = field(default=None, repr=False)
+    skip: str | None = None
+
+
+def plan(
+    registries: Sequence[configuration.Registry],
+    logins: Mapping[str, Credentials],
+    docker_present: bool,
+) -> list[Attempt]:
+    """The sources of a default image, in order: registries as configured, then the docker
+    daemon when there is one. A registry with `auth: basic` is tried only with a login of the
+    server's (server.secrets); the hub's login is optional."""
+    attempts = []
+    for entry in registries:
+        login = logins.get(entry.label) if entry.takes_login else None
+        if entry.auth == "basic" and login is None:
+            reason = (
+                f"it needs a login and server.secrets has none for {entry.label!r} "
+                "(add one with walt-server-setup)"
+            )
+            attempts.append(Attempt(entry.label, skip=reason))
+        else:
+            attempts.append(Attempt(entry.label, creds=login))
+    if docker_present:
+        attempts.append(Attempt(DOCKER))
+    return attempts
+
+
+def retry_policy(images: configuration.Images) -> RetryPolicy:
+    """When a default image is tried again after every source failed."""
+    return RetryPolicy(min_s=images.retry_min_s, max_s=images.retry_max_s)
+
+
+def short(error: BaseException | str) -> str:
+    """An error as one bounded line for records and statuses."""
+    text = str(error) if not isinstance(error, BaseException) else _describe(error)
+    text = " ".join(text.split())
+    return text if len(text) <= _ERROR_MAX else text[: _ERROR_MAX - 3] + "..."
+
+
+def _describe(error: BaseException) -> str:
+    if isinstance(error, TimeoutError) and not str(error):
+        return "timed out"
+    return str(error) or type(error).__name__
+
+
+class SourceFailed(Exception):
+    """One source could not give the image (the message says why)."""
+
+
+class AllSourcesFailed(Exception):
+    """Every source failed: `errors` pairs each source with its error; the next try is
+    `retry_in_s` away."""
+
+    def __init__(self, image: str, errors: list[tuple[str, str]], retry_in_s: float) -> None:
+        listed = "; ".join(f"{source}: {error}" for source, error in errors) or "no source"
+        super().__init__(f"no source could give {image}: {listed}")
+        self.errors = errors
+        self.retry_in_s = retry_in_s
+
+
+def _digest_ref(transport: str, tag: str, digest: str | None) -> str:
+    """`docker://host/repo@digest` from skopeo's `docker://host/repo:tag` (the tag when the
+    digest is unknown)."""
+    if digest is None or not transport.endswith(f":{tag}"):
+        return transport
+    return f"{transport[: -len(tag) - 1]}@{digest}"
+
+
+def _same_id(expected: str | None, image_id: str) -> bool:
+    return expected is None or expected.removeprefix("sha256:") == image_id.removeprefix("sha256:")
+
+
+class Fetcher:
+    """Fetches default images (see the module docstring); one per daemon."""
+
+    def __init__(self, ctx: Context) -> None:
+        self._ctx = ctx
+        self._flights: SingleFlight[str, ModelStatus] = SingleFlight()
+        self._gate = asyncio.Semaphore(ctx.config.images.fetch_concurrency)
+        self._gate_size = ctx.config.images.fetch_concurrency
+
+    def reconfigure(self, images: configuration.Images) -> None:
+        """Take a new `fetch-concurrency` (downloads under way finish under the old bound)."""
+        if images.fetch_concurrency != self._gate_size:
+            self._gate = asyncio.Semaphore(images.fetch_concurrency)
+            self._gate_size = images.fetch_concurrency
+
+    async def fetch(self, model: str, attempt: int = 0) -> ModelStatus:
+        """The ready status of `model`'s default image, fetched unless it is in the repository
+        already; AllSourcesFailed when no source could give it (`attempt`: how many tries
+        failed before, which sets the next delay)."""
+        image = nodes.default_image(model)
+        return await self._flights.run(image.full, lambda: self._fetch(model, image, attempt))
+
+    async def close(self) -> None:
+        """Cancel the fetches under way (their staging names are discarded)."""
+        await self._flights.cancel()
+
+    async def _fetch(self, model: str, image: LocalRef, attempt: int) -> ModelStatus:
+        ctx = self._ctx
+        async with ctx.image_locks.hold(image.full):
+            held = await store.get(ctx.repository, image)
+            if held is not None and model in held.models:
+                return await self._pin(model, image, held.id, "repository")
+            if held is not None:
+                # not this model's: fetching would replace what root put there on purpose
+                raise AllSourcesFailed(
+                    image.display,
+                    [("repository", f"{image.display} does not list {model} in its models")],
+                    retry_policy(ctx.config.images).delay(attempt + 1),
+                )
+            async with self._gate:
+                await ctx.db.set_model_status(model, nodes.FETCHING, image=image.full)
+                return await self._download(model, image, attempt)
+
+    async def _pin(self, model: str, image: LocalRef, image_id: str, source: str) -> ModelStatus:
+        status = await self._ctx.db.get_model_status(model)
+        if status is not None and status.image_status == nodes.IMAGE_READY:
+            if status.image_id == image_id:
+                return status
+            _log.warning(
+                "default_image_changed",
+                model=model,
+                image=image.display,
+                pinned=(status.image_id or "")[:12],
+                image_id=image_id[:12],
+            )
+        return await self._ctx.db.set_model_status(
+            model, nodes.IMAGE_READY, image=image.full, image_id=image_id, source=source
+        )
+
+    async def _download(self, model: str, image: LocalRef, attempt: int) -> ModelStatus:
+        ctx = self._ctx
+        config = ctx.config
+        errors: list[tuple[str, str]] = []
+        async with ctx.registries.using() as sources:
+            by_label = {source.label: source for source in sources}
+            attempts = plan(config.registries, ctx.secrets.logins, DOCKER in by_label)
+            for step in attempts:
+                source = by_label.get(step.label)
+                if step.skip is not None or source is None:
+                    error = step.skip or "not available"
+                else:
+                    emit(ctx.nodes, FetchStarted(model, image.display, step.label))
+                    started = time.monotonic()
+                    try:
+                        async with asyncio.timeout(config.images.fetch_timeout_s):
+                            image_id = await self._from(source, step, model, image)
+                    except (SourceFailed, RegistryError, ToolError, OSError, TimeoutError) as err:
+                        error = short(err)
+                    except ValueError as err:  # too many layers, a malformed answer
+                        error = short(err)
+                    else:
+                        status = await self._pin(model, image, image_id, step.label)
+                        emit(
+                            ctx.nodes,
+                            FetchDone(
+                                model,
+                                image.display,
+                                step.label,
+                                image_id,
+                                round(time.monotonic() - started, 3),
+                            ),
+                        )
+                        return status
+                errors.append((step.label, error))
+                emit(ctx.nodes, FetchSourceFailed(model, image.display, step.label, error))
+        delay = retry_policy(config.images).delay(attempt + 1)
+        failed = AllSourcesFailed(image.display, errors, delay)
+        await ctx.db.set_model_status(
+            model,
+            nodes.FAILED,
+            last_error=short(failed),
+            next_retry=time.time() + delay,
+            image=image.full,
+        )
+        emit(ctx.nodes, FetchFailed(model, image.display, tuple(errors), round(delay, 3)))
+        raise failed
+
+    async def _from(self, source: Source, step: Attempt, model: str, image: LocalRef) -> str:
+        """Copy `image` from one source into the repository; its image id. SourceFailed (or
+        the source's own error) when this source cannot give it."""
+        repo = self._ctx.repository
+        user, name, tag = image.user, image.name, image.tag
+        try:
+            info = await source.resolve(user, name, tag, step.creds, models=(model,))
+        except NotFound as err:
+            raise SourceFailed(f"no image {user}/{name}:{tag} there ({err})") from None
+        if model not in info.models:
+            supported = ", ".join(info.models) or "no node model (no walt.node.models label)"
+            raise SourceFailed(f"its {user}/{name}:{tag} supports {supported}, not {model}")
+        if isinstance(source, DockerDaemonSource):
+            side = Side(source.transport(user, name, tag), daemon_host=source.socket)
+        elif isinstance(source, RegistryApiSource):
+            side = Side(
+                _digest_ref(source.transport(user, name, tag), tag, info.digest),
+                tls_verify=source.tls_verified,
+                registry_host=source.registry_host,
+                creds=step.creds,
+            )
+        else:
+            raise SourceFailed(f"{step.label} cannot be copied from")
+        async with store.staging(repo, image) as staged:
+            await copy(repo, side, Side(f"containers-storage:{staged}"), platform=info.platform)
+            data = await store.inspect_id(repo, staged)
+            if data is None:
+                raise SourceFailed(f"the copy left no image under {staged}")
+            if model not in data.models:
+                raise SourceFailed(f"the image copied does not list {model} in walt.node.models")
+            if isinstance(source, DockerDaemonSource) and not _same_id(info.digest, data.id):
+                # the daemon's image changed between the check and the copy
+                raise SourceFailed("the docker daemon's image changed during the copy")
+            store.check_layers(data, image.display)
+            await store.install(repo, staged, image, previous=store.Previous(None))
+        return data.id
