@@ -22,7 +22,9 @@ import pytest_asyncio
 
 from lab import Lab, Registry, build_image, push_image
 from tests.support.daemon import Daemon, is_event, remove, run_hook, short_dir, write_config
+from tests.support.dockerd import dockerd, load_image
 from tests.support.labs import running_lab
+from tests.support.registry_images import put_list
 from tests.support.store_images import release_storage
 from tests.support.transfer import registry_entry, run
 from waltd import config as configuration
@@ -121,8 +123,8 @@ def _lease(d: Daemon, mac: str, ip: str, model: str) -> None:
     run_hook(d.folder / "state", "add", mac, ip, DNSMASQ_VENDOR_CLASS=f"walt.node.{model}")
 
 
-def _stored(folder: Path) -> list[str]:
-    """Every image name of the daemon's storage (staging names included)."""
+def _podman(folder: Path, *args: str) -> Any:
+    """podman's JSON answer on the daemon's storage."""
     conf = folder / "state" / "containers"
     env = {
         **os.environ,
@@ -130,8 +132,19 @@ def _stored(folder: Path) -> list[str]:
         "CONTAINERS_CONF": str(conf / "containers.conf"),
         "CONTAINERS_REGISTRIES_CONF": str(conf / "registries.conf"),
     }
-    listed = json.loads(run(["podman", "images", "--all", "--format", "json"], env=env).stdout)
+    return json.loads(run(["podman", *args], env=env).stdout)
+
+
+def _stored(folder: Path) -> list[str]:
+    """Every image name of the daemon's storage (staging names included)."""
+    listed = _podman(folder, "images", "--all", "--format", "json")
     return sorted(name for entry in listed for name in entry.get("Names") or ())
+
+
+def _inspect(folder: Path, image: str) -> dict[str, Any]:
+    """podman's inspection of an image of the daemon's storage."""
+    found: list[dict[str, Any]] = _podman(folder, "image", "inspect", image)
+    return found[0]
 
 
 def _events(d: Daemon, name: str, **keys: object) -> list[dict[str, Any]]:
@@ -218,3 +231,51 @@ async def test_a_restart_fetches_nothing_again(setup: Setup, folder: Path) -> No
         assert started == []
     finally:
         d.stop()
+
+
+@pytest.mark.lab
+@pytest.mark.asyncio(loop_scope="module")
+async def test_a_multi_platform_default_image_gives_the_models_platform(
+    setup: Setup, folder: Path
+) -> None:
+    """A Raspberry Pi 4 default image offered for amd64 and arm64: the node gets arm64
+    (skopeo alone would take the server's amd64)."""
+    model = "rpi-4-b"
+    repo = f"waltplatform/{model}-default"
+    for arch in ("amd64", "arm64"):
+        name = f"docker.io/{repo}:{arch}"
+        await build_image(setup.lab, name, [model], {"etc/arch": arch}, arch=arch)
+        await push_image(setup.lab, name, setup.hub)
+    children = [(a, {"os": "linux", "architecture": a}) for a in ("amd64", "arm64")]
+    await put_list(setup.hub, repo, "latest", children)
+    d = Daemon(folder, _config(folder, setup)).start()
+    try:
+        mac = "dc:a6:32:00:00:01"
+        await asyncio.to_thread(_lease, d, mac, "10.9.3.10", model)
+        await asyncio.to_thread(d.wait_for, is_event("node.ready", mac=mac), 60)
+        inspected = await asyncio.to_thread(_inspect, folder, f"docker.io/{repo}:latest")
+        assert inspected["Architecture"] == "arm64"
+    finally:
+        d.stop()
+
+
+@pytest.mark.lab
+@pytest.mark.asyncio(loop_scope="module")
+async def test_the_docker_daemon_comes_after_every_registry(setup: Setup, folder: Path) -> None:
+    model = "pc-x86-docker"
+    name = f"docker.io/waltplatform/{model}-default:latest"
+    await build_image(setup.lab, name, [model], {"etc/model": model})
+    async with dockerd(setup.lab) as docker:
+        await load_image(setup.lab, docker, name, f"waltplatform/{model}-default:latest")
+        sock = setup.lab.root / "dockerd" / "docker.sock"
+        d = Daemon(folder, _config(folder, setup, **{"docker-socket": str(sock)})).start()
+        try:
+            mac = "52:54:00:dd:00:01"
+            await asyncio.to_thread(_lease, d, mac, "10.9.4.10", model)
+            await asyncio.to_thread(d.wait_for, is_event("node.ready", mac=mac), 60)
+            started = [r["source"] for r in _events(d, "image.fetch.started", model=model)]
+            assert started == ["hub", "secure", "docker"]
+            (done,) = _events(d, "image.fetch.done", model=model)
+            assert done["source"] == "docker"
+        finally:
+            d.stop()
