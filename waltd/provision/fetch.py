@@ -162,11 +162,10 @@ class Fetcher:
                 return await self._pin(model, image, held.id, "repository")
             if held is not None:
                 # not this model's: fetching would replace what root put there on purpose
-                raise AllSourcesFailed(
-                    image.display,
-                    [("repository", f"{image.display} does not list {model} in its models")],
-                    retry_policy(ctx.config.images).delay(attempt + 1),
-                )
+                error = f"{image.display} does not list {model} in walt.node.models"
+                delay = retry_policy(ctx.config.images).delay(attempt + 1)
+                emit(ctx.nodes, FetchFailed(model, image.display, (("repository", error),), delay))
+                raise AllSourcesFailed(image.display, [("repository", error)], delay)
             async with self._gate:
                 await ctx.db.set_model_status(model, nodes.FETCHING, image=image.full)
                 return await self._download(model, image, attempt)
