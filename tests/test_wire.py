@@ -102,3 +102,66 @@ def test_query_numbers_are_plain_bounded_decimals(raw: str) -> None:
         wire.EventsQuery.from_query({"since": raw})
     with pytest.raises(ValueError, match=r"^limit must be"):
         wire.EventsQuery(limit=-1)
+
+
+_NODE = wire.NodeRow(
+    name="rpi-3-b-123456",
+    mac="52:54:00:12:34:56",
+    model="rpi-3-b",
+    image="waltplatform/rpi-3-b-default",
+    state="ready",
+    ip="192.168.152.5",
+    first_seen=1_790_000_000.25,
+    last_seen=1_790_000_060.5,
+)
+_DEVICE = wire.NodeRow(
+    name="unknown-000001",
+    mac="02:00:00:00:00:01",
+    model=None,
+    image=None,
+    state="unknown",
+    ip=None,
+    first_seen=1_790_000_000,
+    last_seen=1_790_000_000,
+)
+_MODEL = wire.ModelRow(
+    model="pc-x86-64",
+    image="waltplatform/pc-x86-64-default",
+    status="failed",
+    last_error="hub: timed out",
+    next_retry=1_790_000_100.0,
+)
+
+
+def test_the_node_listing_reads_back_what_was_sent() -> None:
+    listing = wire.NodeListing((_NODE,), (_DEVICE,), (_MODEL,), omitted=3)
+    assert wire.NodeListing.from_json(_through_json(listing.to_json())) == listing
+    empty = wire.NodeListing((), (), ())
+    assert wire.NodeListing.from_json(_through_json(empty.to_json())) == empty
+
+
+@pytest.mark.parametrize(
+    ("change", "error"),
+    [
+        (lambda r: r["nodes"][0].update(name=5), "nodes[0].name must be a string"),
+        (lambda r: r["nodes"][0].pop("mac"), "nodes[0].mac is missing"),
+        (lambda r: r["devices"][0].update(ip="x" * 257), "devices[0].ip is longer than 256"),
+        (lambda r: r["nodes"][0].update(image="i" * 513), "nodes[0].image is longer than 512"),
+        (lambda r: r["nodes"][0].update(first_seen="now"), "nodes[0].first_seen must be a num"),
+        (lambda r: r["nodes"][0].update(last_seen=float("nan")), "nodes[0].last_seen must be a t"),
+        (lambda r: r["devices"][0].update(first_seen=-1), "devices[0].first_seen must be a time"),
+        (lambda r: r["models"][0].update(next_retry=1e300), "models[0].next_retry must be a time"),
+        (lambda r: r["models"][0].update(last_error="e" * 4097), "models[0].last_error is longer"),
+        (lambda r: r["models"][0].update(status=None), "models[0].status must be a string"),
+        (lambda r: r.update(nodes={}), "nodes must be a list"),
+        (lambda r: r.update(devices=[{}] * 100_001), "devices has more than 100000 items"),
+        (lambda r: r.update(omitted=-1), "omitted must not be negative"),
+    ],
+)
+def test_a_broken_node_listing_is_refused_naming_the_field(
+    change: Callable[[dict[str, Any]], object], error: str
+) -> None:
+    record = wire.NodeListing((_NODE,), (_DEVICE,), (_MODEL,)).to_json()
+    change(record)
+    with pytest.raises(ValueError, match=f"^{re.escape(error)}"):
+        wire.NodeListing.from_json(_through_json(record))

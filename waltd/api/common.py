@@ -1,7 +1,8 @@
 """What the API's handler modules share: the context key, the caller, bounded bodies, error
 answers, the caller's logins, and the NDJSON stream of a long operation.
 
-server.py and the image modules (images_*.py) import it; it imports none of them.
+server.py and the handler modules (images_*.py, nodes.py) import it; it imports none of
+them.
 """
 
 from __future__ import annotations

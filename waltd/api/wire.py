@@ -947,3 +947,121 @@ def operation_record(obj: Any) -> OperationStep | OperationResult | OperationErr
     if kind == "error":
         return OperationError(_str(_key(obj, "error", ""), "error"))
     raise ValueError(f"a record of unknown type {str(kind)[:40]!r}")
+
+
+# --- GET /v1/nodes ---------------------------------------------------------------------
+# GET /v1/nodes answers a `NodeListing` (JSON): what `walt node show` draws.
+
+MAX_NODE_TEXT_CHARS = 256  # a node's name, MAC, model, state or IP
+MAX_ERROR_CHARS = 4096  # a model's last fetch error as sent (the daemon shortens a longer one)
+# Seconds since the epoch: 9999-12-31 23:59:59 UTC is the last time a calendar shows.
+MAX_TIMESTAMP = 253_402_300_799.0
+
+
+def _timestamp(value: Any, name: str) -> float:
+    number = _number(value, name)
+    # json.loads reads NaN and Infinity, which no clock shows
+    if not 0 <= number <= MAX_TIMESTAMP:
+        raise ValueError(f"{name} must be a time between 0 and {MAX_TIMESTAMP:.0f}")
+    return number
+
+
+@dataclass(frozen=True)
+class NodeRow:
+    """A node, or a device of no known model (`model` None), as `walt node show` lists it."""
+
+    name: str
+    mac: str
+    model: str | None
+    image: str | None  # `user/name[:tag]` as users write it; None: no image yet
+    state: str
+    ip: str | None
+    first_seen: float
+    last_seen: float
+
+    def to_json(self) -> dict[str, Any]:
+        """The JSON form."""
+        return dict(self.__dict__)
+
+    @classmethod
+    def from_json(cls, obj: Any, where: str) -> NodeRow:
+        """From its JSON form; ValueError naming a bad field."""
+        obj = _obj(obj, where.rstrip("."), 100)
+        text = MAX_NODE_TEXT_CHARS
+        return cls(
+            name=_str(_key(obj, "name", where), f"{where}name", text),
+            mac=_str(_key(obj, "mac", where), f"{where}mac", text),
+            model=_opt_str(obj.get("model"), f"{where}model", text),
+            image=_opt_str(obj.get("image"), f"{where}image", MAX_NAME_CHARS),
+            state=_str(_key(obj, "state", where), f"{where}state", text),
+            ip=_opt_str(obj.get("ip"), f"{where}ip", text),
+            first_seen=_timestamp(_key(obj, "first_seen", where), f"{where}first_seen"),
+            last_seen=_timestamp(_key(obj, "last_seen", where), f"{where}last_seen"),
+        )
+
+
+@dataclass(frozen=True)
+class ModelRow:
+    """Where a node model's default image stands: its name as users write it, its status
+    (missing, fetching, failed, ready), the last fetch error and when the next try comes."""
+
+    model: str
+    image: str
+    status: str
+    last_error: str | None
+    next_retry: float | None
+
+    def to_json(self) -> dict[str, Any]:
+        """The JSON form."""
+        return dict(self.__dict__)
+
+    @classmethod
+    def from_json(cls, obj: Any, where: str) -> ModelRow:
+        """From its JSON form; ValueError naming a bad field."""
+        obj = _obj(obj, where.rstrip("."), 100)
+        retry = obj.get("next_retry")
+        return cls(
+            model=_str(_key(obj, "model", where), f"{where}model", MAX_NODE_TEXT_CHARS),
+            image=_str(_key(obj, "image", where), f"{where}image", MAX_NAME_CHARS),
+            status=_str(_key(obj, "status", where), f"{where}status", MAX_NODE_TEXT_CHARS),
+            last_error=_opt_str(obj.get("last_error"), f"{where}last_error", MAX_ERROR_CHARS),
+            next_retry=None if retry is None else _timestamp(retry, f"{where}next_retry"),
+        )
+
+
+@dataclass(frozen=True)
+class NodeListing:
+    """GET /v1/nodes: the nodes (a model known), the devices of no known model, and each
+    model's default image. Each list holds at most `MAX_NODES` entries (nodes and devices the
+    most recently seen); `omitted` counts the entries left out past that."""
+
+    nodes: tuple[NodeRow, ...]
+    devices: tuple[NodeRow, ...]
+    models: tuple[ModelRow, ...]
+    omitted: int = 0
+
+    def to_json(self) -> dict[str, Any]:
+        """The JSON form (what `walt node show --json` prints)."""
+        return {
+            "nodes": [n.to_json() for n in self.nodes],
+            "devices": [d.to_json() for d in self.devices],
+            "models": [m.to_json() for m in self.models],
+            "omitted": self.omitted,
+        }
+
+    @classmethod
+    def from_json(cls, obj: Any) -> NodeListing:
+        """From its JSON form; ValueError naming a bad field."""
+        obj = _obj(obj, "the node listing")
+        nodes = _list(_key(obj, "nodes", ""), "nodes", MAX_NODES)
+        devices = _list(_key(obj, "devices", ""), "devices", MAX_NODES)
+        models = _list(_key(obj, "models", ""), "models", MAX_NODES)
+        omitted = _int(obj.get("omitted", 0), "omitted")
+        if omitted < 0:
+            raise ValueError("omitted must not be negative")
+        return cls(
+            nodes=tuple(NodeRow.from_json(n, f"nodes[{i}].") for i, n in enumerate(nodes)),
+            devices=tuple(NodeRow.from_json(d, f"devices[{i}].") for i, d in enumerate(devices)),
+            models=tuple(ModelRow.from_json(m, f"models[{i}].") for i, m in enumerate(models)),
+            omitted=omitted,
+        )

@@ -9,7 +9,7 @@ import sys
 from typing import Any, TextIO
 
 from waltd.api import wire
-from waltd.cli import images_build, images_store, images_transfer
+from waltd.cli import images_build, images_store, images_transfer, nodes
 from waltd.cli.client import Client, ClientError
 from waltd.cli.terminal import printable, table
 from waltd.cli.user_credentials import CredentialsError, for_registries
@@ -184,6 +184,7 @@ def parser() -> argparse.ArgumentParser:
     images_build.register(imagecmds)
     images_transfer.register(imagecmds)
     images_store.register(imagecmds)
+    nodes.register(cats)
     return p
 
 
