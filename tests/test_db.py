@@ -133,10 +133,14 @@ async def test_nodes_of_a_version_1_database_count_as_announced(path: Path) -> N
         node = await database.get_node(MAC)
         assert node is not None and node.announced
         assert await database.unannounced_nodes() == []
-        new = await database.upsert_node("00:11:22:aa:bb:dd", ip="10.0.0.3")
+        # a device of no model is never announced as a node
+        await database.upsert_node("00:11:22:aa:bb:dc", ip="10.0.0.4")
+        assert await database.unannounced_nodes() == []
+        new = await database.upsert_node("00:11:22:aa:bb:dd", ip="10.0.0.3", model="rpi-3-b")
         assert await database.unannounced_nodes() == [new]
         await database.mark_announced(new.mac)
         assert await database.unannounced_nodes() == []
+        assert await database.count_unknown_devices() == 1
 
 
 async def test_newer_schema_is_refused_untouched(path: Path) -> None:

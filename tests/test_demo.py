@@ -49,9 +49,9 @@ def test_demo_tells_the_story_and_cleans_up() -> None:
             demo.wait()
     text += "\n" + rest
     assert demo.returncode == 0, text
-    assert re.search(r"node_detected .*model=pc-x86-64", text)
+    assert re.search(r"node\.detected .*model=pc-x86-64", text)
     assert re.search(
-        r"node_detected .*model=rpi-3-b-plus .*user_classes=walt.node.rpi-3-b-plus", text
+        r"node\.detected .*model=rpi-3-b-plus .*user_classes=walt.node.rpi-3-b-plus", text
     )
     assert "User         | Image name" in text
     assert "local:waltplatform/pc-x86-64-default" in text

@@ -3,52 +3,54 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
+import signal
 import socket
 import sqlite3
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import AsyncGenerator, Iterator
+from dataclasses import replace
+from ipaddress import IPv4Address, IPv4Interface
 from pathlib import Path
 
 import pytest
+import structlog
 from hypothesis import given
 from hypothesis import strategies as st
 
 from tests.support.context import make_context
-from tests.support.daemon import ROOT, Daemon, remove, run_hook, short_dir, walt, write_config
+from tests.support.daemon import (
+    ROOT,
+    Daemon,
+    is_event,
+    remove,
+    run_hook,
+    short_dir,
+    walt,
+    write_config,
+)
+from tests.support.lab_daemon import lab_config, records, start_waltd, wait_record
+from tests.support.labs import running_lab
+from waltd import config as configuration
 from waltd import dhcp_event
+from waltd.config import WaltNet
 from waltd.context import Context
+from waltd.node_events import NodeEvent, Resync, Subscription
 from waltd.provision import detect
-from waltd.provision.detect import DetectionService, LeaseEvent, TftpEvent, parse_message
-from waltd.provision.models import RPI_UNKNOWN_MODEL, detect_model, model_from_class
+from waltd.provision.detect import (
+    DetectionService,
+    LeaseEvent,
+    TftpEvent,
+    lease_state,
+    parse_message,
+)
+from waltd.provision.neighbours import Carrier, Neighbour, WatchError
 
 MAC = "52:54:00:12:34:56"
-
-
-def test_model_from_vendor_user_class_and_mac_prefix() -> None:
-    assert detect_model(MAC, "walt.node.pc-x86-64", []) == "pc-x86-64"
-    assert detect_model(MAC, "PXEClient:Arch:00000", ["iPXE", "walt.node.rpi-3-b"]) == "rpi-3-b"
-    assert detect_model("B8-27-EB-00-00-01", None, []) == RPI_UNKNOWN_MODEL
-    assert detect_model(MAC, "PXEClient:Arch:00000:UNDI:002001", ["iPXE"]) is None
-    assert detect_model(MAC, "udhcp 1.35.0", []) is None
-
-
-@pytest.mark.parametrize(
-    "value",
-    [
-        "walt.node.",
-        "walt.node.../etc",
-        "walt.node.a b",
-        "walt.node." + "x" * 65,
-        "walt.node.UPPER",
-        "xwalt.node.pc",
-    ],
-)
-def test_impossible_models_are_not_trusted(value: str) -> None:
-    assert model_from_class(value) is None
 
 
 def _message(**fields: object) -> bytes:
@@ -179,7 +181,7 @@ def test_events_reach_the_daemon_and_bad_ones_are_refused(folder: Path) -> None:
         d.start()
         state = folder / "state"
         run_hook(state, "add", MAC, "10.0.0.5", DNSMASQ_USER_CLASS0="walt.node.rpi-3-b")
-        d.wait_for(lambda e: e.get("event") == "node_detected")
+        d.wait_for(lambda e: e.get("event") == "node.detected")
         # dnsmasq repeats leases without classes after a restart: the model stays.
         run_hook(state, "old", MAC, "10.0.0.5")
         run_hook(state, "add", "02:00:00:00:00:01", "10.0.0.6", DNSMASQ_VENDOR_CLASS="udhcp 1.35")
@@ -189,12 +191,12 @@ def test_events_reach_the_daemon_and_bad_ones_are_refused(folder: Path) -> None:
         d.wait_for(lambda e: e.get("event") == "dhcp_event_malformed")
         d.wait_for(lambda e: e.get("event") == "tftp_transfer")
         events = {e["event"]: e for e in _events(d)}
-        det = events["node_detected"]
+        det = events["node.detected"]
         assert (det["mac"], det["ip"], det["model"], det["name"]) == (
             MAC,
             "10.0.0.5",
             "rpi-3-b",
-            "node-123456",
+            "rpi-3-b-123456",
         )
         assert events["node_lease"]["model"] == "rpi-3-b"
         assert events["unknown_device"]["mac"] == "02:00:00:00:00:01"
@@ -217,7 +219,7 @@ def test_events_spooled_while_down_are_delivered_at_start(folder: Path) -> None:
         d.start()
         d.wait_for(lambda e: e.get("event") == "dhcp_spool_drained")
         events = [e for e in _events(d) if e.get("mac") == MAC]
-        assert [e["event"] for e in events] == ["node_detected", "node_lease"]
+        assert [e["event"] for e in events] == ["node.detected", "node_lease"]
         assert all(e["model"] == "pc-x86-64" for e in events)
         assert list((state / "dhcp-spool").iterdir()) == []
         assert d.stop() == 0
@@ -259,7 +261,7 @@ def test_events_spooled_while_running_are_delivered(folder: Path) -> None:
         # The hook's spooling without its wake-up (lost to a full queue): the periodic look
         # at the spool finds it.
         dhcp_event.spool(dhcp_event.encode(event), str(state / "dhcp-spool"))
-        detected = d.wait_for(lambda e: e.get("event") == "node_detected", timeout=6)
+        detected = d.wait_for(lambda e: e.get("event") == "node.detected", timeout=6)
         assert detected["mac"] == MAC
         assert list((state / "dhcp-spool").iterdir()) == []
         assert d.stop() == 0
@@ -318,3 +320,290 @@ async def test_an_event_that_cannot_be_recorded_stays_in_the_spool(
             assert await svc.drain_spool() == 2
             assert {n.mac for n in await db.list_nodes()} == {MAC, "52:54:00:00:00:02"}
     assert list(svc.spool.iterdir()) == []
+
+
+def test_an_old_lease_keeps_a_node_ready_or_booted() -> None:
+    """dnsmasq's `old` repeats a lease it held (its restart): no new DHCP answer."""
+    assert lease_state("old", "booted", "pc") == "booted"
+    assert lease_state("old", "ready", "pc") == "ready"
+    assert lease_state("add", "booted", "pc") == "ready"
+    assert lease_state("old", "down", "pc") == "waiting"
+    assert lease_state("old", None, "pc") == "waiting"
+    assert lease_state("add", "unknown", "pc") == "waiting"
+    assert lease_state("add", None, None) == "unknown"
+
+
+DEVICE = "02:00:00:00:00:01"
+PC = "52:54:00:00:00:0a"
+BAD = "52:54:00:00:00:0b"
+PXE = {"DNSMASQ_VENDOR_CLASS": "PXEClient:Arch:00000:UNDI:002001"}
+
+
+def _rows(state: Path) -> dict[str, tuple[object, ...]]:
+    """The database's entries by MAC: (name, model, state, announced)."""
+    conn = sqlite3.connect(state / "waltd.db")
+    try:
+        rows = conn.execute("SELECT mac, name, model, state, announced FROM nodes").fetchall()
+    finally:
+        conn.close()
+    return {mac: tuple(rest) for mac, *rest in rows}
+
+
+def test_devices_pcs_booting_and_a_lease_end(folder: Path) -> None:
+    """An unknown device is recorded, not announced; a PC's boot conversation is booting,
+    not unknown, and the PC is announced once it says its model; a class naming an
+    impossible model is one warning; a lease end takes a node down, once."""
+    d = Daemon(folder, write_config(folder)).start()
+    try:
+        state = folder / "state"
+        run_hook(state, "add", DEVICE, "10.0.0.6", DNSMASQ_VENDOR_CLASS="udhcp 1.35")
+        run_hook(state, "add", PC, "10.0.0.7", **PXE)
+        run_hook(state, "old", PC, "10.0.0.7", **PXE, DNSMASQ_USER_CLASS0="iPXE")
+        run_hook(state, "old", PC, "10.0.0.7", **PXE, DNSMASQ_USER_CLASS0="walt.node.pc-x86-64")
+        run_hook(state, "add", BAD, "10.0.0.8", DNSMASQ_USER_CLASS0="walt.node.../etc\u00e9")
+        for _ in range(2):  # a second end changes nothing
+            run_hook(state, "del", PC, "10.0.0.7")
+        run_hook(state, "del", DEVICE, "10.0.0.6")
+        d.wait_for(is_event("unknown_device", mac=DEVICE, action="del"))
+        records = [r for r in d.records() if r.get("mac") in (DEVICE, PC, BAD)]
+        named = [(r["event"], r["mac"]) for r in records if r.get("component") == "detect"]
+        assert [r["stage"] for r in records if r["event"] == "node_booting"] == [
+            "firmware-pxe",
+            "ipxe-bootstrap",
+        ]
+        assert named.count(("node.detected", PC)) == 1
+        assert not [e for e in named if e[1] != PC and e[0] == "node.detected"]
+        (detected,) = [r for r in records if r["event"] == "node.detected"]
+        assert (detected["name"], detected["state"]) == ("pc-x86-64-00000a", "waiting")
+        (down,) = [r for r in records if r["event"] == "node.down"]
+        assert (down["mac"], down["name"], down["model"]) == (PC, "pc-x86-64-00000a", "pc-x86-64")
+        (invalid,) = [r for r in records if r.get("mac") == BAD]
+        assert (invalid["event"], invalid["level"]) == ("node_class_invalid", "warning")
+        assert invalid["node_class"] == "walt.node.../etc\\xe9"
+        assert [r["action"] for r in records if r["event"] == "unknown_device"] == ["add", "del"]
+        rows = _rows(state)
+        assert rows[DEVICE] == ("unknown-000001", None, "unknown", 0)
+        assert rows[BAD] == ("unknown-00000b", None, "unknown", 0)
+        assert rows[PC] == ("pc-x86-64-00000a", "pc-x86-64", "down", 1)
+        status = json.loads(walt(d.socket, "status", "--json").stdout)
+        assert status["nodes"] == 1
+        assert d.stop() == 0
+    finally:
+        d.kill()
+
+
+def _spool_lease(svc: DetectionService, mac: str, ip: str, **fields: object) -> None:
+    dhcp_event.spool(_message(mac=mac, ip=ip, **fields), str(svc.spool))
+
+
+async def test_unknown_devices_beyond_the_bound_are_left_out(tmp_path: Path) -> None:
+    """Devices of no model are recorded up to the bound; past it one warning (not one per
+    device) and no row, while nodes and the devices already recorded go on."""
+    ctx = make_context(tmp_path)
+    devices = [f"02:00:00:00:00:{i:02x}" for i in range(5)]
+    async with DetectionService(ctx, max_unknown=2) as svc, ctx.db as db:
+        for i, mac in enumerate(devices):
+            _spool_lease(svc, mac, f"10.0.0.{10 + i}", vendor_class="udhcp 1.35")
+        _spool_lease(svc, MAC, "10.0.0.5")
+        _spool_lease(svc, devices[1], "10.0.0.99", action="old", vendor_class=None)
+        with structlog.testing.capture_logs() as logs:
+            assert await svc.drain_spool() == 7
+        entries = {n.mac: n for n in await db.list_nodes()}
+    assert set(entries) == {devices[0], devices[1], MAC}
+    assert entries[devices[1]].ip == "10.0.0.99" and entries[devices[1]].state == "unknown"
+    assert entries[MAC].model == "pc-x86-64"
+    (capped,) = [r for r in logs if r["event"] == "unknown_devices_capped"]
+    assert (capped["limit"], capped["left_out"], capped["mac"]) == (2, 1, devices[2])
+    unknown = [r["mac"] for r in logs if r["event"] == "unknown_device"]
+    assert unknown == [devices[0], devices[1], devices[1]]
+
+
+def _shape(event: object) -> tuple[str, str, object]:
+    """An event as (its type, its MAC, its state or whether it is new)."""
+    detail = getattr(event, "state", None) or getattr(event, "new", None)
+    return type(event).__name__, getattr(event, "mac", ""), detail
+
+
+async def _node_events(sub: Subscription) -> list[NodeEvent | Resync]:
+    """The events queued for `sub`."""
+    return [await sub.get() for _ in range(sub.pending())]
+
+
+async def test_the_lease_file_at_start(tmp_path: Path) -> None:
+    """Nodes holding leases are told to the services again (a booted one stays booted, a
+    down one waits again), new ones announced once, devices recorded; a damaged line is
+    one warning."""
+    booted, down, rpi = "52:54:00:00:00:01", "52:54:00:00:00:02", "b8:27:eb:00:00:03"
+    later = int(time.time()) + 3600
+    folder = tmp_path / "dnsmasq"
+    folder.mkdir()
+    (folder / "leases").write_text(
+        f"{later} {booted} 10.0.0.12 pc-x86-64-000001 *\n"
+        f"{later} {down} 10.0.0.13 * *\n"
+        "this is no lease\n"
+        f"{later} {rpi} 10.0.0.14 * *\n"
+        f"{later} {DEVICE} 10.0.0.15 * 01:02:00:00:00:00:01\n"
+        f"{int(time.time()) - 10} 52:54:00:00:00:09 10.0.0.19 * *\n"
+    )
+    ctx = make_context(tmp_path)
+    async with ctx.db as db:
+        for mac, node_state in ((booted, "booted"), (down, "down")):
+            await db.upsert_node(mac, ip="10.0.0.2", model="pc-x86-64", state=node_state)
+            await db.mark_announced(mac)
+        with ctx.nodes.subscribe("test") as sub, structlog.testing.capture_logs() as logs:
+            async with DetectionService(ctx) as svc:
+                assert await svc.read_lease_file() == 4
+                first = await _node_events(sub)
+                assert await svc.read_lease_file() == 4
+                again = await _node_events(sub)
+        entries = {n.mac: n for n in await db.list_nodes()}
+    assert [_shape(e) for e in first] == [
+        ("NodeSeen", booted, False),
+        ("NodeState", down, "waiting"),
+        ("NodeSeen", down, False),
+        ("NodeSeen", rpi, True),
+    ]
+    assert not any(getattr(e, "new", False) for e in again)
+    assert (entries[booted].state, entries[booted].ip) == ("booted", "10.0.0.12")
+    assert (entries[down].state, entries[down].ip) == ("waiting", "10.0.0.13")
+    assert (entries[rpi].model, entries[rpi].state) == ("rpi-unknown", "waiting")
+    assert (entries[DEVICE].model, entries[DEVICE].state) == (None, "unknown")
+    assert "52:54:00:00:00:09" not in entries
+    damaged = [r for r in logs if r["event"] == "dhcp_lease_file_damaged"]
+    assert damaged[0]["malformed"] == 1 and "line 3" in damaged[0]["first_problem"]
+
+
+def _walt_net_config() -> configuration.Config:
+    first, last = IPv4Address("10.0.0.10"), IPv4Address("10.0.0.99")
+    net = WaltNet("wn0", IPv4Interface("10.0.0.1/24"), (first, last))
+    return replace(configuration.default_config(), walt_net=net)
+
+
+async def test_neighbours_take_nodes_down_and_bring_them_back(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Against a made-up watch (the real one is netlink's, tested in test_neighbours.py):
+    a node that answers again waits again, one that stops answering is down, a Raspberry
+    Pi that never took a lease is a node, another MAC is nobody; a failed watch is retried."""
+    monkeypatch.setattr(detect, "WATCH_RETRY_MIN_S", 0.01)
+    back, ready, rpi, silent_rpi = (
+        "52:54:00:00:00:01",
+        "52:54:00:00:00:02",
+        "b8:27:eb:00:00:03",
+        "b8:27:eb:00:00:04",
+    )
+    calls: list[str] = []
+
+    async def watch(interface: str) -> AsyncGenerator[Neighbour | Carrier, None]:
+        calls.append(interface)
+        if len(calls) == 1:
+            yield Carrier(interface, False)
+            yield Carrier(interface, True)
+            yield Neighbour(back, "10.0.0.21", True)
+            yield Neighbour(ready, "10.0.0.22", False)
+            yield Neighbour(rpi, "10.0.0.23", True)
+            yield Neighbour(DEVICE, "10.0.0.24", True)
+            yield Neighbour(silent_rpi, "10.0.0.25", False)
+            raise WatchError("netlink went away")
+        yield Neighbour(ready, "10.0.0.22", True)
+        await asyncio.Event().wait()
+
+    ctx = make_context(tmp_path, _walt_net_config())
+    async with ctx.db as db:
+        await db.upsert_node(back, model="pc-x86-64", state="down")
+        await db.upsert_node(ready, model="pc-x86-64", state="ready")
+        for mac in (back, ready):
+            await db.mark_announced(mac)
+        got: list[tuple[str, str, object]] = []
+        with ctx.nodes.subscribe("test") as sub, structlog.testing.capture_logs() as logs:
+            async with DetectionService(ctx, watch=watch) as svc:
+                serving = asyncio.create_task(svc.serve())
+                async with asyncio.timeout(10):
+                    while len(got) < 6:
+                        got.append(_shape(await sub.get()))
+                serving.cancel()
+                await asyncio.gather(serving, return_exceptions=True)
+        entries = {n.mac: n for n in await db.list_nodes()}
+    assert got == [
+        ("NodeState", back, "waiting"),
+        ("NodeSeen", back, False),
+        ("NodeState", ready, "down"),
+        ("NodeSeen", rpi, True),
+        ("NodeState", ready, "waiting"),
+        ("NodeSeen", ready, False),
+    ]
+    assert calls == ["wn0", "wn0"]
+    assert (entries[back].ip, entries[rpi].model) == ("10.0.0.21", "rpi-unknown")
+    assert DEVICE not in entries and silent_rpi not in entries
+    carrier = [r["up"] for r in logs if r["event"] == "node_network_carrier"]
+    assert carrier == [False, True]
+    (failed,) = [r for r in logs if r["event"] == "neighbour_watch_failed"]
+    assert "netlink went away" in failed["error"] and failed["interface"] == "wn0"
+
+
+def _dnsmasq_pids(conf: Path) -> list[int]:
+    """The dnsmasq processes (main and helper) running with configuration file `conf`."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            argv = (entry / "cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue  # gone meanwhile
+        if Path(argv[0].decode()).name == "dnsmasq" and f"--conf-file={conf}".encode() in argv:
+            found.append(int(entry.name))
+    return found
+
+
+@pytest.mark.lab
+async def test_leases_repeated_after_restarts_announce_nothing_twice() -> None:
+    """Real dnsmasq and nodes: dnsmasq killed and restarted by waltd repeats every lease
+    (`old`, without classes), then waltd restarts and reads the lease file as well; each node
+    is announced once in all, keeps its model, and the unknown device is never a node."""
+    async with running_lab("dnsmasq") as lab:
+        folder = lab.root / "waltd"
+        folder.mkdir()
+        conf = lab_config(lab, folder)
+        waltd = await start_waltd(lab, conf)
+        await wait_record(waltd, is_event("dnsmasq_started"))
+        b, c = lab.subnet.network_address.packed[1:3]
+        pc = await lab.add_node()
+        rpi = await lab.add_node(f"b8:27:eb:{b:02x}:{c:02x}:99")  # known by its MAC
+        other = await lab.add_node()
+        await lab.node_dhcp(pc, vendor_class="walt.node.pc-x86-64")
+        for node in (rpi, other):
+            await lab.node_dhcp(node)  # busybox's own vendor class
+        for node in (pc, rpi):
+            await wait_record(waltd, is_event("node.detected", mac=node.mac))
+        await wait_record(waltd, is_event("unknown_device", mac=other.mac))
+
+        dnsmasq_conf = folder / "state" / "dnsmasq" / "dnsmasq.conf"
+        for pid in _dnsmasq_pids(dnsmasq_conf):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        await wait_record(waltd, is_event("dnsmasq_started"), after=1, timeout_s=20)
+        for node, model in ((pc, "pc-x86-64"), (rpi, "rpi-unknown")):
+            repeated = await wait_record(waltd, is_event("node_lease", mac=node.mac, action="old"))
+            assert repeated["model"] == model
+        await wait_record(waltd, is_event("unknown_device", mac=other.mac, action="old"))
+        assert await lab.stop(waltd) == 0
+
+        again = await start_waltd(lab, conf, "waltd-again")
+        await wait_record(again, is_event("dnsmasq_started"))
+        for node in (pc, rpi):  # the lease file and dnsmasq's own repetition
+            await wait_record(again, is_event("node_lease", mac=node.mac, action="old"), after=1)
+        await wait_record(again, is_event("unknown_device", mac=other.mac, action="old"), after=1)
+        assert await lab.stop(again) == 0
+        runs = (records(waltd), records(again))
+    both = runs[0] + runs[1]
+    detected = sorted(r["mac"] for r in both if r.get("event") == "node.detected")
+    assert detected == sorted([pc.mac, rpi.mac])
+    crashed = [r["service"] for r in both if r.get("event") == "service_crashed"]
+    assert crashed == ["dnsmasq"]  # the kill, and nothing else
+    assert not [r for r in both if r.get("event") == "node_class_invalid"]
+    # the neighbour watch ran on the node network all along (netlink, in the server's namespace)
+    for run in runs:
+        carrier = [r["up"] for r in run if r.get("event") == "node_network_carrier"]
+        assert carrier[-1] is True  # ports joining the bridge may flap it first
+    assert not [r for r in both if r.get("event") == "neighbour_watch_failed"]

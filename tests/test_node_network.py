@@ -47,10 +47,10 @@ async def test_nodes_lease_and_reach_waltd_with_their_model(lab: Lab) -> None:
     for ip in (ip_pc, ip_rpi, ip_other):
         assert ip in lab.subnet and lab.dhcp_range[0] <= ip <= lab.dhcp_range[1]
 
-    det_pc = await wait_record(waltd, is_event("node_detected", mac=pc.mac))
+    det_pc = await wait_record(waltd, is_event("node.detected", mac=pc.mac))
     assert (det_pc["model"], det_pc["ip"]) == ("pc-x86-64", str(ip_pc))
     assert det_pc["vendor_class"] == "walt.node.pc-x86-64"
-    det_rpi = await wait_record(waltd, is_event("node_detected", mac=rpi.mac))
+    det_rpi = await wait_record(waltd, is_event("node.detected", mac=rpi.mac))
     assert (det_rpi["model"], det_rpi["ip"]) == ("rpi-3-b-plus", str(ip_rpi))
     assert det_rpi["user_classes"] == ["walt.node.rpi-3-b-plus"]
     unknown = await wait_record(waltd, is_event("unknown_device", mac=other.mac))
@@ -60,8 +60,8 @@ async def test_nodes_lease_and_reach_waltd_with_their_model(lab: Lab) -> None:
     res = walt(folder / "api.sock", "log", "show", "--json", "--limit", "0")
     streamed = [json.loads(line) for line in res.stdout.splitlines()]
     assert {(e["event"], e.get("mac")) for e in streamed} >= {
-        ("node_detected", pc.mac),
-        ("node_detected", rpi.mac),
+        ("node.detected", pc.mac),
+        ("node.detected", rpi.mac),
         ("unknown_device", other.mac),
     }
     status = json.loads(walt(folder / "api.sock", "status", "--json").stdout)
@@ -189,7 +189,7 @@ async def test_a_node_seen_while_dnsmasq_is_down_gets_its_host_entry(lab: Lab) -
         ["add", mac, str(lab.dhcp_range[0])], {"DNSMASQ_VENDOR_CLASS": "walt.node.pc-x86-64"}
     )
     dhcp_event.spool(dhcp_event.encode(event), str(state / "dhcp-spool"))
-    detected = await wait_record(waltd, is_event("node_detected", mac=mac))
+    detected = await wait_record(waltd, is_event("node.detected", mac=mac))
     entry = state / "dnsmasq" / "hosts.d" / mac.replace(":", "-")
     # The restart delay doubles from 1 s (with jitter): the next start comes within ~5 s.
     await until(entry.exists, what=f"{entry}", timeout_s=10)

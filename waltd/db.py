@@ -46,7 +46,7 @@ MIGRATIONS: tuple[str, ...] = (
         updated REAL NOT NULL
     );
     """,
-    # A node is announced (its `node_detected` record, its node event) once, after the commit
+    # A node is announced (its `node.detected` record, its node event) once, after the commit
     # that recorded it; nodes recorded before this column existed were announced already.
     """
     ALTER TABLE nodes ADD COLUMN announced INTEGER NOT NULL DEFAULT 1;
@@ -90,7 +90,8 @@ class Node:
     state: str
     first_seen: float
     last_seen: float
-    # Whether its first sighting was announced (a record was written, services were told).
+    # Whether its first sighting as a node was announced (a record was written, services
+    # were told); never for an unknown device.
     announced: bool
 
 
@@ -368,11 +369,13 @@ class Database:
 
     async def unannounced_nodes(self) -> list[Node]:
         """Nodes recorded whose first sighting was not announced (an interruption came
-        between the commit and the announcement), oldest first."""
+        between the commit and the announcement), oldest first; unknown devices are not
+        nodes to announce."""
 
         def work(conn: sqlite3.Connection) -> list[Node]:
             rows = conn.execute(
-                f"SELECT {_NODE_COLUMNS} FROM nodes WHERE NOT announced ORDER BY first_seen"
+                f"SELECT {_NODE_COLUMNS} FROM nodes WHERE NOT announced AND model IS NOT NULL"
+                " ORDER BY first_seen"
             ).fetchall()
             return [_node(row) for row in rows]
 
@@ -421,6 +424,15 @@ class Database:
                 "SELECT count(*) FROM nodes WHERE model IS NOT NULL"
             ).fetchone()[0]
             return count
+
+        return await self._run(work)
+
+    async def count_unknown_devices(self) -> int:
+        """Return how many unknown devices (entries of no model) are recorded."""
+
+        def work(conn: sqlite3.Connection) -> int:
+            (count,) = conn.execute("SELECT count(*) FROM nodes WHERE model IS NULL").fetchone()
+            return int(count)
 
         return await self._run(work)
 

@@ -37,14 +37,6 @@ class NodeSeen:
 
 
 @dataclass(frozen=True)
-class NodeReleased:
-    """A node's lease ended."""
-
-    mac: str
-    name: str
-
-
-@dataclass(frozen=True)
 class Resync:
     """Events were dropped for this subscriber: rebuild from the state database."""
 
@@ -123,7 +115,7 @@ class NodeState:
 
 
 Lifecycle = ModelNew | FetchStarted | FetchSourceFailed | FetchDone | FetchFailed | NodeState
-NodeEvent = NodeSeen | NodeReleased | Lifecycle
+NodeEvent = NodeSeen | Lifecycle
 
 
 class Subscription:

@@ -17,7 +17,7 @@ from tests.support.context import make_context
 from tests.support.daemon import Daemon, remove, run_hook, short_dir, walt, write_config
 from waltd import dhcp_event
 from waltd.node_events import NodeSeen
-from waltd.provision.detect import DetectionService
+from waltd.provision.detect import MAX_UNKNOWN_DEVICES, DetectionService
 
 
 @pytest.fixture
@@ -60,7 +60,7 @@ def test_leases_handed_to_a_frozen_daemon_survive_its_sigkill(folder: Path) -> N
     second = Daemon(folder, conf).start()
     try:
         _wait_nodes(second, 5)
-        detected = [r["mac"] for r in second.records() if r.get("event") == "node_detected"]
+        detected = [r["mac"] for r in second.records() if r.get("event") == "node.detected"]
         assert sorted(detected) == [_mac(i) for i in range(5)]
         assert second.stop() == 0
     finally:
@@ -82,7 +82,7 @@ def test_a_flood_does_not_stretch_the_stop_beyond_its_budget(folder: Path) -> No
             dhcp_event.spool(dhcp_event.encode(event), str(state / "dhcp-spool"))
             dhcp_event.wake(str(state / "dhcp-events.sock"))
         d.signal(signal.SIGCONT)
-        d.wait_for(lambda e: e.get("event") == "node_detected")
+        d.wait_for(lambda e: e.get("event") == "node.detected")
         began = time.monotonic()
         assert d.stop() == 0
         assert time.monotonic() - began < 3 + 1.5
@@ -93,7 +93,7 @@ def test_a_flood_does_not_stretch_the_stop_beyond_its_budget(folder: Path) -> No
     try:
         _wait_nodes(again, count)
         assert list((state / "dhcp-spool").iterdir()) == []
-        detected = [r for r in before + again.records() if r.get("event") == "node_detected"]
+        detected = [r for r in before + again.records() if r.get("event") == "node.detected"]
         assert len(detected) == count == len({r["mac"] for r in detected})
         assert again.stop() == 0
     finally:
@@ -114,7 +114,7 @@ def test_a_stray_byte_in_a_class_keeps_the_lease(folder: Path) -> None:
             DNSMASQ_VENDOR_CLASS="PXEClient\udcff",
             DNSMASQ_USER_CLASS0="walt.node.rpi-3-b",
         )
-        detected = d.wait_for(lambda e: e.get("event") == "node_detected")
+        detected = d.wait_for(lambda e: e.get("event") == "node.detected")
         assert (detected["mac"], detected["model"]) == (_mac(1), "rpi-3-b")
         (warning,) = [r for r in d.records() if r.get("event") == "dhcp_fields_dropped"]
         assert warning["mac"] == _mac(1) and "vendor_class" in warning["problems"][0]
@@ -184,3 +184,37 @@ async def test_a_lease_interrupted_after_its_commit_is_announced_exactly_once(
     assert sorted(announced) == [_mac(i) for i in range(20)]
     # the test reached the window it is about at least once
     assert interrupted_after_commit > 0
+
+
+def test_a_flood_of_made_up_devices_is_bounded(folder: Path) -> None:
+    """More devices of no model than the bound (4096), each a made-up MAC: that many are
+    recorded, the rest make one warning, and a node coming after them is still detected."""
+    conf = write_config(folder)
+    state = folder / "state"
+    count = MAX_UNKNOWN_DEVICES + 50
+    for i in range(count):
+        mac = f"02:00:00:{i >> 16:02x}:{i >> 8 & 0xFF:02x}:{i & 0xFF:02x}"
+        event = dhcp_event.build_event(["add", mac, "10.0.2.1"], {})
+        dhcp_event.spool(dhcp_event.encode(event), str(state / "dhcp-spool"))
+    node = dhcp_event.build_event(
+        ["add", _mac(1), "10.0.2.2"], {"DNSMASQ_VENDOR_CLASS": "walt.node.x"}
+    )
+    dhcp_event.spool(dhcp_event.encode(node), str(state / "dhcp-spool"))
+    d = Daemon(folder, conf).start()
+    try:
+        d.wait_for(lambda e: e.get("event") == "node.detected", timeout=120)
+        records = d.records()
+        (capped,) = [r for r in records if r.get("event") == "unknown_devices_capped"]
+        assert capped["limit"] == MAX_UNKNOWN_DEVICES and capped["level"] == "warning"
+        unknown = [r for r in records if r.get("event") == "unknown_device"]
+        assert len(unknown) == MAX_UNKNOWN_DEVICES
+        conn = sqlite3.connect(state / "waltd.db")
+        try:
+            rows = conn.execute("SELECT count(*) FROM nodes WHERE model IS NULL").fetchone()
+        finally:
+            conn.close()
+        assert rows == (MAX_UNKNOWN_DEVICES,)
+        assert _node_count(d) == 1
+        assert d.stop() == 0
+    finally:
+        d.kill()

@@ -2,7 +2,7 @@
 
 Against a live daemon: `walt image search` with logins for two registries (small aiohttp
 servers asking for Basic credentials: they must hold the search while another event is
-logged, which a real registry cannot be told to do). One password is `node_detected`, the name
+logged, which a real registry cannot be told to do). One password is `node.detected`, the name
 of the event a lease produces; while the registry holds the request that carries it, a lease
 reaches the daemon through the real dnsmasq hook. That record keeps its `event`, and neither
 password appears anywhere else in the log or the event stream.
@@ -22,7 +22,7 @@ from tests.support.daemon import Daemon, run_hook, walt
 
 pytestmark = pytest.mark.asyncio
 
-EVENT_WORD = "node_detected"  # a password that is also an event's name
+EVENT_WORD = "node.detected"  # a password that is also an event's name
 UNIQUE = "zq-unique-secret-91"  # a password found nowhere else
 MAC = "52:54:00:aa:bb:01"
 
@@ -42,7 +42,7 @@ def registry(during: dict[str, Any]) -> list[web.RouteDef]:
 
 
 async def lease_and_wait(daemon: Daemon) -> None:
-    """A lease through dnsmasq's hook, then its `node_detected` record in the daemon's log."""
+    """A lease through dnsmasq's hook, then its `node.detected` record in the daemon's log."""
     # in a thread: the registry this test serves on its loop must keep answering meanwhile
     await asyncio.to_thread(
         run_hook,

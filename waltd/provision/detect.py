@@ -4,9 +4,16 @@ The hook (`waltd-dhcp-event`) writes each event as one file into the spool, dura
 wakes this service with an empty datagram. Parsing is a pure function; the service drains
 the spool in arrival order, records each event in the database and removes its file only
 then, so an interruption anywhere (cancellation, SIGKILL) replays the event instead of
-losing it. A node's first sighting is announced (the `node_detected` record and a NodeSeen
-event) once, after the commit: the database remembers which nodes were announced, so a
-replay or a restart announces those an interruption left out.
+losing it. A node's first sighting as a node is announced (the `node.detected` record and a
+NodeSeen event) once, after the commit: the database remembers which nodes were announced,
+so a replay or a restart announces those an interruption left out. Devices of no model are
+recorded too (state `unknown`, never announced, at most MAX_UNKNOWN_DEVICES of them) and
+announced when they first say their model.
+
+At start the service also reads dnsmasq's lease file (nodes holding leases from before are
+told to the services again) and, on the node network, follows the kernel's neighbour table
+(`neighbours.watch`): a node that answers again is back from `down`, one that stops
+answering is `down`.
 """
 
 from __future__ import annotations
@@ -19,6 +26,7 @@ import json
 import os
 import socket
 import time
+from collections.abc import AsyncGenerator, Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Self
@@ -28,8 +36,10 @@ from waltd.context import Context
 from waltd.db import Database, Node, StateError
 from waltd.dhcp_event import MAX_MESSAGE
 from waltd.names import normalise_mac
-from waltd.node_events import NodeReleased, NodeSeen
-from waltd.provision.models import detect_model
+from waltd.node_events import NodeSeen, emit
+from waltd.provision import leases, neighbours, nodes
+from waltd.provision.dnsmasq import dnsmasq_paths
+from waltd.provision.models import Classification, classify, shown_class
 from waltd.supervisor import Service
 
 _log = log.get("detect")
@@ -40,6 +50,15 @@ SPOOL_TICK_S = 2.0
 SPOOL_BATCH = 256
 # How long a live event waits for the database before it goes to the spool instead.
 DB_WAIT_S = 5.0
+# Devices of no model recorded at most (a flood of made-up MACs must not fill the database).
+MAX_UNKNOWN_DEVICES = 4096
+# At most one warning per this long while devices are left out for the bound above.
+UNKNOWN_CAP_WARNING_S = 60.0
+# The pause before the neighbour watch is tried again after a failure: doubling, bounded.
+WATCH_RETRY_MIN_S = 1.0
+WATCH_RETRY_MAX_S = 60.0
+# What observes the node network's neighbours and carrier (neighbours.watch, or a test's).
+Watch = Callable[[str], AsyncGenerator[neighbours.Neighbour | neighbours.Carrier, None]]
 
 
 @dataclass(frozen=True)
@@ -146,12 +165,28 @@ class DetectionService(Service):
 
     name = "detect"
 
-    def __init__(self, ctx: Context) -> None:
+    def __init__(
+        self,
+        ctx: Context,
+        *,
+        watch: Watch = neighbours.watch,
+        max_unknown: int = MAX_UNKNOWN_DEVICES,
+    ) -> None:
+        """`watch` observes the node network (a test passes its own); `max_unknown` bounds
+        the devices of no model recorded."""
         self._ctx = ctx
         self.socket_path = ctx.state_dir / "dhcp-events.sock"
         self.spool = ctx.state_dir / "dhcp-spool"
         self._sock: socket.socket | None = None
         self._intake = True
+        self._watch = watch
+        self._max_unknown = max_unknown
+        # when the last warning about left-out unknown devices was written, how many since
+        self._cap_warned = -UNKNOWN_CAP_WARNING_S
+        self._cap_left_out = 0
+        # One change at a time, from the spool, the lease file or the neighbours: each reads
+        # a node, then writes it, and two at once could both announce a new node.
+        self._changing = asyncio.Lock()
 
     async def __aenter__(self) -> Self:
         self._intake = True
@@ -172,12 +207,20 @@ class DetectionService(Service):
             self.socket_path.unlink()
 
     async def serve(self) -> None:
-        """Announce what an interruption left unannounced, then drain the spool whenever
-        the hook wakes this service, and every SPOOL_TICK_S in any case."""
+        """Announce what an interruption left unannounced, take the spool then the lease
+        file, then drain the spool whenever the hook wakes this service (and every
+        SPOOL_TICK_S in any case), following the node network's neighbours beside it."""
         await self._announce_pending()
-        while True:
-            await self.drain_spool()
-            await self._woken()
+        await self.drain_spool()
+        net = self._ctx.config.walt_net
+        if net is not None:
+            await self.read_lease_file()
+        async with asyncio.TaskGroup() as tasks:
+            if net is not None:
+                tasks.create_task(self._follow_neighbours(net.interface), name="detect:neighbours")
+            while True:
+                await self._woken()
+                await self.drain_spool()
 
     async def drain(self) -> None:
         """Stop intake: the event being recorded finishes, the others stay spooled."""
@@ -283,27 +326,33 @@ class DetectionService(Service):
         return self._ctx.db
 
     async def _lease(self, ev: LeaseEvent) -> None:
+        async with self._changing:
+            await self._record_lease(ev)
+
+    async def _record_lease(self, ev: LeaseEvent) -> None:
         db = await self._database()
-        model = detect_model(ev.mac, ev.vendor_class, ev.user_classes)
+        found = classify(ev.mac, ev.vendor_class, ev.user_classes)
         known = await db.get_node(ev.mac)
         subject = {"mac": ev.mac, "ip": ev.ip, "action": ev.action}
-        if model is None and known is None:
-            _log.info(
-                "unknown_device",
-                vendor_class=ev.vendor_class,
-                user_classes=list(ev.user_classes),
-                **subject,
+        if found.invalid_class is not None:
+            _log.warning(
+                "node_class_invalid", node_class=shown_class(found.invalid_class), **subject
             )
-            return
         if ev.action == "del":
-            if known is not None:
-                await db.upsert_node(ev.mac, state="released")
-                _log.info("node_lease_released", name=known.name, model=known.model, **subject)
-                self._ctx.nodes.publish(NodeReleased(mac=ev.mac, name=known.name))
+            await self._lease_ended(ev, found, known, subject)
             return
         # dnsmasq repeats leases without their classes after a restart: keep what we know.
-        model = model or (known.model if known else None)
-        node = await db.upsert_node(ev.mac, ip=ev.ip, model=model, state="leased")
+        model = found.model or (known.model if known else None)
+        if model is None:
+            await self._device(ev, found, known, subject)
+            return
+        was = known.state if known else None
+        state = lease_state(ev.action, was, model)
+        # the state is written only when it changes: a node the provisioning service made
+        # ready meanwhile is not sent back to waiting
+        node = await db.upsert_node(
+            ev.mac, ip=ev.ip, model=model, state=None if state == was else state
+        )
         if not node.announced:
             await self._announce(
                 node, vendor_class=ev.vendor_class, user_classes=list(ev.user_classes)
@@ -313,19 +362,78 @@ class DetectionService(Service):
             _log.warning(
                 "node_model_changed", name=node.name, old_model=known.model, model=model, **subject
             )
-        _log.info("node_lease", name=node.name, model=model, **subject)
+        _log.info("node_lease", name=node.name, model=model, state=node.state, **subject)
+        if state != was:
+            emit(self._ctx.nodes, nodes.state_event(node))
         self._ctx.nodes.publish(
             NodeSeen(mac=node.mac, name=node.name, ip=ev.ip, model=model, new=False)
         )
 
+    async def _lease_ended(
+        self, ev: LeaseEvent, found: Classification, known: Node | None, subject: dict[str, str]
+    ) -> None:
+        """A `del`: a node goes `down` (once); a device that is no node stays `unknown`."""
+        if known is None:
+            _log.debug("dhcp_lease_ended_unrecorded", **subject)
+        elif known.model is None:
+            self._log_device(ev, found, subject)
+        elif known.state != nodes.DOWN:
+            down = await self._ctx.db.set_node_state(ev.mac, nodes.DOWN)
+            if down is not None:
+                emit(self._ctx.nodes, nodes.state_event(down))
+
+    async def _device(
+        self, ev: LeaseEvent, found: Classification, known: Node | None, subject: dict[str, str]
+    ) -> None:
+        """A lease of a device that is no node (yet): recorded, within MAX_UNKNOWN_DEVICES."""
+        db = self._ctx.db
+        if known is not None:
+            await db.upsert_node(ev.mac, ip=ev.ip)
+        elif await db.count_unknown_devices() < self._max_unknown:
+            await db.upsert_node(ev.mac, ip=ev.ip, state=nodes.UNKNOWN)
+        else:
+            self._left_out(ev.mac)
+            return
+        self._log_device(ev, found, subject)
+
+    @staticmethod
+    def _log_device(ev: LeaseEvent, found: Classification, subject: dict[str, str]) -> None:
+        detail = {"vendor_class": ev.vendor_class, "user_classes": list(ev.user_classes)}
+        if found.stage is not None:
+            _log.info("node_booting", stage=found.stage, **detail, **subject)
+        elif found.invalid_class is None:  # else its warning said it all
+            _log.info("unknown_device", **detail, **subject)
+
+    def _left_out(self, mac: str) -> None:
+        """A device past MAX_UNKNOWN_DEVICES: not recorded; one warning a while says so."""
+        self._cap_left_out += 1
+        now = time.monotonic()
+        if now - self._cap_warned < UNKNOWN_CAP_WARNING_S:
+            return
+        _log.warning(
+            "unknown_devices_capped",
+            limit=self._max_unknown,
+            left_out=self._cap_left_out,
+            mac=mac,
+        )
+        self._cap_warned = now
+        self._cap_left_out = 0
+
     async def _announce(self, node: Node, **detail: Any) -> None:
-        """The one announcement of a node's first sighting, then its mark in the database.
+        """The one announcement of a node's first sighting as a node, then its mark in the
+        database.
 
         Record and event go out with no await between them; the mark is shielded, so a
         cancellation cannot stop it half way and announce the node a second time.
         """
         _log.info(
-            "node_detected", name=node.name, model=node.model, mac=node.mac, ip=node.ip, **detail
+            "node.detected",
+            name=node.name,
+            model=node.model,
+            mac=node.mac,
+            ip=node.ip,
+            state=node.state,
+            **detail,
         )
         self._ctx.nodes.publish(
             NodeSeen(mac=node.mac, name=node.name, ip=node.ip or "", model=node.model, new=True)
@@ -337,3 +445,109 @@ class DetectionService(Service):
         db = await self._database()
         for node in await db.unannounced_nodes():
             await self._announce(node, recovered=True)
+
+    async def read_lease_file(self) -> int:
+        """Take dnsmasq's lease file as `old` leases (what dnsmasq repeats when it starts):
+        the nodes holding a lease are refreshed and told to the services, the devices new
+        to the database recorded. Returns how many leases were taken."""
+        path = dnsmasq_paths(self._ctx).leases
+        try:
+            found = await asyncio.to_thread(leases.read_leases, path, time.time())
+        except OSError as err:
+            _log.error("dhcp_lease_file_unreadable", path=str(path), error=str(err))
+            return 0
+        if found.malformed or found.truncated:
+            _log.warning(
+                "dhcp_lease_file_damaged",
+                path=str(path),
+                malformed=found.malformed,
+                first_problem=found.first_problem,
+                truncated=found.truncated,
+            )
+        taken = 0
+        for lease in found.leases:
+            event = LeaseEvent("old", lease.mac, lease.ip, lease.hostname, None, (), None)
+            try:
+                await self._lease(event)
+            except Exception as err:  # the database is away: the hook's events will come
+                _log.error(
+                    "dhcp_lease_file_not_recorded",
+                    mac=lease.mac,
+                    left=len(found.leases) - taken,
+                    error=f"{type(err).__name__}: {err}",
+                )
+                break
+            taken += 1
+        return taken
+
+    async def _follow_neighbours(self, interface: str) -> None:
+        """The node network's neighbour and carrier changes, for as long as the service
+        runs. A watch that fails (the interface is not there yet) is tried again after a
+        doubling pause; the spool is drained meanwhile."""
+        pause = WATCH_RETRY_MIN_S
+        while True:
+            began = time.monotonic()
+            try:
+                # closed on any exit: its netlink socket goes at once
+                async with contextlib.aclosing(self._watch(interface)) as changes:
+                    async for change in changes:
+                        await self._neighbour(change)
+                error = "the watch ended"
+            except Exception as err:
+                error = f"{type(err).__name__}: {err}"
+            if time.monotonic() - began > WATCH_RETRY_MAX_S:
+                pause = WATCH_RETRY_MIN_S  # it had worked for a while
+            _log.error("neighbour_watch_failed", interface=interface, error=error, retry_in_s=pause)
+            await asyncio.sleep(pause)
+            pause = min(pause * 2, WATCH_RETRY_MAX_S)
+
+    async def _neighbour(self, change: neighbours.Neighbour | neighbours.Carrier) -> None:
+        """One observation of the node network (a database failure is logged, not raised:
+        the next observation may find it back)."""
+        if not self._intake:
+            return  # stopping: what the node network says now is for the next start
+        if isinstance(change, neighbours.Carrier):
+            _log.info("node_network_carrier", interface=change.interface, up=change.up)
+            return
+        try:
+            async with self._changing:
+                await self._record_neighbour(change)
+        except (StateError, RuntimeError) as err:
+            _log.error("neighbour_not_recorded", mac=change.mac, error=str(err))
+
+    async def _record_neighbour(self, seen: neighbours.Neighbour) -> None:
+        db = self._ctx.db
+        known = await db.get_node(seen.mac)
+        if known is None or known.model is None:
+            model = classify(seen.mac, None, ()).model
+            if known is not None or model is None or not seen.reachable:
+                _log.debug("neighbour_ignored", mac=seen.mac, ip=seen.ip, reachable=seen.reachable)
+                return
+            # a Raspberry Pi (its MAC says so) that took no lease from us: a node all the same
+            node = await db.upsert_node(
+                seen.mac, ip=seen.ip, model=model, state=nodes.state_on_lease(None, model)
+            )
+            await self._announce(node, source="neighbour")
+            return
+        if seen.reachable:
+            back = known.state == nodes.DOWN
+            state = nodes.state_on_lease(known.state, known.model) if back else None
+            node = await db.upsert_node(seen.mac, ip=seen.ip, state=state)
+            if back and node.announced:
+                emit(self._ctx.nodes, nodes.state_event(node))
+                self._ctx.nodes.publish(
+                    NodeSeen(mac=node.mac, name=node.name, ip=seen.ip, model=node.model, new=False)
+                )
+        elif known.state in (nodes.READY, nodes.BOOTED):
+            down = await db.set_node_state(seen.mac, nodes.DOWN, expect=known.state)
+            if down is not None:
+                emit(self._ctx.nodes, nodes.state_event(down))
+
+
+def lease_state(action: str, known_state: str | None, model: str | None) -> str:
+    """The state a lease puts a device in (`nodes.state_on_lease`), except that dnsmasq's
+    `old` (a lease it held already: its restart, a new hostname, the lease file) is no new
+    DHCP answer: a node ready or booted stays so."""
+    if action == "old" and model is not None and known_state in (nodes.READY, nodes.BOOTED):
+        return known_state
+    return nodes.state_on_lease(known_state, model)

@@ -67,6 +67,11 @@ class Paths:
         return self.folder / "hosts.d"
 
 
+def dnsmasq_paths(ctx: Context) -> Paths:
+    """Where the daemon of `ctx` keeps dnsmasq's files."""
+    return Paths(folder=ctx.state_dir / "dnsmasq", tftp_root=ctx.config.exports.root / "tftp")
+
+
 def render_config(net: WaltNet, paths: Paths, hook: Path) -> str:
     """dnsmasq.conf for the node network `net`."""
     first, last = net.dhcp_range
@@ -137,9 +142,7 @@ class DnsmasqService(Service):
 
     def __init__(self, ctx: Context) -> None:
         self._ctx = ctx
-        self.paths = Paths(
-            folder=ctx.state_dir / "dnsmasq", tftp_root=ctx.config.exports.root / "tftp"
-        )
+        self.paths = dnsmasq_paths(ctx)
         self._proc: asyncio.subprocess.Process | None = None
         self._nodes: Subscription | None = None
 
@@ -197,6 +200,8 @@ class DnsmasqService(Service):
             _log.warning("known_hosts_not_written", error=str(err))
             return
         for node in nodes:
+            if node.model is None:
+                continue  # an unknown device: not a node, no name to give
             try:
                 self.add_host(node.mac, node.name)
             except ValueError as err:
