@@ -28,7 +28,7 @@ from waltd.context import Context
 from waltd.db import ModelStatus, Node
 from waltd.images import store
 from waltd.images.tools import ToolError
-from waltd.node_events import ModelNew, NodeSeen, NodeState, Resync, Subscription, emit
+from waltd.node_events import ModelNew, NodeSeen, Resync, Subscription, emit
 from waltd.provision import nodes
 from waltd.provision.fetch import AllSourcesFailed, Fetcher, retry_policy, short
 from waltd.registries.sources import RegistriesNotReady
@@ -111,7 +111,7 @@ class ProvisioningService(Service):
             node.mac, nodes.READY, image=image, expect=nodes.WAITING
         )
         if ready is not None:  # else it left `waiting` meanwhile (its lease ended)
-            emit(self._ctx.nodes, _state_event(ready))
+            emit(self._ctx.nodes, nodes.state_event(ready))
 
     def _want(self, model: str) -> None:
         """One pursuit per model: started unless one runs."""
@@ -173,22 +173,3 @@ class ProvisioningService(Service):
             _log.warning("default_image_missing", model=status.model, image=image.display)
             await self._ctx.db.set_model_status(status.model, nodes.MISSING, image=image.full)
         self._want(status.model)
-
-
-def _state_event(node: Node) -> NodeState:
-    return NodeState(
-        mac=node.mac,
-        name=node.name,
-        model=node.model,
-        ip=node.ip,
-        state=node.state,
-        image=_shown(node.image),
-    )
-
-
-def _shown(image: str | None) -> str | None:
-    """An image as users write it (`user/name[:tag]`), the stored name otherwise."""
-    if image is None:
-        return None
-    ref = store.LocalRef.of_stored(image)
-    return image if ref is None else ref.display
