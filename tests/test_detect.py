@@ -41,14 +41,10 @@ from waltd.config import WaltNet
 from waltd.context import Context
 from waltd.node_events import NodeEvent, Resync, Subscription
 from waltd.provision import detect
-from waltd.provision.detect import (
-    DetectionService,
-    LeaseEvent,
-    TftpEvent,
-    lease_state,
-    parse_message,
-)
+from waltd.provision.detect import DetectionService
+from waltd.provision.lease_events import LeaseEvent, TftpEvent, parse_message
 from waltd.provision.neighbours import Carrier, Neighbour, WatchError
+from waltd.provision.nodes import lease_state
 
 MAC = "52:54:00:12:34:56"
 

@@ -21,13 +21,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import heapq
-import ipaddress
-import json
 import os
 import socket
 import time
 from collections.abc import AsyncGenerator, Callable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Self
 
@@ -35,15 +32,14 @@ from waltd import log
 from waltd.context import Context
 from waltd.db import Database, Node, StateError
 from waltd.dhcp_event import MAX_MESSAGE
-from waltd.names import normalise_mac
 from waltd.node_events import NodeSeen, emit
 from waltd.provision import leases, neighbours, nodes
 from waltd.provision.dnsmasq import dnsmasq_paths
+from waltd.provision.lease_events import LeaseEvent, TftpEvent, parse_message
 from waltd.provision.models import Classification, classify, shown_class
 from waltd.supervisor import Service
 
 _log = log.get("detect")
-LEASE_ACTIONS = ("add", "old", "del")
 # How often the spool is looked at while no wake-up arrives.
 SPOOL_TICK_S = 2.0
 # Event files listed and handled per pass (the spool may hold thousands after an outage).
@@ -59,105 +55,6 @@ WATCH_RETRY_MIN_S = 1.0
 WATCH_RETRY_MAX_S = 60.0
 # What observes the node network's neighbours and carrier (neighbours.watch, or a test's).
 Watch = Callable[[str], AsyncGenerator[neighbours.Neighbour | neighbours.Carrier, None]]
-
-
-@dataclass(frozen=True)
-class LeaseEvent:
-    """A DHCP lease change reported by dnsmasq."""
-
-    action: str
-    mac: str
-    ip: str
-    hostname: str | None
-    vendor_class: str | None
-    user_classes: tuple[str, ...]
-    interface: str | None
-    # Optional fields left out because they were unusable, each with its problem.
-    dropped: tuple[str, ...] = ()
-
-
-@dataclass(frozen=True)
-class TftpEvent:
-    """A finished TFTP transfer (a boot-progress signal)."""
-
-    ip: str
-    file: str
-    size: int | None
-
-
-def _text(data: dict[str, Any], key: str, limit: int = 255, required: bool = False) -> str | None:
-    value = data.get(key)
-    if value is None or value == "":
-        if required:
-            raise ValueError(f"field {key!r} is missing")
-        return None
-    if not isinstance(value, str):
-        raise ValueError(f"field {key!r} must be a string")
-    if len(value) > limit:
-        raise ValueError(f"field {key!r} is longer than {limit} characters")
-    # Refuses C0 and C1 controls, DEL, separators other than space and lone surrogates
-    # (category Cs): they would reach terminals through `walt log show`.
-    if not value.isprintable():
-        raise ValueError(f"field {key!r} holds control characters or other non-printable ones")
-    return value
-
-
-def _ip(value: str | None) -> str:
-    try:
-        return str(ipaddress.IPv4Address(value or ""))
-    except ValueError:
-        raise ValueError(f"field 'ip' is not an IPv4 address: {str(value)[:40]!r}") from None
-
-
-def parse_message(raw: bytes) -> LeaseEvent | TftpEvent:
-    """One hook message -> an event; ValueError naming the problem when it is malformed.
-
-    A required field (action, mac, ip) that is unusable makes the message malformed; an
-    optional one (hostname, classes, interface) is left out and named in `dropped`, since
-    a lease matters more than a stray byte in its vendor class.
-    """
-    if len(raw) > MAX_MESSAGE:
-        raise ValueError(f"message of {len(raw)} bytes exceeds {MAX_MESSAGE}")
-    try:
-        data = json.loads(raw)
-    except (ValueError, UnicodeDecodeError, RecursionError) as err:
-        raise ValueError(f"not JSON: {str(err)[:80]}") from None
-    if not isinstance(data, dict):
-        raise ValueError("not a JSON object")
-    action = _text(data, "action", 16, required=True)
-    if action == "tftp":
-        size = data.get("size")
-        return TftpEvent(
-            ip=_ip(_text(data, "ip")),
-            file=_text(data, "file", 1024, required=True) or "",
-            size=int(size) if isinstance(size, str) and size.isdigit() and len(size) < 20 else None,
-        )
-    if action not in LEASE_ACTIONS:
-        raise ValueError(f"unknown action {action!r}")
-    dropped: list[str] = []
-
-    def optional(key: str, value: Any, limit: int = 255) -> str | None:
-        try:
-            return _text({key: value}, key, limit)
-        except ValueError as err:
-            dropped.append(str(err))
-            return None
-
-    classes = data.get("user_classes") or []
-    if not isinstance(classes, list):
-        dropped.append("field 'user_classes' must be a list of strings")
-        classes = []
-    user_classes = [optional("user_classes", c) for c in classes[:16]]
-    return LeaseEvent(
-        action=action,
-        mac=normalise_mac(_text(data, "mac", 64, required=True) or ""),
-        ip=_ip(_text(data, "ip")),
-        hostname=optional("hostname", data.get("hostname")),
-        vendor_class=optional("vendor_class", data.get("vendor_class")),
-        user_classes=tuple(c for c in user_classes if c),
-        interface=optional("interface", data.get("interface"), 15),
-        dropped=tuple(dropped),
-    )
 
 
 class DetectionService(Service):
@@ -347,7 +244,7 @@ class DetectionService(Service):
             await self._device(ev, found, known, subject)
             return
         was = known.state if known else None
-        state = lease_state(ev.action, was, model)
+        state = nodes.lease_state(ev.action, was, model)
         # the state is written only when it changes: a node the provisioning service made
         # ready meanwhile is not sent back to waiting
         node = await db.upsert_node(
@@ -542,12 +439,3 @@ class DetectionService(Service):
             down = await db.set_node_state(seen.mac, nodes.DOWN, expect=known.state)
             if down is not None:
                 emit(self._ctx.nodes, nodes.state_event(down))
-
-
-def lease_state(action: str, known_state: str | None, model: str | None) -> str:
-    """The state a lease puts a device in (`nodes.state_on_lease`), except that dnsmasq's
-    `old` (a lease it held already: its restart, a new hostname, the lease file) is no new
-    DHCP answer: a node ready or booted stays so."""
-    if action == "old" and model is not None and known_state in (nodes.READY, nodes.BOOTED):
-        return known_state
-    return nodes.state_on_lease(known_state, model)

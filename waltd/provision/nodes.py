@@ -65,3 +65,12 @@ def state_event(node: Node) -> NodeState:
     return NodeState(
         mac=node.mac, name=node.name, model=node.model, ip=node.ip, state=node.state, image=image
     )
+
+
+def lease_state(action: str, known_state: str | None, model: str | None) -> str:
+    """The state a lease puts a device in (`state_on_lease`), except that dnsmasq's
+    `old` (a lease it held already: its restart, a new hostname, the lease file) is no new
+    DHCP answer: a node ready or booted stays so."""
+    if action == "old" and model is not None and known_state in (READY, BOOTED):
+        return known_state
+    return state_on_lease(known_state, model)
