@@ -15,18 +15,26 @@ _GANESHA_SAFE = re.compile(r'[^"\\\n\r\x00]*')
 
 
 def registry_config(
-    storage: Path, port: int, *, secret: str, htpasswd: Path | None = None, realm: str = "waltd-lab"
+    storage: Path,
+    port: int,
+    *,
+    secret: str,
+    htpasswd: Path | None = None,
+    realm: str = "waltd-lab",
+    access_log: bool = False,
 ) -> str:
     """`docker-registry serve` configuration: filesystem storage, 127.0.0.1:`port`.
 
-    With `htpasswd` (a bcrypt file) every request needs basic authentication.
+    With `htpasswd` (a bcrypt file) every request needs basic authentication. With
+    `access_log` every request is written to stdout, one line each (Apache combined format).
     """
     if not 0 < port < 65536:
         raise ValueError(f"invalid port {port}")
     config: dict[str, object] = {
         "version": "0.1",
-        # As a production registry is set up: no access log, blob descriptors cached.
-        "log": {"level": "warn", "accesslog": {"disabled": True}},
+        # As a production registry is set up: no access log unless asked, blob descriptors
+        # cached.
+        "log": {"level": "warn", "accesslog": {"disabled": not access_log}},
         "storage": {
             "filesystem": {"rootdirectory": str(storage)},
             "delete": {"enabled": True},

@@ -506,11 +506,14 @@ class Lab:
             replace(config.default_config(), registries=entries),
         )
 
-    async def start_registry(self, role: str, *, auth: tuple[str, str] | None = None) -> Registry:
+    async def start_registry(
+        self, role: str, *, auth: tuple[str, str] | None = None, access_log: bool = False
+    ) -> Registry:
         """Start a Docker registry v2 named `role` (e.g. "hub", "local").
 
         With `auth` (user, password) it wants basic authentication, checked against a bcrypt
-        htpasswd file; the password reaches htpasswd on stdin.
+        htpasswd file; the password reaches htpasswd on stdin. With `access_log` its log
+        (`Registry.process.log`) has a line for every request it answered.
         """
         if not _ROLE.fullmatch(role) or role in self.registries:
             raise ValueError(f"invalid or duplicate registry role {role!r}")
@@ -526,16 +529,38 @@ class Lab:
         port = await self.expose()
         config = folder / "registry.yml"
         secret = secrets.token_hex(16)
-        config.write_text(
-            configs.registry_config(folder / "data", port, secret=secret, htpasswd=htpasswd)
+        text = configs.registry_config(
+            folder / "data", port, secret=secret, htpasswd=htpasswd, access_log=access_log
         )
-        argv = ["docker-registry", "serve", str(config)]
-        proc = await self.spawn(f"registry-{role}", argv, netns=self.server_netns)
-        await self.wait_listening(proc, port)
-        registry = Registry(role, port, auth, proc)
+        config.write_text(text)
+        registry = Registry(role, port, auth, await self._serve_registry(role, port))
         self.registries[role] = registry
         self._write_registries_conf()
         return registry
+
+    async def restart_registry(self, registry: Registry) -> Registry:
+        """Start again a registry stopped by `stop(registry.process)`: same port, same
+        content and logins, its log appended to the same file. Returns it with its new
+        process (also in `registries`)."""
+        if registry.process.process.returncode is None:
+            raise LabError(f"registry {registry.role} is still running")
+        restarted = replace(
+            registry, process=await self._serve_registry(registry.role, registry.port)
+        )
+        self.registries[registry.role] = restarted
+        return restarted
+
+    def registry_data(self, registry: Registry) -> Path:
+        """Where `registry` keeps its content (docker-registry's filesystem storage)."""
+        return self.root / "registries" / registry.role / "data"
+
+    async def _serve_registry(self, role: str, port: int) -> LabProcess:
+        """`docker-registry serve` of registry `role`'s configuration, once it listens."""
+        config = self.root / "registries" / role / "registry.yml"
+        argv = ["docker-registry", "serve", str(config)]
+        proc = await self.spawn(f"registry-{role}", argv, netns=self.server_netns)
+        await self.wait_listening(proc, port)
+        return proc
 
     # ---- mounts ---------------------------------------------------------------------------
 

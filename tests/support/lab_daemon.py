@@ -12,21 +12,26 @@ from tests.support.daemon import ROOT, find_record, read_records, write_config
 from tests.support.wait import until
 
 
-def lab_config(lab: Lab, folder: Path) -> Path:
-    """A server.conf putting waltd on the lab's bridge; all its files in `folder`."""
+def lab_config(lab: Lab, folder: Path, **sections: Any) -> Path:
+    """A server.conf putting waltd on the lab's bridge; all its files in `folder`.
+
+    `sections` as `write_config` takes them (`daemon` keys are merged with these).
+    """
     first, last = lab.dhcp_range
     net = {
         "interface": lab.bridge,
         "ip": str(lab.server_interface),
         "dhcp-range": f"{first}-{last}",
     }
-    return write_config(folder, network={"walt-net": net}, daemon={"shutdown-budget-s": 5})
+    daemon = {"shutdown-budget-s": 5, **sections.pop("daemon", {})}
+    return write_config(folder, network={"walt-net": net}, daemon=daemon, **sections)
 
 
-async def start_waltd(lab: Lab, config: Path) -> LabProcess:
-    """Start waltd in the server namespace (nsenter --net: it shares the host's mounts)."""
+async def start_waltd(lab: Lab, config: Path, name: str = "waltd") -> LabProcess:
+    """Start waltd in the server namespace (nsenter --net: it shares the host's mounts);
+    its log is `<lab>/logs/<name>.log` (another `name` for a restart: a log of its own)."""
     argv = [sys.executable, "-m", "waltd", "--config", str(config)]
-    return await lab.spawn("waltd", argv, netns=lab.server_netns, env={"PYTHONPATH": str(ROOT)})
+    return await lab.spawn(name, argv, netns=lab.server_netns, env={"PYTHONPATH": str(ROOT)})
 
 
 def records(proc: LabProcess) -> list[dict[str, Any]]:
