@@ -4,26 +4,25 @@ dnsmasq answers DHCP on the node network only (`network.walt-net`; without it, n
 dnsmasq at all), tags walt nodes by vendor or user class, gives the boot answers of the
 boot conversation, reads known nodes from `dhcp-hostsdir` (picked up by inotify, so adding
 a node drops no lease), serves TFTP from a server-owned folder, and reports every lease
-change through the `waltd-dhcp-event` hook.
+change through its dhcp-script (`dhcp_event`, run by a bare interpreter: `write_hook`).
 """
 
 from __future__ import annotations
 
 import asyncio
 import os
-import shutil
 import sys
 from collections import deque
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Self
 
-from waltd import log
+import waltd
+from waltd import dhcp_event, log
 from waltd.atomic import write_atomic
 from waltd.config import WaltNet
 from waltd.context import Context
 from waltd.db import StateError
-from waltd.dhcp_event import SOCKET_ENV, SPOOL_ENV
 from waltd.names import normalise_mac
 from waltd.node_events import NodeSeen, Resync, Subscription
 from waltd.supervisor import Service
@@ -65,6 +64,10 @@ class Paths:
     @property
     def hosts(self) -> Path:
         return self.folder / "hosts.d"
+
+    @property
+    def hook(self) -> Path:
+        return self.folder / "dhcp-hook"
 
 
 def dnsmasq_paths(ctx: Context) -> Paths:
@@ -124,15 +127,14 @@ def _public_folder(folder: Path) -> None:
     folder.chmod(0o755)
 
 
-def hook_path() -> Path:
-    """The `waltd-dhcp-event` beside the running interpreter (the same installation)."""
-    beside = Path(sys.executable).parent / "waltd-dhcp-event"
-    if beside.exists():
-        return beside
-    found = shutil.which("waltd-dhcp-event")
-    if not found:
-        raise RuntimeError("waltd-dhcp-event is not installed")
-    return Path(found)
+def write_hook(path: Path) -> Path:
+    """Write dnsmasq's dhcp-script (`dhcp_event.hook_script`: this installation's interpreter
+    and waltd package, started without site packages); root's alone (dnsmasq runs its
+    scripts as root)."""
+    root = Path(waltd.__file__).resolve().parent.parent
+    text = dhcp_event.hook_script(sys.executable, str(root))
+    write_atomic(path, text.encode(), 0o700)
+    return path
 
 
 class DnsmasqService(Service):
@@ -153,11 +155,11 @@ class DnsmasqService(Service):
         for folder in (self.paths.folder, self.paths.hosts, self.paths.tftp_root):
             _public_folder(folder)
         self._install_boot_files()
-        self.paths.conf.write_text(render_config(net, self.paths, hook_path()))
+        self.paths.conf.write_text(render_config(net, self.paths, write_hook(self.paths.hook)))
         env = {
             **os.environ,
-            SOCKET_ENV: str(self._ctx.state_dir / "dhcp-events.sock"),
-            SPOOL_ENV: str(self._ctx.state_dir / "dhcp-spool"),
+            dhcp_event.SOCKET_ENV: str(self._ctx.state_dir / "dhcp-events.sock"),
+            dhcp_event.SPOOL_ENV: str(self._ctx.state_dir / "dhcp-spool"),
         }
         argv = ["dnsmasq", "--keep-in-foreground", f"--conf-file={self.paths.conf}", "--pid-file"]
         # Subscribed before the hosts are rebuilt, so a node detected meanwhile gets its
