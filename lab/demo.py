@@ -1,10 +1,13 @@
 """`make demo`: the lab-in-a-box, with waltd on its node network.
 
-A server namespace with a node bridge and a private registry, waltd with its own dnsmasq
-on the bridge, two simulated nodes of different models taking a lease, WalT images
-published to the registry and found by `walt image search`. The terminal shows waltd's
-event stream; Ctrl-C stops waltd (SIGTERM, within its shutdown budget) and tears the whole
-lab down.
+A server namespace with a node bridge and two registries: `local` (anonymous) and `private`
+(it wants a password, which waltd has in its server.secrets). The default images of two
+node models are published, one to each; waltd runs with its own dnsmasq on the bridge.
+Simulated nodes of both models and a device of no model ask for leases at once: waltd
+detects them, fetches each model's default image once (the Raspberry Pi one after `local`
+says it has none: from `private`), and every node becomes ready. Then `walt node show` and
+`walt image search`. The terminal shows waltd's event stream; Ctrl-C stops waltd (SIGTERM,
+within its shutdown budget) and tears the whole lab down.
 """
 
 from __future__ import annotations
@@ -19,21 +22,30 @@ from typing import Any
 
 import yaml
 
+from lab.default_images import build_default_image, publish
 from lab.images import build_image, push_image
 from lab.lab import Lab, LabProcess, Registry
+from waltd import credentials
 from waltd.cli.client import Client, ClientError
 from waltd.cli.walt import format_event
+from waltd.registries.base import Credentials
 
-NODES = (("walt.node.pc-x86-64", None), (None, "walt.node.rpi-3-b-plus"))
-# WalT images published to the lab's private registry, found by `walt image search`.
-IMAGES = (
-    ("waltplatform/pc-x86-64-default", ("pc-x86-64",)),
-    ("waltplatform/rpi-3-b-plus-default", ("rpi-3-b-plus",)),
-    ("demo/debian-tests", ("pc-x86-64", "rpi-3-b-plus")),
+# (vendor class, user class) of each simulated node; a device sending neither is no node
+NODES = (
+    ("walt.node.pc-x86-64", None),
+    ("walt.node.pc-x86-64", None),
+    (None, "walt.node.rpi-3-b-plus"),
+    (None, "walt.node.rpi-3-b-plus"),
+    (None, None),
 )
+# which registry holds each model's default image
+DEFAULTS = (("pc-x86-64", "local"), ("rpi-3-b-plus", "private"))
+# a user's WalT image, found by `walt image search`
+USER_IMAGE = ("demo/debian-tests", ("pc-x86-64", "rpi-3-b-plus"))
+PRIVATE_LOGIN = ("walt-server", "demo password of the private registry")
 
 
-def demo_config(lab: Lab, folder: Path, local_registry_port: int) -> dict[str, Any]:
+def demo_config(lab: Lab, folder: Path, local: Registry, private: Registry) -> dict[str, Any]:
     """waltd's configuration for the lab: its node network, its registries, paths in `folder`."""
     first, last = lab.dhcp_range
     return {
@@ -44,15 +56,24 @@ def demo_config(lab: Lab, folder: Path, local_registry_port: int) -> dict[str, A
                 "dhcp-range": f"{first}-{last}",
             }
         },
-        # No Docker Hub here (no internet): the hub is disabled, the lab's registry serves.
+        # No Docker Hub here (no internet): the hub is disabled, the lab's registries serve.
         "registries": [
             {
                 "label": "local",
                 "api": "docker-registry-v2",
                 "description": "Lab registry",
                 "host": "127.0.0.1",
-                "port": local_registry_port,
+                "port": local.port,
                 "protocol": "http",
+            },
+            {
+                "label": "private",
+                "api": "docker-registry-v2",
+                "description": "Lab registry with a password",
+                "host": "127.0.0.1",
+                "port": private.port,
+                "protocol": "http",
+                "auth": "basic",
             },
         ],
         "api": {"socket": str(folder / "api.sock")},
@@ -81,22 +102,25 @@ async def _show_events(socket: Path) -> None:
                 await asyncio.sleep(0.1)  # the daemon is still starting
 
 
-async def _publish(lab: Lab, registry: Registry) -> None:
-    for name, models in IMAGES:
-        files = {"etc/hostname": f"{name}\n", "etc/walt/models": ",".join(models) + "\n"}
-        await build_image(lab, f"docker.io/{name}:latest", models, files)
-        await push_image(lab, f"docker.io/{name}:latest", registry, f"{name}:latest")
-    say(f"published {len(IMAGES)} WalT images to the local registry")
+async def _publish(lab: Lab, registries: dict[str, Registry]) -> None:
+    for model, label in DEFAULTS:
+        image = await build_default_image(lab, model)
+        await publish(lab, image, registries[label])
+        say(f"published {image.reference} to {label}")
+    name, models = USER_IMAGE
+    files = {"etc/hostname": f"{name}\n", "etc/walt/models": ",".join(models) + "\n"}
+    await build_image(lab, f"docker.io/{name}:latest", models, files)
+    await push_image(lab, f"docker.io/{name}:latest", registries["local"], f"{name}:latest")
+    say(f"published {name} to local")
 
 
-async def _search(folder: Path) -> None:
-    say("walt image search")
+async def _walt(folder: Path, *args: str) -> None:
+    say("walt " + " ".join(args))
     proc = await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",
         "waltd.cli.walt",
-        "image",
-        "search",
+        *args,
         env={**os.environ, "WALT_SOCKET": str(folder / "api.sock")},
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.STDOUT,
@@ -105,13 +129,49 @@ async def _search(folder: Path) -> None:
     print(out.decode(errors="replace").rstrip(), flush=True)
 
 
-async def _nodes(lab: Lab) -> None:
-    for vendor_class, user_class in NODES:
-        node = await lab.add_node()
-        announced = vendor_class or user_class
-        say(f"node {node.name} ({node.mac}) asks for a lease as {announced}")
-        ip = await lab.node_dhcp(node, vendor_class=vendor_class, user_class=user_class)
-        say(f"node {node.name} got {ip}")
+async def _nodes(lab: Lab, folder: Path) -> None:
+    """Every simulated node asks for a lease at once; returns once every node is ready."""
+    added = [await lab.add_node() for _ in NODES]
+    for node, (vendor_class, user_class) in zip(added, NODES, strict=True):
+        announced = vendor_class or user_class or "no class (not a WalT node)"
+        say(f"{node.name} ({node.mac}) will ask for a lease as {announced}")
+    macs = {n.mac for n, classes in zip(added, NODES, strict=True) if any(classes)}
+    async with Client(folder / "api.sock") as client:
+        ready = asyncio.ensure_future(_until_ready(client, macs))
+        try:
+            await asyncio.gather(
+                *(
+                    lab.node_dhcp(node, vendor_class=vendor_class, user_class=user_class)
+                    for node, (vendor_class, user_class) in zip(added, NODES, strict=True)
+                )
+            )
+            say("every node has a lease")
+            await ready
+        finally:
+            ready.cancel()
+    say(f"{len(macs)} nodes ready")
+
+
+async def _api_up(folder: Path) -> None:
+    """Until waltd answers on its socket (it is starting: a few tenths of a second)."""
+    async with Client(folder / "api.sock") as client:
+        for _ in range(300):
+            try:
+                await client.get_json("/v1/status")
+                return
+            except ClientError:
+                await asyncio.sleep(0.1)
+    raise RuntimeError("waltd did not answer on its socket within 30 s")
+
+
+async def _until_ready(client: Client, macs: set[str]) -> None:
+    """Follow waltd's events until each of `macs` had its `node.ready`."""
+    waiting = set(macs)
+    async for event in client.stream("/v1/events?follow=1"):
+        if event.get("event") == "node.ready":
+            waiting.discard(str(event.get("mac")))
+            if not waiting:
+                return
 
 
 async def run_demo(stop: asyncio.Event) -> None:
@@ -121,12 +181,20 @@ async def run_demo(stop: asyncio.Event) -> None:
             f"lab {lab.prefix}: server namespace {lab.server_netns}, bridge {lab.bridge}, "
             f"node network {lab.subnet}, folder {lab.root}"
         )
-        local = await lab.start_registry("local")
-        say(f"registry: local {local.url}")
+        registries = {
+            "local": await lab.start_registry("local"),
+            "private": await lab.start_registry("private", auth=PRIVATE_LOGIN),
+        }
+        for label, registry in registries.items():
+            say(f"registry: {label} {registry.url}")
+        await _publish(lab, registries)
         folder = lab.root / "waltd"
         folder.mkdir()
         conf = folder / "server.conf"
-        conf.write_text(yaml.safe_dump(demo_config(lab, folder, local.port), sort_keys=False))
+        config = demo_config(lab, folder, registries["local"], registries["private"])
+        conf.write_text(yaml.safe_dump(config, sort_keys=False))
+        # the server's own login for `private` (default images), beside server.conf, 0600
+        credentials.save(credentials.secrets_path(conf), {"private": Credentials(*PRIVATE_LOGIN)})
         waltd: LabProcess = await lab.spawn(
             "waltd",
             [sys.executable, "-m", "waltd", "--config", str(conf)],
@@ -136,9 +204,10 @@ async def run_demo(stop: asyncio.Event) -> None:
         viewer = asyncio.create_task(_show_events(folder / "api.sock"))
 
         async def story() -> None:
-            await _nodes(lab)
-            await _publish(lab, local)
-            await _search(folder)
+            await _api_up(folder)
+            await _nodes(lab, folder)
+            await _walt(folder, "node", "show", "--all")
+            await _walt(folder, "image", "search")
             say("the lab keeps running; Ctrl-C tears it down")
 
         nodes = asyncio.create_task(story())

@@ -134,6 +134,39 @@ def test_log_follow_streams_new_events(daemon: Daemon) -> None:
         assert follower.wait(10) == 0
 
 
+def _named(daemon: Daemon, event: str) -> list[dict[str, object]]:
+    return [r for r in daemon.records() if r.get("event") == event]
+
+
+def test_a_follower_leaving_is_no_error(daemon: Daemon) -> None:
+    """A `walt log show --follow` killed mid-stream: the daemon's next write finds the
+    connection closed, which is no failure of the request."""
+    daemon.start()
+    env = {**os.environ, "WALT_SOCKET": str(daemon.socket), "PYTHONPATH": str(ROOT)}
+    follower = subprocess.Popen(
+        [sys.executable, "-m", "waltd.cli.walt", "log", "show", "--follow", "--json"],
+        stdout=subprocess.PIPE,
+        text=True,
+        env=env,
+    )
+    assert follower.stdout is not None
+    follower.stdout.readline()  # connected and streaming
+    follower.kill()
+    follower.wait()
+    # records for the stream that the gone follower cannot take any longer (one signal at
+    # a time: the kernel does not queue a second SIGHUP while one is pending)
+    for count in (1, 2, 3):
+        daemon.signal(signal.SIGHUP)
+        until_sync(
+            lambda n=count: len(_named(daemon, "config_reloaded")) >= n,
+            what=f"reload {count}",
+            timeout_s=15,
+        )
+    errors = [r for r in daemon.records() if r.get("level") == "error"]
+    assert errors == []
+    assert daemon.stop() == 0
+
+
 def test_sighup_with_broken_file_keeps_running_config(daemon: Daemon) -> None:
     daemon.start()
     good = daemon.config.read_text()

@@ -101,14 +101,17 @@ async def events(request: web.Request) -> web.StreamResponse:
     await resp.prepare(request)
     recent = bus.recent(query.since)
     backlog = [e for e in recent if visible(e)]
-    for event in backlog[-query.limit :] if query.limit else backlog:
-        await resp.write(wire.line(event))
-    if query.follow:
-        last = recent[-1]["seq"] if recent else max(query.since, bus.last_seq())
-        async for event in bus.follow(last):
-            if visible(event):
-                await resp.write(wire.line(event))
-    await resp.write_eof()
+    try:
+        for event in backlog[-query.limit :] if query.limit else backlog:
+            await resp.write(wire.line(event))
+        if query.follow:
+            last = recent[-1]["seq"] if recent else max(query.since, bus.last_seq())
+            async for event in bus.follow(last):
+                if visible(event):
+                    await resp.write(wire.line(event))
+        await resp.write_eof()
+    except ConnectionResetError:
+        pass  # the follower left: nothing more to send, nothing to report
     return resp
 
 
