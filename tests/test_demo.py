@@ -1,4 +1,5 @@
-"""`make demo` end to end: the lab, waltd, two nodes, a search, then Ctrl-C tears it down."""
+"""`make demo` end to end: the lab, waltd, nodes that get their default images, the node
+table, a search, then Ctrl-C tears it down."""
 
 from __future__ import annotations
 
@@ -53,8 +54,19 @@ def test_demo_tells_the_story_and_cleans_up() -> None:
     assert re.search(
         r"node\.detected .*model=rpi-3-b-plus .*user_classes=walt.node.rpi-3-b-plus", text
     )
+    # each default image once, the Raspberry Pi one from the registry with a password
+    assert len(re.findall(r"image\.fetch\.done model=pc-x86-64 .*source=local", text)) == 1
+    assert len(re.findall(r"image\.fetch\.done model=rpi-3-b-plus .*source=private", text)) == 1
+    assert re.search(r"image\.fetch\.source_failed model=rpi-3-b-plus .*source=local", text)
+    assert "== 4 nodes ready" in text
+    assert re.search(
+        r"rpi-3-b-plus-\w+ +\| rpi-3-b-plus +\| waltplatform/rpi-3-b-plus-default +\| ready", text
+    )
+    assert "Unknown devices (not WalT nodes):" in text
     assert "User         | Image name" in text
-    assert "local:waltplatform/pc-x86-64-default" in text
+    assert "local:demo/debian-tests" in text
+    # the server's password went to no terminal line
+    assert "demo password of the private registry" not in text
     assert "waltd exited with status 0" in text and "lab removed" in text
     prefix = re.search(r"== lab (\w+):", text)
     assert prefix is not None
