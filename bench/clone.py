@@ -84,7 +84,7 @@ def _config(folder: Path, port: int) -> Path:
     return path
 
 
-def _remove(folder: Path) -> None:
+def remove_run_folder(folder: Path) -> None:
     """Remove a run's folder, first unmounting what the storage tools left mounted in it
     (containers-storage makes its overlay folder a mount of its own), deepest first."""
     root = str(folder.resolve())
@@ -123,7 +123,7 @@ def _ours(port: int) -> float:
     finally:
         daemon.terminate()
         daemon.wait(30)
-        _remove(folder)
+        remove_run_folder(folder)
 
 
 def _skopeo(port: int) -> float:
@@ -145,7 +145,7 @@ def _skopeo(port: int) -> float:
             raise RuntimeError(f"skopeo copy failed: {res.stderr}")
         return spent
     finally:
-        _remove(folder)
+        remove_run_folder(folder)
 
 
 async def _run() -> int:

@@ -590,3 +590,51 @@ async def test_an_image_nodes_use_is_replaced_only_with_force_and_their_models(
     assert "it replaces the previous image" in res.stdout
     assert await _read_file(daemon, "docker.io/root/inuse:latest", "/a") == "2\n"
     assert not [n for n in await _names(daemon) if n.startswith(STAGING_PREFIX)]
+
+
+async def _orphans(daemon: Daemon) -> list[str]:
+    """Images of the storage that no name holds and that no named image builds on: what only
+    a removal could ever free (the cache steps of a named image's own chain are not)."""
+    listed = json.loads(await _tool(daemon, "podman", "images", "--all", "--format", "json"))
+    ids = sorted({str(entry["Id"]) for entry in listed or ()})
+    images = json.loads(await _tool(daemon, "podman", "image", "inspect", *ids)) if ids else []
+    parent = {str(i["Id"]): str(i.get("Parent") or "") for i in images}
+    kept: set[str] = set()
+    for image in images:
+        if image.get("RepoTags"):
+            current = str(image["Id"])
+            while current and current not in kept:
+                kept.add(current)
+                current = parent.get(current, "")
+    return sorted(set(parent) - kept)
+
+
+async def test_builds_leave_no_image_that_nothing_uses(daemon: Daemon, tmp_path: Path) -> None:
+    def steps(first: str, second: str) -> str:
+        run = '["/bin/busybox", "sh", "-c", "/bin/busybox echo {} > /{}"]'
+        return f"FROM base\nRUN {run.format(first, 'one')}\nRUN {run.format(second, 'two')}\n"
+
+    assert await _orphans(daemon) == []
+    context = _folder(tmp_path / "a", {"Containerfile": steps("a", "b")})
+    res = walt(daemon.socket, "image", "build", "cached", "--from-dir", str(context))
+    assert res.returncode == 0, res.stderr
+    assert await _orphans(daemon) == []
+    # the same steps again: taken from the cache of the image's own chain
+    res = walt(daemon.socket, "image", "build", "cached", "--from-dir", str(context))
+    assert res.returncode == 0, res.stderr
+    assert "Using cache" in res.stdout
+    assert await _orphans(daemon) == []
+    # the first step changed: the chain of the replaced image goes with it
+    changed = _folder(tmp_path / "b", {"Containerfile": steps("c", "b")})
+    res = walt(daemon.socket, "image", "build", "cached", "--from-dir", str(changed))
+    assert res.returncode == 0, res.stderr
+    assert await _read_file(daemon, "docker.io/root/cached:latest", "/one") == "c\n"
+    assert await _orphans(daemon) == []
+    # a build failing after a step that made a layer
+    failing = _folder(
+        tmp_path / "c",
+        {"Containerfile": steps("d", "e") + 'RUN ["/bin/busybox", "sh", "-c", "exit 4"]\n'},
+    )
+    res = walt(daemon.socket, "image", "build", "cached", "--from-dir", str(failing))
+    assert res.returncode == 1
+    assert await _orphans(daemon) == []

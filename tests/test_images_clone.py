@@ -35,7 +35,7 @@ from tests.support.users import unix_user
 from waltd.api.wire import CloneRequest, CopyProgress, Login, PublishRequest
 from waltd.cli.images_transfer import ProgressView
 from waltd.db import Database
-from waltd.images.copy import Progress, ProgressParser
+from waltd.images.copy import Progress, ProgressParser, pinned
 from waltd.images.store import LocalRef
 
 pytestmark = [pytest.mark.lab, pytest.mark.asyncio(loop_scope="module")]
@@ -352,6 +352,15 @@ async def test_skopeo_terminal_lines_become_progress_events() -> None:
     ]
     assert parser.feed(b"est to image destination\r\n") == [Progress("manifest", "", "copying")]
     assert parser.feed(b"x" * 10_000) == [] and parser.feed(b"\r\n") == []  # no line of skopeo's
+
+
+async def test_a_copy_is_pinned_to_the_digest_checked() -> None:
+    digest = "sha256:" + "ab" * 32
+    ref = "docker://127.0.0.1:5000/alice/pc-img:v1"
+    assert pinned(ref, "v1", digest) == f"docker://127.0.0.1:5000/alice/pc-img@{digest}"
+    # only a registry reference ending with its tag
+    assert pinned("docker-daemon:alice/pc-img:v1", "v1", digest) == "docker-daemon:alice/pc-img:v1"
+    assert pinned(ref, "v2", digest) == ref
 
 
 async def test_the_clients_progress_line() -> None:

@@ -141,26 +141,27 @@ async def _previous(setup: Setup, name: str) -> str:
     return found
 
 
-async def test_ctrl_c_of_the_client_ends_the_clone(setup: Setup) -> None:
-    before = await _previous(setup, "target")
+@pytest.mark.parametrize("replacing", [True, False], ids=["replacing", "new-name"])
+async def test_ctrl_c_of_the_client_ends_the_clone(setup: Setup, replacing: bool) -> None:
+    # replacing: copied under a staging name; a new name: copied straight under it
+    name = "target" if replacing else "fresh"
+    before = await _previous(setup, name) if replacing else None
     holding, cut = asyncio.Event(), asyncio.Event()
     setup.proxy.fault = when(
         f"/v2/alice/big/blobs/{setup.layer}", half_then_hold(setup.proxy, holding, cut)
     )
     argv = [sys.executable, "-m", "waltd.cli.walt", "image", "clone", "--json", "--force"]
     client = await asyncio.create_subprocess_exec(
-        *argv, "flaky:alice/big", "target", env=setup.env, stdout=subprocess.DEVNULL
+        *argv, "flaky:alice/big", name, env=setup.env, stdout=subprocess.DEVNULL
     )
     try:
         await asyncio.wait_for(holding.wait(), 60)
         client.send_signal(signal.SIGINT)
         assert await asyncio.wait_for(client.wait(), 30) == 130
-        # the daemon notices the connection closed, kills skopeo and discards the staging image
+        # the daemon notices the connection closed, kills skopeo and discards what it copied
+        cancelled = is_event("image_clone_cancelled", url="flaky:alice/big", image=f"root/{name}")
         await until(
-            lambda: any(
-                is_event("image_clone_cancelled", url="flaky:alice/big")(r)
-                for r in setup.daemon.records()
-            ),
+            lambda: any(cancelled(r) for r in setup.daemon.records()),
             what="the clone's cancellation",
             timeout_s=30,
         )
@@ -171,7 +172,7 @@ async def test_ctrl_c_of_the_client_ends_the_clone(setup: Setup) -> None:
         if client.returncode is None:
             client.kill()
             await client.wait()
-    assert image_id(setup.folder, "docker.io/root/target:latest") == before
+    assert image_id(setup.folder, f"docker.io/root/{name}:latest") == before
 
 
 def _skopeo_children(setup: Setup) -> list[Any]:
@@ -221,6 +222,11 @@ async def test_a_full_disk_during_a_clone(setup: Setup) -> None:
                 assert res.returncode == 1
                 assert "no space left on device" in res.stderr, res.stderr
                 assert image_id(folder, "docker.io/root/victim:latest") == before
+                # into a new name (copied straight under it): no image of that name either
+                res = await asyncio.to_thread(run, [*walt, "src:alice/big", "other"], env=env)
+                assert res.returncode == 1
+                assert "no space left on device" in res.stderr, res.stderr
+                assert image_id(folder, "docker.io/root/other:latest") is None
                 assert staging_names(folder) == []
             finally:
                 daemon.stop()

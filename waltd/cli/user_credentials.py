@@ -12,8 +12,6 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-import yaml
-
 from waltd.api.wire import Login, RegistryInfo
 
 
@@ -35,6 +33,10 @@ def load(path: Path | None = None) -> dict[str, Login]:
         return {}
     if stat.S_IMODE(info.st_mode) & 0o077:
         raise CredentialsError(f"{path}: other users may read it; fix it with: chmod 600 {path}")
+    # imported here: most `walt` commands of a user without the file never need it, and every
+    # command pays for its imports at start
+    import yaml
+
     try:
         data = yaml.safe_load(path.read_text()) or {}
     except (OSError, yaml.YAMLError, UnicodeDecodeError):

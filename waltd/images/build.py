@@ -466,13 +466,19 @@ async def build(
             staged,
             str(context),
         ]
+        before = await store.image_ids(repo)
         try:
             async with asyncio.timeout(BUILD_TIMEOUT_S):
                 await repo.run_streaming(argv, lines.feed)
-        except TimeoutError:
-            raise BuildError(f"the build took more than {BUILD_TIMEOUT_S:g} s") from None
-        except ToolError as err:
-            raise BuildError(f"the build failed: {err.message}") from None
+        except BaseException as err:
+            # the steps done before the failure were committed as cache images (`--layers`),
+            # which no image will build on; a successful build's own chain is the cache kept
+            await store.drop_dangling(repo, keep=before)
+            if isinstance(err, TimeoutError):
+                raise BuildError(f"the build took more than {BUILD_TIMEOUT_S:g} s") from None
+            if isinstance(err, ToolError):
+                raise BuildError(f"the build failed: {err.message}") from None
+            raise
         finally:
             lines.close()
         data = await store.inspect_id(repo, staged)

@@ -3,7 +3,11 @@
 The image is copied under a staging name (`store.staging`), checked (it must carry
 `walt.node.models`; replacing an image nodes use, the new models must cover theirs), then
 tagged into place (`store.install`). On any failure or cancellation the staging name is
-discarded: the caller's previous image is as it was. Sources:
+discarded: the caller's previous image is as it was. A registry image is checked over the
+registry API before the copy, which is pinned to the manifest digest checked; a
+single-platform one is then known (id, models) before any byte is copied, and when its name
+is free it is copied straight under it (`store.filling`: skopeo names the image only once it
+is whole; a failure or cancellation removes it). Sources:
 
 - `walt:user/name[:tag]`: another user's image of the internal repository, copied within
   storage (every layer is held already: nothing is transferred);
@@ -27,9 +31,9 @@ from waltd.aio import SingleFlight
 from waltd.context import Context
 from waltd.db import Node
 from waltd.images import ownership, replacing, store
-from waltd.images.copy import Progress, Side, copy
+from waltd.images.copy import Progress, Side, copy, pinned
 from waltd.images.store import LocalRef
-from waltd.registries.base import Credentials, NotFound, RegistryError, Source
+from waltd.registries.base import Credentials, ImageInfo, NotFound, RegistryError, Source
 from waltd.registries.docker_daemon import DockerDaemonSource
 from waltd.registries.v2.source import RegistryApiSource
 
@@ -66,6 +70,14 @@ class CloneDone:
     replaced: bool
 
 
+@dataclass(frozen=True)
+class _Known:
+    """What a clone makes, known before the copy: storage id and node models."""
+
+    id: str
+    models: tuple[str, ...]
+
+
 def destination(url: names.CloneURL, name: str | None, caller: str, is_root: bool) -> LocalRef:
     """The image a clone of `url` makes: `name` (`[<user>/]<name>[:<tag>]`), by default the
     URL's name and tag made local names. InvalidName or PermissionError saying why not."""
@@ -90,38 +102,52 @@ def destination(url: names.CloneURL, name: str | None, caller: str, is_root: boo
     return dest
 
 
-async def _source_side(ctx: Context, order: CloneOrder) -> Side:
-    """Where skopeo reads the image of `order.url`; NotFound, LookupError or ValueError
-    (no compatible node models) when the source says so before any copy."""
+async def _source_side(ctx: Context, order: CloneOrder) -> tuple[Side, _Known | None]:
+    """Where skopeo reads the image of `order.url`, and the image it makes when known before
+    the copy; NotFound, LookupError or ValueError (no compatible node models) when the source
+    says so before any copy."""
     url = order.url
     if url.location == "walt":
         ref = LocalRef(url.user, url.name, url.tag)
         if await store.get(ctx.repository, ref) is None:
             raise LookupError(f"no image {ref.display} in the internal repository")
-        return Side(f"containers-storage:{ref.full}")
+        return Side(f"containers-storage:{ref.full}"), None
     if url.location == "docker":
         socket = ctx.config.images.docker_socket
         if not socket.exists():
             raise LookupError(f"no docker daemon on this server (no socket at {socket})")
         docker = DockerDaemonSource(str(socket))
         await _precheck(docker, order)
-        return Side(docker.transport(url.user, url.name, url.tag), daemon_host=docker.socket)
+        side = Side(docker.transport(url.user, url.name, url.tag), daemon_host=docker.socket)
+        return side, None
     async with ctx.registries.using() as sources:
         source = next((s for s in sources if s.label == url.location), None)
     if not isinstance(source, RegistryApiSource):
         raise LookupError(f"no registry {url.location!r} is configured on this server")
-    await _precheck(source, order)
-    return Side(
-        source.transport(url.user, url.name, url.tag),
+    info = await _precheck(source, order)
+    ref = source.transport(url.user, url.name, url.tag)
+    known = None
+    if info is not None and info.digest is not None:
+        # the copy takes the manifest checked, whatever the tag says by then
+        ref = pinned(ref, url.tag, info.digest)
+        pinned_ok = ref.endswith(f"@{info.digest}")
+        if pinned_ok and not info.platforms and info.config_digest is not None:
+            # one image (in a list skopeo may choose another platform than the check did):
+            # containers/image gives a schema 2 or OCI image its config's digest as id
+            known = _Known(info.config_digest.partition(":")[2], info.models)
+    side = Side(
+        ref,
         tls_verify=source.tls_verified,
         registry_host=source.registry_host,
         creds=order.creds.get(url.location),
     )
+    return side, known
 
 
-async def _precheck(source: Source, order: CloneOrder) -> None:
+async def _precheck(source: Source, order: CloneOrder) -> ImageInfo | None:
     """Refuse an image the registry shows to be absent or without node models, before any
-    byte of it is copied. Anything else the registry API says is left to the copy itself."""
+    byte of it is copied; what the registry said of it, None when it could not say (anything
+    else the registry API says is left to the copy itself)."""
     url = order.url
     try:
         info = await source.resolve(url.user, url.name, url.tag, order.creds.get(url.location))
@@ -129,9 +155,10 @@ async def _precheck(source: Source, order: CloneOrder) -> None:
         raise LookupError(f"no image {url}: {err}") from None
     except RegistryError as err:
         _log.info("clone_precheck_skipped", url=str(url), error=str(err))
-        return
+        return None
     if not info.is_walt:
         raise ValueError(NO_MODELS)
+    return info
 
 
 def _overwrite_refusal(order: CloneOrder, users: list[Node]) -> str:
@@ -179,30 +206,44 @@ async def _clone(
             looking.cancel()
             await asyncio.gather(looking, return_exceptions=True)
             raise
-        source = await looking
-        async with store.staging(repo, order.dest) as staged:
-            await copy(repo, source, Side(f"containers-storage:{staged}"), on_progress=on_progress)
-            data = await store.inspect_id(repo, staged)
-            if data is None:
-                raise RuntimeError(f"the copy left no image under {staged}")
-            if not data.models:
-                raise ValueError(NO_MODELS)
-            missing = replacing.unsupported(users, data.models)
-            if missing:
-                raise ValueError(
-                    f"refused: {order.dest.local} is used by nodes of model(s) "
-                    f"{', '.join(missing)}, which the image of {order.url} does not support "
-                    f"(it supports {', '.join(data.models)})"
-                )
-            await store.install(repo, staged, order.dest, previous=store.Previous(existing))
+        source, known = await looking
+        if known is not None and existing is None:
+            # checked already, nothing to replace: no staging name to tag and remove
+            async with store.filling(repo, order.dest) as name:
+                into = Side(f"containers-storage:{name}")
+                await copy(repo, source, into, on_progress=on_progress)
+        else:
+            async with store.staging(repo, order.dest) as staged:
+                into = Side(f"containers-storage:{staged}")
+                await copy(repo, source, into, on_progress=on_progress)
+                if known is None:
+                    known = await _inspected(repo, staged)
+                missing = replacing.unsupported(users, known.models)
+                if missing:
+                    raise ValueError(
+                        f"refused: {order.dest.local} is used by nodes of model(s) "
+                        f"{', '.join(missing)}, which the image of {order.url} does not support "
+                        f"(it supports {', '.join(known.models)})"
+                    )
+                await store.install(repo, staged, order.dest, previous=store.Previous(existing))
     _log.info(
         "image_cloned",
         url=str(order.url),
         image=order.dest.display,
-        id=data.id[:12],
+        id=known.id[:12],
         replaced=existing is not None,
     )
-    return CloneDone(order.dest, order.url, data.id, data.models, existing is not None)
+    return CloneDone(order.dest, order.url, known.id, known.models, existing is not None)
+
+
+async def _inspected(repo: store.Repository, staged: str) -> _Known:
+    """The staged image's id and node models; ValueError without models."""
+    data = await store.inspect_id(repo, staged)
+    if data is None:
+        raise RuntimeError(f"the copy left no image under {staged}")
+    if not data.models:
+        raise ValueError(NO_MODELS)
+    return _Known(data.id, data.models)
 
 
 class Clones:

@@ -161,6 +161,15 @@ def platform_options(platform: str | None) -> list[str]:
     return options + (["--override-variant", variant[0]] if variant else [])
 
 
+def pinned(ref: str, tag: str, digest: str) -> str:
+    """`docker://host/repo@digest` from skopeo's `docker://host/repo:tag`: the copy takes the
+    manifest that was checked even if the tag moves meanwhile (`ref` as it is when it does not
+    end with the tag)."""
+    if not ref.startswith("docker://") or not ref.endswith(f":{tag}"):
+        return ref
+    return f"{ref[: -len(tag) - 1]}@{digest}"
+
+
 async def copy(
     repo: Repository,
     source: Side,

@@ -14,7 +14,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import secrets
-from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
+from collections.abc import AsyncIterator, Coroutine, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -290,20 +290,56 @@ async def discard(repo: Repository, staged: str) -> None:
     """
     if not staged.startswith(STAGING_PREFIX):
         raise ValueError(f"not a staging name: {staged!r}")
+    await _remove_name(repo, staged)
+
+
+async def _remove_name(repo: Repository, name: str) -> None:
+    """`podman rmi` of a full name, nothing when absent; finished even if the caller is
+    cancelled."""
 
     async def untag() -> None:
         try:
-            await repo.run(["podman", "rmi", staged])
+            await repo.run(["podman", "rmi", name])
         except ToolError as err:
             if not _absent(err):
                 raise
 
-    task = asyncio.ensure_future(untag())
+    await _finished(untag())
+
+
+async def _finished(work: Coroutine[Any, Any, None]) -> None:
+    """Run a clean-up to its end even when the caller is cancelled meanwhile (the cancellation
+    goes on once it is done)."""
+    task = asyncio.ensure_future(work)
     try:
         await asyncio.shield(task)
     except asyncio.CancelledError:
-        await task  # finish the clean-up, then let the cancellation go on
+        await task
         raise
+
+
+async def image_ids(repo: Repository) -> set[str]:
+    """The id of every image of the storage, intermediate ones included."""
+    listed = await repo.run_json(["podman", "images", "--all", "--format", "json"])
+    return {str(entry["Id"]) for entry in listed or ()}
+
+
+async def drop_dangling(repo: Repository, keep: set[str]) -> None:
+    """Remove the images that no name holds and no image builds on (podman's `dangling`), but
+    those of `keep`; podman removes their parents left in the same state with them. Finished
+    even when the caller is cancelled meanwhile. An image a container uses stays."""
+
+    async def drop() -> None:
+        argv = ["podman", "images", "--all", "--filter", "dangling=true", "--format", "json"]
+        left = sorted({str(entry["Id"]) for entry in await repo.run_json(argv) or ()} - keep)
+        if not left:
+            return
+        try:
+            await repo.run(["podman", "rmi", *left])
+        except ToolError as err:
+            _log.info("image_kept", images=[i[:12] for i in left], reason=err.message)
+
+    await _finished(drop())
 
 
 @contextlib.asynccontextmanager
@@ -315,6 +351,18 @@ async def staging(repo: Repository, ref: LocalRef) -> AsyncIterator[str]:
         yield staged
     finally:
         await discard(repo, staged)
+
+
+@contextlib.asynccontextmanager
+async def filling(repo: Repository, ref: LocalRef) -> AsyncIterator[str]:
+    """The full name of `ref`, for work written straight under it: the caller holds the name's
+    lock and found it free. When the block fails or is cancelled, whatever came to hold the
+    name (a tool stopped as it was finishing) is removed: the name is free again."""
+    try:
+        yield ref.full
+    except BaseException:
+        await _remove_name(repo, ref.full)
+        raise
 
 
 async def remove(repo: Repository, ref: LocalRef) -> None:

@@ -124,6 +124,8 @@ class ImageInfo:
     created: str | None = None
     platforms: tuple[str, ...] = ()  # "linux/arm64", ... when the image is a manifest list
     platform: str | None = None  # the one chosen in a list (`resolve`'s models), "os/arch[/v]"
+    # the config blob's digest of the image read (in a list, of the one chosen), when known
+    config_digest: str | None = None
 
     @property
     def models(self) -> tuple[str, ...]:

@@ -66,8 +66,9 @@ class ResolvedImage:
     """What a tag or digest designates, read without pulling.
 
     `digest` and `media_type` are those of the manifest the reference names (a list, for a
-    multi-platform image); `labels`, `created` and `platform` come from the image chosen in it;
-    `platforms` lists what a list offers (empty for a single-platform image).
+    multi-platform image); `labels`, `created`, `platform` and `config_digest` (its config
+    blob's) come from the image chosen in it; `platforms` lists what a list offers (empty for
+    a single-platform image).
     """
 
     digest: str
@@ -76,6 +77,7 @@ class ResolvedImage:
     created: str | None
     platforms: tuple[str, ...] = ()
     platform: str | None = None
+    config_digest: str | None = None
 
     def info(self, location: str, kind: str, user: str, name: str, tag: str) -> ImageInfo:
         """The image as a source reports it (location and kind are the source's)."""
@@ -90,6 +92,7 @@ class ResolvedImage:
             created=self.created,
             platforms=tuple(self.platforms),
             platform=self.platform if self.platforms else None,
+            config_digest=self.config_digest,
         )
 
 
@@ -266,8 +269,8 @@ class V2Client:
             child_type, image = await self._manifest_by_digest(repo, child)
             if child_type not in IMAGE_MANIFESTS:
                 raise Unsupported(self.source, f"{repo}:{ref}: list entry of type {child_type}")
-        labels, created, platform = await self._config(repo, ref, image)
-        return ResolvedImage(digest, media_type, labels, created, offered, platform)
+        labels, created, platform, config = await self._config(repo, ref, image)
+        return ResolvedImage(digest, media_type, labels, created, offered, platform, config)
 
     # ---- manifests and blobs ------------------------------------------------------------
 
@@ -344,8 +347,9 @@ class V2Client:
 
     async def _config(
         self, repo: str, ref: str, manifest: dict[str, Any]
-    ) -> tuple[MappingProxyType[str, str], str | None, str | None]:
-        """Labels, creation date and platform from the config blob of an image manifest."""
+    ) -> tuple[MappingProxyType[str, str], str | None, str | None, str]:
+        """Labels, creation date and platform from the config blob of an image manifest, and
+        the blob's digest."""
         descriptor = manifest.get("config")
         digest = descriptor.get("digest") if isinstance(descriptor, dict) else None
         if not isinstance(digest, str) or not is_digest(digest):
@@ -368,7 +372,8 @@ class V2Client:
         platform = None
         if os_name and arch and all(isinstance(v, str) for v in (os_name, arch, variant)):
             platform = platforms.normalise(os_name, arch, variant)
-        return MappingProxyType(labels), created if isinstance(created, str) else None, platform
+        when = created if isinstance(created, str) else None
+        return MappingProxyType(labels), when, platform, digest
 
     async def _verified(self, url: URL, digest: str, what: str, accept: str | None) -> bytes:
         """Content addressed by `digest`: from the cache, else fetched once and checked."""
