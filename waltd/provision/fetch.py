@@ -12,9 +12,12 @@ repository:
 - sources in configuration order, then the docker daemon, each within
   `images.fetch-timeout-s`: resolved over its API first (absent, or not supporting the
   model: the next source, before any layer is copied), copied by manifest digest (the image
-  checked is the image copied; for a multi-platform image, the model's platform), under a
-  staging name, checked (`walt.node.models` lists the model; the layer bound), then tagged
-  into place (`images/store.py`): never a half image under the real name;
+  checked is the image copied). A single-platform image is then fully known (its config,
+  labels included, is verified by that digest) and is copied straight under its name, which
+  skopeo gives it only once it is whole; any other (a multi-platform image: the model's
+  platform; the docker daemon's) goes under a staging name, is checked (`walt.node.models`
+  lists the model; the layer bound), then tagged into place (`images/store.py`): never a
+  half image under the real name;
 - the result is pinned in the database (image, image id, source); when every source fails,
   the status says why and when the next try comes (`images.retry-min-s`, doubling, jittered,
   up to `retry-max-s`), and one error record names each source with its error.
@@ -33,7 +36,7 @@ from waltd.aio import RetryPolicy, SingleFlight
 from waltd.context import Context
 from waltd.db import ModelStatus
 from waltd.images import store
-from waltd.images.copy import Side, copy
+from waltd.images.copy import Side, copy, pinned
 from waltd.images.store import LocalRef
 from waltd.images.tools import ToolError
 from waltd.node_events import FetchDone, FetchFailed, FetchSourceFailed, FetchStarted, emit
@@ -114,14 +117,6 @@ class AllSourcesFailed(Exception):
         super().__init__(f"no source could give {image}: {listed}")
         self.errors = errors
         self.retry_in_s = retry_in_s
-
-
-def _digest_ref(transport: str, tag: str, digest: str | None) -> str:
-    """`docker://host/repo@digest` from skopeo's `docker://host/repo:tag` (the tag when the
-    digest is unknown)."""
-    if digest is None or not transport.endswith(f":{tag}"):
-        return transport
-    return f"{transport[: -len(tag) - 1]}@{digest}"
 
 
 def _same_id(expected: str | None, image_id: str) -> bool:
@@ -246,17 +241,32 @@ class Fetcher:
         if model not in info.models:
             supported = ", ".join(info.models) or "no node model (no walt.node.models label)"
             raise SourceFailed(f"its {user}/{name}:{tag} supports {supported}, not {model}")
+        known: str | None = None  # the image id, when the check tells it before the copy
         if isinstance(source, DockerDaemonSource):
             side = Side(source.transport(user, name, tag), daemon_host=source.socket)
         elif isinstance(source, RegistryApiSource):
+            ref = source.transport(user, name, tag)
+            if info.digest is not None:
+                # the copy takes the manifest checked, whatever the tag says by then
+                ref = pinned(ref, tag, info.digest)
+                if ref.endswith(f"@{info.digest}") and not info.platforms:
+                    # one image, its config (labels included) verified by that digest:
+                    # its id is the config's digest
+                    known = (info.config_digest or "").partition(":")[2] or None
             side = Side(
-                _digest_ref(source.transport(user, name, tag), tag, info.digest),
+                ref,
                 tls_verify=source.tls_verified,
                 registry_host=source.registry_host,
                 creds=step.creds,
             )
         else:
             raise SourceFailed(f"{step.label} cannot be copied from")
+        if known is not None:
+            # checked already, and the name is free (the caller holds its lock and looked):
+            # skopeo names the image only once it is whole
+            async with store.filling(repo, image) as full:
+                await copy(repo, side, Side(f"containers-storage:{full}"))
+            return known
         async with store.staging(repo, image) as staged:
             await copy(repo, side, Side(f"containers-storage:{staged}"), platform=info.platform)
             data = await store.inspect_id(repo, staged)
