@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable, Iterable, Sequence
-from pathlib import Path
 from typing import Any, Self
 
 from waltd import config as configuration
@@ -55,13 +54,6 @@ class Repository:
         return await tools.run_json(self._children, self.storage, argv, secrets=secrets)
 
 
-def _written(graphroot: Path) -> bool:
-    """Whether podman or buildah ever wrote an image or a container in `graphroot` (their
-    overlay driver's records appear with the first)."""
-    records = ("overlay-images/images.json", "overlay-containers/containers.json")
-    return any((graphroot / record).exists() for record in records)
-
-
 class RepositoryService(Service):
     """Prepares the repository's storage and tool configuration."""
 
@@ -76,7 +68,7 @@ class RepositoryService(Service):
         await asyncio.to_thread(storage.prepare, self._running.current)
         # what a crash left half made (no operation runs yet: the API starts after this)
         try:
-            used = await asyncio.to_thread(_written, storage.graphroot)
+            used = await asyncio.to_thread(storage.written)
             # a storage never written holds nothing to clean: no tool run, a quicker start
             removed = await store.cleanup_staging(self._repository) if used else 0
         except (tools.ToolError, OSError) as err:

@@ -101,6 +101,14 @@ class Storage:
         """An empty auth file: the tools get logins only by an `--authfile` of an operation."""
         return self.folder / "auth.json"
 
+    def written(self) -> bool:
+        """Whether podman or buildah ever wrote an image or a container here (their overlay
+        driver's records appear with the first): a storage never written holds nothing, which
+        is known without starting a tool (the first tool start in a storage sets it up, a
+        few tenths of a second)."""
+        records = ("overlay-images/images.json", "overlay-containers/containers.json")
+        return any((self.graphroot / record).exists() for record in records)
+
     def env(self) -> dict[str, str]:
         """The environment that points podman, buildah and skopeo at this storage."""
         return {
