@@ -71,6 +71,10 @@ exports:
     nfs: kernel
 api:
     socket: /run/waltd/api.sock
+boot:
+    timeout-s: 180
+    retries: 2
+    http-port: 80
 daemon:
     state-dir: /var/lib/walt/state
     shutdown-budget-s: 20
@@ -622,6 +626,32 @@ def test_unknown_registry_key_lists_the_allowed_ones() -> None:
     )
 
 
+# --- boot ------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("boot", "text"),
+    [
+        ({"timeout-s": 0}, "boot: key 'timeout-s'"),
+        ({"timeout-s": 7200}, "boot: key 'timeout-s'"),
+        ({"retries": -1}, "boot: key 'retries'"),
+        ({"retries": 11}, "boot: key 'retries'"),
+        ({"http-port": 0}, "boot: key 'http-port'"),
+        ({"http-port": 70000}, "boot: key 'http-port'"),
+        ({"port": 80}, "boot: unknown key 'port'"),
+    ],
+)
+def test_boot_bounds(boot: dict[str, object], text: str) -> None:
+    assert problem({"boot": boot}).startswith(f"{SRC}: {text}")
+
+
+def test_boot_is_reloaded_without_a_restart(tmp_path: Path) -> None:
+    old = parse({}, SRC)
+    new = parse({"boot": {"timeout-s": 60, "retries": 0, "http-port": 8080}}, SRC)
+    assert new.boot.timeout_s == 60 and new.boot.retries == 0 and new.boot.http_port == 8080
+    assert restart_needed(old, new) == []
+
+
 # --- images, exports, api, daemon -----------------------------------------------------------
 
 
@@ -717,7 +747,7 @@ def test_sections_must_be_mappings(section: str, keys: str) -> None:
         (
             {"registry": []},
             "top level: unknown key 'registry'; allowed keys: network, registries, images, "
-            "exports, api, daemon (did you mean 'registries'?)",
+            "exports, api, boot, daemon (did you mean 'registries'?)",
         ),
         ({1: 2}, "top level: unknown key 1; allowed keys: network, registries, images, "),
         (
@@ -745,7 +775,7 @@ def test_unknown_keys(data: object, text: str) -> None:
 def test_top_level_must_be_a_mapping(data: object, shown: str) -> None:
     assert problem(data) == (
         f"{SRC}: top level: must be a mapping with keys network, registries, images, exports, "
-        f"api, daemon, not {shown}"
+        f"api, boot, daemon, not {shown}"
     )
 
 
@@ -971,7 +1001,7 @@ def test_load_a_non_mapping_top_level(tmp_path: Path) -> None:
     path = write(tmp_path, "- network\n- registries\n")
     assert load_problems(path) == [
         f"{path}: top level: must be a mapping with keys network, registries, images, exports, "
-        "api, daemon, not a list"
+        "api, boot, daemon, not a list"
     ]
 
 

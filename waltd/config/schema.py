@@ -18,10 +18,11 @@ SECTIONS = {
     "images": "images",
     "exports": "exports",
     "api": "api",
+    "boot": "boot",
     "daemon": "daemon",
 }
 # The sections a SIGHUP applies; a change elsewhere needs a restart.
-RELOADABLE = ("registries", "images")
+RELOADABLE = ("registries", "images", "boot")
 HUB_DESCRIPTION = "Public registry at hub.docker.com"
 
 
@@ -118,6 +119,16 @@ class Api:
 
 
 @dataclass(frozen=True)
+class Boot:
+    """How nodes boot: the HTTP port of boot files, and what a node that does not report
+    booted in time gets (a log line; a virtual node, a reset, `retries` times at most)."""
+
+    timeout_s: float = 180.0
+    retries: int = 2
+    http_port: int = 80
+
+
+@dataclass(frozen=True)
 class Daemon:
     """The daemon's own state folder, its image storage, and how long a shutdown may take."""
 
@@ -137,6 +148,7 @@ class Config:
     exports: Exports
     api: Api
     daemon: Daemon
+    boot: Boot = Boot()
     source: str = field(default="<defaults>", compare=False)
 
 
@@ -209,6 +221,11 @@ def to_data(config: Config) -> dict[str, object]:
     }
     data["exports"] = {"root": str(config.exports.root), "nfs": config.exports.nfs}
     data["api"] = {"socket": str(config.api.socket)}
+    data["boot"] = {
+        "timeout-s": _plain(config.boot.timeout_s),
+        "retries": config.boot.retries,
+        "http-port": config.boot.http_port,
+    }
     data["daemon"] = {
         "state-dir": str(config.daemon.state_dir),
         "shutdown-budget-s": _plain(config.daemon.shutdown_budget_s),

@@ -36,6 +36,7 @@ from waltd.config.schema import (
     HUB_DESCRIPTION,
     SECTIONS,
     Api,
+    Boot,
     Config,
     ConfigError,
     Daemon,
@@ -53,6 +54,9 @@ MAX_RETRY_S = 86400.0
 MAX_SHUTDOWN_BUDGET_S = 3600.0
 # A search's bounds per source: an hour, a million repositories, 1 GiB of lists at most.
 MAX_SEARCH_DEADLINE_S = 3600.0
+# A node that takes more than an hour to boot is broken; ten resets are plenty.
+MAX_BOOT_TIMEOUT_S = 3600.0
+MAX_BOOT_RETRIES = 10
 # One source's part in a default-image fetch: a day covers a slow link and a huge image.
 MAX_FETCH_TIMEOUT_S = 86400.0
 MAX_SEARCH_REPOSITORIES = 1_000_000
@@ -706,6 +710,23 @@ def _parse_api(report: _Report, value: object) -> Api:
     return default if socket is None else Api(socket)
 
 
+def _parse_boot(report: _Report, value: object) -> Boot:
+    boot = _mapping(report, "boot", value, ("timeout-s", "retries", "http-port"))
+    default = Boot()
+    if boot is None:
+        return default
+    timeout = _field(
+        report, "boot", boot, "timeout-s", _seconds(MAX_BOOT_TIMEOUT_S), default.timeout_s
+    )
+    retries = _field(
+        report, "boot", boot, "retries", _integer(0, MAX_BOOT_RETRIES), default.retries
+    )
+    port = _field(report, "boot", boot, "http-port", _integer(1, 65535), default.http_port)
+    if timeout is None or retries is None or port is None:
+        return default
+    return Boot(timeout, retries, port)
+
+
 def _parse_daemon(report: _Report, value: object) -> Daemon:
     daemon = _mapping(report, "daemon", value, ("state-dir", "shutdown-budget-s", "image-storage"))
     default = Daemon()
@@ -760,9 +781,11 @@ def parse(data: object, source: str) -> Config:
     exports = _parse_exports(report, top.get("exports"))
     report.section = "api"
     api = _parse_api(report, top.get("api"))
+    report.section = "boot"
+    boot = _parse_boot(report, top.get("boot"))
     report.section = "daemon"
     daemon = _parse_daemon(report, top.get("daemon"))
-    config = Config(walt_net, registries, images, exports, api, daemon, source=source)
+    config = Config(walt_net, registries, images, exports, api, daemon, boot, source=source)
     if report.problems:
         raise ConfigError(report.problems)
     return config
