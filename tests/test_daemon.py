@@ -83,6 +83,7 @@ def test_status_and_events_over_the_socket(daemon: Daemon) -> None:
         "registries": "running",
         "repository": "running",
         "api": "running",
+        "provision": "running",
         "detect": "running",
     }  # no dnsmasq service at all
     assert status["node_network"] is None  # no walt-net: no DHCP
