@@ -8,6 +8,7 @@ DEB_PACKAGES=(
   docker-registry apache2-utils skopeo podman buildah runc dnsmasq-base
   busybox-static isc-dhcp-client tftp-hpa nfs-ganesha nfs-ganesha-vfs
   libnfs-utils rpcbind dbus iproute2 util-linux procps docker.io
+  qemu-system-x86 ipxe-qemu ipxe
 )
 
 missing=()
