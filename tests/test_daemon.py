@@ -96,7 +96,7 @@ def test_status_and_events_over_the_socket(daemon: Daemon) -> None:
     assert "daemon_ready" in names and "no_node_network" in names
     assert all({"event", "level", "timestamp", "seq"} <= e.keys() for e in events)
     pretty = walt(daemon.socket, "log", "show").stdout.splitlines()
-    ready = " info    daemon_ready services=database,registries,repository,api,detect"
+    ready = " info    daemon_ready services=database,registries,repository,api,provision,detect"
     assert any(ready in line for line in pretty)
     assert not pretty[0].startswith("{")
     # The stream carries what the log carries.

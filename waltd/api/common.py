@@ -21,6 +21,8 @@ from waltd.images.tools import ToolError
 from waltd.registries.base import Credentials
 
 CONTEXT = web.AppKey("context", Context)
+# The caller of a request, set by the server's identity middleware.
+IDENTITY = web.RequestKey("identity", Identity)
 # A request body must have arrived within this many seconds.
 BODY_TIMEOUT_S = 10.0
 # A password too short to be a real one is refused, as the operations' own messages are
@@ -37,7 +39,7 @@ def error(status: int, message: str) -> web.Response:
 
 def caller(request: web.Request) -> Identity:
     """Who asked (SO_PEERCRED, set by the server's middleware)."""
-    identity: Identity = request["identity"]
+    identity = request[IDENTITY]
     return identity
 
 

@@ -22,7 +22,7 @@ from aiohttp import web
 
 from waltd import SERVER_VERSION, __version__, log
 from waltd.api import images_build, images_store, images_transfer, nodes, wire
-from waltd.api.common import CONTEXT
+from waltd.api.common import CONTEXT, IDENTITY
 from waltd.api.common import caller as _caller
 from waltd.api.common import caller_credentials as _caller_credentials
 from waltd.api.common import context as _ctx
@@ -55,7 +55,7 @@ async def _identify(request: web.Request, handler: Handler) -> web.StreamRespons
         identity = await asyncio.to_thread(identify, *peer_credentials(sock))
     except RefusedCaller as err:
         return _error(403, str(err))
-    request["identity"] = identity
+    request[IDENTITY] = identity
     # Every record logged for this request (and the tasks it starts) names its caller.
     with structlog.contextvars.bound_contextvars(uid=identity.uid):
         return await handler(request)
