@@ -69,6 +69,7 @@ images:
 exports:
     root: /var/lib/walt
     nfs: kernel
+    unmount-grace-s: 300
 api:
     socket: /run/waltd/api.sock
 boot:
@@ -727,7 +728,7 @@ def test_section_values_accepted() -> None:
             "fetch-concurrency, retry-min-s, retry-max-s, docker-socket, search-deadline-s, "
             "search-max-repositories, search-max-bytes, fetch-timeout-s",
         ),
-        ("exports", "root, nfs"),
+        ("exports", "root, nfs, unmount-grace-s"),
         ("api", "socket"),
         ("daemon", "state-dir, shutdown-budget-s, image-storage"),
     ],

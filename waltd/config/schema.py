@@ -109,6 +109,8 @@ class Exports:
 
     root: Path = Path("/var/lib/walt")
     nfs: str = "kernel"
+    # An image no node uses stays mounted this long (a node switching back finds it).
+    unmount_grace_s: float = 300.0
 
 
 @dataclass(frozen=True)
@@ -219,7 +221,11 @@ def to_data(config: Config) -> dict[str, object]:
         "search-max-bytes": config.images.search_max_bytes,
         "fetch-timeout-s": _plain(config.images.fetch_timeout_s),
     }
-    data["exports"] = {"root": str(config.exports.root), "nfs": config.exports.nfs}
+    data["exports"] = {
+        "root": str(config.exports.root),
+        "nfs": config.exports.nfs,
+        "unmount-grace-s": _plain(config.exports.unmount_grace_s),
+    }
     data["api"] = {"socket": str(config.api.socket)}
     data["boot"] = {
         "timeout-s": _plain(config.boot.timeout_s),

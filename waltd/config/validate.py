@@ -692,13 +692,23 @@ def _parse_images(report: _Report, value: object) -> Images:
 
 
 def _parse_exports(report: _Report, value: object) -> Exports:
-    exports = _mapping(report, "exports", value, ("root", "nfs"))
+    exports = _mapping(report, "exports", value, ("root", "nfs", "unmount-grace-s"))
     default = Exports()
     if exports is None:
         return default
     root = _field(report, "exports", exports, "root", _absolute_path("/var/lib/walt"), default.root)
     nfs = _field(report, "exports", exports, "nfs", _choice(_NFS_SERVERS), default.nfs)
-    return default if root is None or nfs is None else Exports(root, nfs)
+    grace = _field(
+        report,
+        "exports",
+        exports,
+        "unmount-grace-s",
+        _seconds(MAX_RETRY_S),
+        default.unmount_grace_s,
+    )
+    if root is None or nfs is None or grace is None:
+        return default
+    return Exports(root, nfs, grace)
 
 
 def _parse_api(report: _Report, value: object) -> Api:
