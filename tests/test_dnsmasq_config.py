@@ -37,6 +37,8 @@ def test_rendered_config_is_valid_for_dnsmasq(tmp_path: Path) -> None:
     assert "dhcp-userclass=set:walt,walt.node" in lines
     assert "dhcp-boot=tag:ipxe,tag:!walt,bootstrap.ipxe" in lines
     assert f"dhcp-hostsdir={paths.hosts}" in lines
+    # Many nodes boot at once: dnsmasq's default of 50 TFTP transfers is raised.
+    assert f"tftp-root={paths.tftp_root}" in lines and "tftp-max=4096" in lines
 
 
 def test_host_entry() -> None:

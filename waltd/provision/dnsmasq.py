@@ -20,30 +20,19 @@ from typing import Self
 import waltd
 from waltd import dhcp_event, log
 from waltd.atomic import write_atomic
-from waltd.config import WaltNet
+from waltd.config import Config, WaltNet
 from waltd.context import Context
 from waltd.db import StateError
 from waltd.names import normalise_mac
 from waltd.node_events import NodeSeen, Resync, Subscription
+from waltd.provision.boot import install_server_files, public_folder
 from waltd.supervisor import Service
 
 _log = log.get("dnsmasq")
 
-# iPXE binaries of Debian's ipxe package, answered to firmware PXE (not yet iPXE).
-IPXE_FILES = {"undionly.kpxe": "/usr/lib/ipxe/undionly.kpxe", "ipxe.efi": "/usr/lib/ipxe/ipxe.efi"}
-
-BOOTSTRAP_IPXE = """#!ipxe
-# waltd bootstrap: announce the model, then boot this node's own start script.
-cpuid --ext 29 && set model pc-x86-64 || set model pc-x86-32
-set user-class walt.node.${model}
-:dhcp
-dhcp || goto dhcp
-:start
-chain tftp://${next-server}/nodes/${mac:hexhyp}/start.ipxe || goto retry
-:retry
-sleep 5
-goto start
-"""
+# Concurrent TFTP transfers (dnsmasq's default, 50, is a handful of nodes booting at
+# once); each needs one or two descriptors, which the daemon's raised limit leaves.
+TFTP_MAX = 4096
 
 
 @dataclass(frozen=True)
@@ -104,6 +93,7 @@ def render_config(net: WaltNet, paths: Paths, hook: Path) -> str:
         "dhcp-option=encap:175,176,1b",
         "enable-tftp",
         f"tftp-root={paths.tftp_root}",
+        f"tftp-max={TFTP_MAX}",
         "log-facility=-",
     ]
     return "\n".join(lines) + "\n"
@@ -115,16 +105,6 @@ def host_entry(mac: str, name: str) -> str:
     if not name or not all(c.isalnum() or c == "-" for c in name) or len(name) > 63:
         raise ValueError(f"not a valid host name: {name[:70]!r}")
     return f"{mac},{name}\n"
-
-
-def _public_folder(folder: Path) -> None:
-    """`folder` as 0755, and the folders it needed created as 0755 too (the daemon's umask
-    makes its own files private; these are read by dnsmasq as `nobody`)."""
-    missing = [p for p in (folder, *folder.parents) if not p.exists()]
-    for path in reversed(missing):
-        path.mkdir(exist_ok=True)
-        path.chmod(0o755)
-    folder.chmod(0o755)
 
 
 def write_hook(path: Path) -> Path:
@@ -153,8 +133,8 @@ class DnsmasqService(Service):
         assert net is not None, "dnsmasq runs only with a node network"
         # dnsmasq drops to `nobody` and must still read its hosts folder and TFTP files.
         for folder in (self.paths.folder, self.paths.hosts, self.paths.tftp_root):
-            _public_folder(folder)
-        self._install_boot_files()
+            public_folder(folder)
+        self._install_boot_files(self._ctx.config)
         self.paths.conf.write_text(render_config(net, self.paths, write_hook(self.paths.hook)))
         env = {
             **os.environ,
@@ -209,12 +189,13 @@ class DnsmasqService(Service):
             except ValueError as err:
                 _log.warning("known_host_skipped", mac=node.mac, error=str(err))
 
-    def _install_boot_files(self) -> None:
+    def _install_boot_files(self, config: Config) -> None:
         # dnsmasq serves TFTP as `nobody`: the files are world-readable on purpose.
-        write_atomic(self.paths.tftp_root / "bootstrap.ipxe", BOOTSTRAP_IPXE.encode(), 0o644)
-        for name, source in IPXE_FILES.items():
-            if Path(source).exists():
-                write_atomic(self.paths.tftp_root / name, Path(source).read_bytes(), 0o644)
+        install_server_files(config.exports.root, config.boot.http_port)
+
+    async def reload(self, config: Config) -> None:
+        """The bootstrap names the HTTP port (`boot.http-port`, reloadable): rewritten."""
+        await asyncio.to_thread(self._install_boot_files, config)
 
     async def serve(self) -> None:
         """Keep known hosts from node events; relay dnsmasq's output to the log.
