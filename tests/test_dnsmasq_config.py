@@ -39,6 +39,9 @@ def test_rendered_config_is_valid_for_dnsmasq(tmp_path: Path) -> None:
     assert f"dhcp-hostsdir={paths.hosts}" in lines
     # Many nodes boot at once: dnsmasq's default of 50 TFTP transfers is raised.
     assert f"tftp-root={paths.tftp_root}" in lines and "tftp-max=4096" in lines
+    # iPXE's DHCP ends without waiting for ProxyDHCP or an IPv6 router
+    assert "dhcp-option=encap:175,176,1b" in lines and "enable-ra" in lines
+    assert "dhcp-range=::,constructor:walt-net,ra-only" in lines
 
 
 def test_host_entry() -> None:

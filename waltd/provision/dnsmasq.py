@@ -91,6 +91,10 @@ def render_config(net: WaltNet, paths: Paths, hook: Path) -> str:
         "dhcp-boot=tag:ipxe,tag:!walt,bootstrap.ipxe",
         # iPXE would wait 3 s for ProxyDHCP at every DHCP without this.
         "dhcp-option=encap:175,176,1b",
+        # iPXE waits ~13 s for an IPv6 router before its DHCP ends without router adverts
+        # (addresses only: no DHCPv6 is served).
+        "enable-ra",
+        f"dhcp-range=::,constructor:{net.interface},ra-only",
         "enable-tftp",
         f"tftp-root={paths.tftp_root}",
         f"tftp-max={TFTP_MAX}",
