@@ -5,11 +5,11 @@ import it from the repository root. Needs root. See `lab.py` for the layout and 
 how a lab killed mid-run is cleared by the next one.
 """
 
-from lab.configs import NfsExport
 from lab.images import build_image, exportable_mount, image_id, pull_image, push_image
 from lab.lab import Lab, LabError, LabProcess, Node, Registry
 from lab.nfs import Ganesha, ganesha
 from lab.record import clear_stale_labs, records_locked
+from waltd.provision.nfs import NfsExport, fsid_of
 
 __all__ = [
     "Ganesha",
@@ -22,6 +22,7 @@ __all__ = [
     "build_image",
     "clear_stale_labs",
     "exportable_mount",
+    "fsid_of",
     "ganesha",
     "image_id",
     "pull_image",

@@ -5,13 +5,9 @@ from __future__ import annotations
 import ipaddress
 import re
 from collections.abc import Iterable
-from dataclasses import dataclass
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 
 import yaml
-
-# Characters a ganesha quoted string may hold: it has no escapes, and a newline ends the block.
-_GANESHA_SAFE = re.compile(r'[^"\\\n\r\x00]*')
 
 
 def registry_config(
@@ -47,74 +43,6 @@ def registry_config(
     return yaml.safe_dump(config, sort_keys=False)
 
 
-@dataclass(frozen=True)
-class NfsExport:
-    """One ganesha export: the image's real mount point seen by `clients` at `pseudo`."""
-
-    export_id: int
-    path: Path
-    pseudo: PurePosixPath | str
-    clients: tuple[str, ...]
-
-
-def _ganesha_str(value: str) -> str:
-    if not _GANESHA_SAFE.fullmatch(value):
-        raise ValueError(f"cannot be written in a ganesha configuration: {value!r}")
-    # quoted: node paths hold ':' (a MAC), which ganesha's parser rejects bare
-    return f'"{value}"'
-
-
-def ganesha_conf(recovery_root: Path, exports_file: Path) -> str:
-    """ganesha.nfsd main configuration: NFS v3 and v4 over TCP, exports in `exports_file`.
-
-    The exports are `%include`d so that rewriting that file and sending SIGHUP changes them.
-    """
-    return (
-        "NFS_CORE_PARAM {\n"
-        "    Protocols = 3, 4;\n"
-        "    Enable_UDP = false;\n"
-        "    Enable_NLM = false;\n"
-        "    Enable_RQUOTA = false;\n"
-        "    Mount_Path_Pseudo = true;\n"
-        "}\n"
-        "NFSV4 {\n"
-        "    Graceless = true;\n"
-        "    RecoveryBackend = fs;\n"
-        f"    RecoveryRoot = {_ganesha_str(str(recovery_root))};\n"
-        "}\n"
-        "NFS_KRB5 { Active_krb5 = false; }\n"
-        f"%include {_ganesha_str(str(exports_file))}\n"
-    )
-
-
-def ganesha_exports(exports: Iterable[NfsExport]) -> str:
-    """The `%include`d exports file: read-only, no_root_squash, one EXPORT block each."""
-    blocks: list[str] = []
-    seen: set[int] = set()
-    for export in exports:
-        if not 0 < export.export_id < 65536 or export.export_id in seen:
-            raise ValueError(f"export ids must be unique in 1..65535: {export.export_id}")
-        seen.add(export.export_id)
-        if not export.clients:
-            raise ValueError(f"export {export.export_id} has no client")
-        clients = ", ".join(str(ipaddress.ip_address(c)) for c in export.clients)
-        blocks.append(
-            "EXPORT {\n"
-            f"    Export_Id = {export.export_id};\n"
-            f"    Path = {_ganesha_str(str(export.path))};\n"
-            f"    Pseudo = {_ganesha_str(str(export.pseudo))};\n"
-            "    Access_Type = NONE;\n"
-            "    Squash = No_Root_Squash;\n"
-            "    Protocols = 3, 4;\n"
-            "    Transports = TCP;\n"
-            "    SecType = sys;\n"
-            "    FSAL { Name = VFS; }\n"
-            f"    CLIENT {{ Clients = {clients}; Access_Type = RO; }}\n"
-            "}\n"
-        )
-    return "".join(blocks)
-
-
 # Marker of the line the udhcpc script prints for the lab to read the lease.
 LEASE_MARKER = "walt-lab-lease"
 
@@ -139,3 +67,48 @@ def _shell_word(value: str) -> str:
     if not re.fullmatch(r"[A-Za-z0-9_./-]+", value):
         raise ValueError(f"unexpected characters in path {value!r}")
     return value
+
+
+def pxe_dnsmasq_conf(
+    *,
+    interface: str,
+    dhcp_range: tuple[ipaddress.IPv4Address, ipaddress.IPv4Address],
+    netmask: ipaddress.IPv4Address,
+    tftp_root: Path,
+    folder: Path,
+    hosts: Iterable[tuple[str, ipaddress.IPv4Address]] = (),
+) -> str:
+    """dnsmasq for network boots without waltd: DHCP, TFTP from `tftp_root`, the boot
+    answers waltd gives (firmware PXE gets undionly.kpxe, iPXE without a walt class
+    bootstrap.ipxe, a node saying its class no boot file), IPv6 router advertisements.
+
+    `hosts` pins (MAC, address) pairs. Its lease and pid files go into `folder`.
+    """
+    first, last = dhcp_range
+    lines = [
+        "port=0",
+        f"interface={interface}",
+        "bind-interfaces",
+        "no-ping",  # without it the first offer waits ~3 s
+        "dhcp-authoritative",
+        f"dhcp-range={first},{last},{netmask},12h",
+        *(f"dhcp-host={mac},{ip}" for mac, ip in hosts),
+        f"dhcp-leasefile={folder / 'leases'}",
+        f"pid-file={folder / 'dnsmasq.pid'}",
+        "dhcp-vendorclass=set:walt,walt.node",
+        "dhcp-userclass=set:walt,walt.node",
+        "dhcp-userclass=set:ipxe,iPXE",
+        "dhcp-vendorclass=set:pxe,PXEClient",
+        "dhcp-boot=tag:pxe,tag:!ipxe,undionly.kpxe",
+        "dhcp-boot=tag:ipxe,tag:!walt,bootstrap.ipxe",
+        # iPXE would wait 3 s for ProxyDHCP at every DHCP without this
+        "dhcp-option=encap:175,176,1b",
+        # iPXE waits ~13 s for an IPv6 router unless one advertises
+        "enable-ra",
+        f"dhcp-range=::,constructor:{interface},ra-only",
+        "enable-tftp",
+        f"tftp-root={tftp_root}",
+        "log-facility=-",
+        "log-dhcp",
+    ]
+    return "\n".join(lines) + "\n"

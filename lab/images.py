@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
-import os
+import contextlib
 import secrets
 import shutil
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from pathlib import Path
+from typing import Any
 
 from lab.lab import Lab, LabError, Registry
-from lab.record import mount_points, unescape_mount_path
+from waltd.images import tools
+from waltd.images.storage import Storage
+from waltd.provision.mounts import ImageMounts, MountError
 from waltd.registries.base import Credentials, authfile
 
 FileContent = bytes | str | Path
@@ -152,68 +155,57 @@ async def _copy(
         await lab.run(argv, env=lab.containers_env)
 
 
-def overlay_lowerdir(mounts: str, mount_point: str) -> str:
-    """The `lowerdir` option of the overlay mounted at `mount_point`, from /proc/mounts text."""
-    found = None
-    for line in mounts.splitlines():
-        fields = line.split()
-        if len(fields) >= 4 and fields[2] == "overlay":
-            if unescape_mount_path(fields[1]) == mount_point:
-                found = fields[3]  # the last one is the one on top
-    if found is None:
-        raise LabError(f"no overlay mounted at {mount_point}")
-    for option in found.split(","):
-        if option.startswith("lowerdir="):
-            return unescape_mount_path(option.removeprefix("lowerdir="))
-    raise LabError(f"overlay at {mount_point} has no lowerdir")
+class LabRepository:
+    """The lab's container storage as waltd's repository tools see it (same files as
+    `Lab.containers_env`), so that the lab mounts images with waltd's own code."""
+
+    def __init__(self, lab: Lab) -> None:
+        self._lab = lab
+
+    @property
+    def storage(self) -> Storage:
+        """The lab's storage and its configuration folder."""
+        return Storage(self._lab.graphroot, self._lab.root / "containers")
+
+    async def run(
+        self, argv: Sequence[str], *, input: bytes | None = None, secrets: Iterable[str] = ()
+    ) -> bytes:
+        """One tool command's stdout; ToolError when it fails."""
+        return await tools.run(self._lab.children, self.storage, argv, input=input, secrets=secrets)
+
+    async def run_json(self, argv: Sequence[str], *, secrets: Iterable[str] = ()) -> Any:
+        """One tool command's JSON output."""
+        return await tools.run_json(self._lab.children, self.storage, argv, secrets=secrets)
 
 
-def _mount_table() -> str:
-    return Path("/proc/self/mounts").read_text()
-
-
-def _real_path(path: Path) -> Path:
-    return Path(os.path.realpath(path))
+def image_mounts(lab: Lab) -> ImageMounts:
+    """waltd's image mounts over the lab's storage, under `<lab root>/images/`."""
+    return ImageMounts(lab.root, LabRepository(lab), lab.children)
 
 
 @asynccontextmanager
 async def exportable_mount(lab: Lab, image: str) -> AsyncIterator[Path]:
-    """Mount `image` at `<root>/images/<id>/fs` in a way NFS servers can export; yield its path.
-
-    podman's own image mount has no upper dir, hence no file handles. This borrows its layer list
-    for a fresh read-only overlay with `index=on,nfs_export=on` and an empty upper and work dir
-    of its own, then gives podman's mount back. The path yielded is the real one (ganesha drops an
-    export whose Path holds a symlink). Stop exporting it before leaving the block: an exported
-    mount cannot be unmounted.
-    """
-    env = lab.containers_env
-    folder = lab.root / "images" / await image_id(lab, image)
-    fs = folder / "fs"
-    if str(fs) in mount_points(folder):
+    """Mount `image` at `<root>/images/<id>/fs` as waltd does (`ImageMounts`: a read-only
+    overlay NFS servers can export); yield its real path. Stop exporting it before leaving
+    the block: an exported mount cannot be unmounted."""
+    mounts = image_mounts(lab)
+    image = await image_id(lab, image)
+    fs = mounts.images / image / "fs"
+    if image in mounts.mounted():
         raise LabError(f"{image} is already mounted at {fs}")
-    for sub in ("upper", "work", "fs"):
-        (folder / sub).mkdir(parents=True, exist_ok=True)
-    borrowed = (await lab.run(["podman", "image", "mount", image], env=env)).stdout.strip()
+    lab.track_mount(fs)  # recorded first: a killed lab's mount is cleared by the next one
     try:
-        lower = overlay_lowerdir(_mount_table(), borrowed)
-        options = f"ro,index=on,nfs_export=on,lowerdir={lower}"
-        options += f",upperdir={folder / 'upper'},workdir={folder / 'work'}"
-        lab.track_mount(fs)
-        try:
-            # many-layer images list short relative links (l/ABC...), relative to this folder
-            mount = ["mount", "-t", "overlay", "overlay", "-o", options, str(fs)]
-            await lab.run(mount, cwd=lab.graphroot / "overlay")
-        except BaseException:
-            lab.untrack_mount(fs)
-            raise
-    finally:
-        await lab.run(["podman", "image", "unmount", image], env=env)
+        path = await mounts.mount(image)
+    except BaseException:
+        lab.untrack_mount(fs)
+        raise
     try:
-        yield _real_path(fs)
+        yield path
     except BaseException:
         # keep the block's own error; if still exported, the lab unmounts it after its processes
-        if (await lab.run(["umount", str(fs)], check=False)).returncode == 0:
+        with contextlib.suppress(MountError):
+            await mounts.unmount(image)
             lab.untrack_mount(fs)
         raise
-    await lab.run(["umount", str(fs)])
+    await mounts.unmount(image)
     lab.untrack_mount(fs)

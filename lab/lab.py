@@ -130,6 +130,7 @@ class Lab:
         self._processes: list[LabProcess] = []
         self.nodes: list[Node] = []
         self.registries: dict[str, Registry] = {}
+        self._taps = 0
 
     # ---- identity -------------------------------------------------------------------------
 
@@ -447,6 +448,16 @@ class Lab:
         await self._ip("-n", node.netns, "link", "set", node.ifname, "up")
         self.nodes.append(node)
         return node
+
+    async def add_tap(self) -> str:
+        """A tap device on the bridge, in the server namespace, for a virtual machine there
+        (QEMU's `-netdev tap,ifname=NAME,script=no,downscript=no`); returns its name. It
+        goes with the server namespace."""
+        self._taps += 1
+        tap = f"{self.prefix}-t{self._taps}"
+        await self._ip("-n", self.server_netns, "tuntap", "add", tap, "mode", "tap")
+        await self._ip("-n", self.server_netns, "link", "set", tap, "master", self.bridge, "up")
+        return tap
 
     async def node_dhcp(
         self,

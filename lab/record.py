@@ -13,7 +13,6 @@ from __future__ import annotations
 import fcntl
 import json
 import os
-import re
 import select
 import shutil
 import signal
@@ -25,13 +24,13 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from waltd.atomic import write_atomic
+from waltd.images.mounts import unescape_mount_field
 from waltd.process import kill_recorded, proc_state
 
 RECORD_DIR = Path("/run/waltd-lab")
 NETNS_DIR = Path("/run/netns")
 # Seconds a process gets between SIGTERM and SIGKILL when a lab is cleared.
 TERM_GRACE_S = 3.0
-_OCTAL_ESCAPE = re.compile(r"\\([0-7]{3})")
 
 
 def process_start_time(pid: int) -> int | None:
@@ -192,18 +191,13 @@ def _running(pidfds: Iterable[int]) -> list[int]:
     return [fd for fd in fds if fd not in exited]
 
 
-def unescape_mount_path(field_text: str) -> str:
-    r"""A path of /proc/*/mountinfo, where space, tab, newline and backslash are `\ooo` escapes."""
-    return _OCTAL_ESCAPE.sub(lambda match: chr(int(match[1], 8)), field_text)
-
-
 def mount_points(root: Path, extra: Iterable[str] = ()) -> list[str]:
     """Mount points strictly below `root` or listed in `extra`, the most recent first."""
     wanted = set(extra)
     prefix = str(root).rstrip("/") + "/"
     points = []
     for line in Path("/proc/self/mountinfo").read_text().splitlines():
-        point = unescape_mount_path(line.split()[4])
+        point = unescape_mount_field(line.split()[4])
         if point.startswith(prefix) or point in wanted:
             points.append(point)
     # mountinfo lists in mount order: unmounting from the end undoes stacks and nesting

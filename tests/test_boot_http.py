@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import base64
 import json
+import os
 import signal
 import sys
 from collections.abc import AsyncIterator
@@ -24,6 +25,7 @@ from lab.lab import Lab, LabError, Node
 from tests.support.daemon import is_event, walt
 from tests.support.lab_daemon import lab_config, records, start_waltd, wait_record
 from tests.support.labs import running_lab
+from tests.support.wait import until
 from waltd.provision.boot import WAITING_IPXE, copy_boot_files, set_node_links, set_node_waiting
 from waltd.provision.boot_http import MAX_CONNECTIONS_PER_ADDRESS
 
@@ -124,7 +126,15 @@ async def test_nodes_fetch_their_own_boot_files_and_report_booted(lab: Lab) -> N
     name_b = (await wait_record(waltd, is_event("node.detected", mac=b.mac)))["name"]
     await wait_record(waltd, is_event("unknown_device", mac=stranger.mac))
 
-    # What the exports service does: the images' boot files, each node's links.
+    # The exports service gives the waiting nodes the server's "wait and retry" script;
+    # then this test puts in place what it does for ready nodes: boot files, node links.
+    for node in (a, b):
+        tftp = root / "nodes" / node.mac / "tftp"
+        await until(
+            lambda t=tftp: t.is_symlink() and os.readlink(t) == "../../boot/waiting",
+            what=f"the waiting layout of {node.name}",
+            details=lambda: waltd.log_tail(40),
+        )
     for image_id, marker in ((ID_A, "A"), (ID_B, "B")):
         image = _image(lab.root / f"image-{marker}", marker)
         copy_boot_files(image, MODEL, root / "boot" / image_id / MODEL)
@@ -213,7 +223,9 @@ async def test_nodes_fetch_their_own_boot_files_and_report_booted(lab: Lab) -> N
     assert held.stdout.split() == ["held", "refused"]
     refused = await wait_record(waltd, is_event("boot_http_connection_refused"))
     assert refused["address"] == str(ip_a)
-    assert await _wget(lab, a, "/boot/start.ipxe") == "#!ipxe\necho image A\n"
+    # (the exports service gave `a`, booted with no image in the database, the waiting script)
+    status, _, _ = await _request(lab, a, "GET", "/boot/start.ipxe")
+    assert status == 200
 
     await lab.stop(waltd)
     assert waltd.process.returncode == 0

@@ -353,3 +353,14 @@ async def test_nodes_using_an_image(path: Path) -> None:
         using = await database.nodes_using_image("docker.io/u/x:latest")
         assert [node.name for node in using] == ["a", "b"]
         assert await database.nodes_using_image("docker.io/u/z:latest") == []
+
+
+async def test_node_by_ip_is_the_node_seen_last_at_that_address(path: Path) -> None:
+    async with Database(path) as database:
+        await database.upsert_node("02:00:00:00:00:01", ip="10.0.0.5", model="pc-x86-64", now=1.0)
+        await database.upsert_node("02:00:00:00:00:02", ip="10.0.0.5", model="pc-x86-64", now=2.0)
+        await database.upsert_node("02:00:00:00:00:03", ip="10.0.0.6", now=3.0)  # no model
+        found = await database.node_by_ip("10.0.0.5")
+        assert found is not None and found.mac == "02:00:00:00:00:02"
+        assert await database.node_by_ip("10.0.0.6") is None  # an unknown device is no node
+        assert await database.node_by_ip("10.0.0.7") is None

@@ -21,6 +21,8 @@ from waltd.images.locks import NameLocks
 from waltd.images.repository import Repository
 from waltd.node_events import NodeEvents
 from waltd.process import Children
+from waltd.provision.nfs import NfsExports
+from waltd.provision.vnodes import VirtualNodes
 from waltd.registries.base import Credentials
 from waltd.registries.sources import Registries
 from waltd.supervisor import RunningConfig, ServiceStatus
@@ -61,6 +63,10 @@ class Context:
     secrets: ServerSecrets
     # Each service's status by name, kept by the supervisor (what `walt status` shows).
     statuses: Mapping[str, ServiceStatus]
+    # The virtual nodes (QEMU); their service runs them only with a node network.
+    vnodes: VirtualNodes
+    # The NFS exports of nodes, applied to the server `exports.nfs` names (NfsService).
+    exporter: NfsExports = field(default_factory=NfsExports)
     started_monotonic: float = field(default_factory=time.monotonic)
 
     @property

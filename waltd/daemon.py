@@ -20,9 +20,13 @@ from waltd.images.locks import NameLocks
 from waltd.images.repository import Repository, RepositoryService
 from waltd.node_events import NodeEvents
 from waltd.process import Children, kill_recorded
+from waltd.provision.boot_http import BootHttpService
 from waltd.provision.detect import DetectionService
 from waltd.provision.dnsmasq import DnsmasqService
+from waltd.provision.exports import ExportsService
+from waltd.provision.nfs import NfsService
 from waltd.provision.provisioning import ProvisioningService
+from waltd.provision.vnodes import VirtualNodes, VirtualNodesService
 from waltd.registries.cache import DigestCache
 from waltd.registries.sources import Registries, RegistriesService
 from waltd.supervisor import RunningConfig, Service, ServiceStatus, Supervisor
@@ -66,6 +70,14 @@ def standard_services(config: configuration.Config) -> list[ServiceFactory]:
     ]
     if config.walt_net is not None:
         services.append(DnsmasqService)
+        # the NFS server before anything exports to it (nodes' root file systems)
+        services.append(lambda ctx: NfsService(ctx.exporter, ctx.children, ctx.running))
+        # Nodes fetch over HTTP what dnsmasq's bootstrap sends them to.
+        services.append(BootHttpService)
+        # mounts, boot files, node folders and NFS exports of the nodes ready to boot
+        services.append(ExportsService)
+        # last: a virtual node's first requests find DHCP, TFTP and HTTP answering
+        services.append(lambda ctx: VirtualNodesService(ctx.vnodes))
     return services
 
 
@@ -127,17 +139,20 @@ async def _run(
     secrets.load()
     statuses: dict[str, ServiceStatus] = {}
     children = Children(records)
+    nodes = NodeEvents()
+    db = Database(state_dir / "waltd.db")
     ctx = Context(
         running=running,
         bus=bus,
-        nodes=NodeEvents(),
+        nodes=nodes,
         children=children,
-        db=Database(state_dir / "waltd.db"),
+        db=db,
         registries=Registries(DigestCache(state_dir / "registry-cache")),
         repository=Repository(children, running),
         image_locks=NameLocks(),
         secrets=secrets,
         statuses=statuses,
+        vnodes=VirtualNodes(running, children, db, nodes),
     )
     services = [make(ctx) for make in [*standard_services(config), *extra]]
     supervisor = Supervisor(

@@ -64,6 +64,16 @@ MIGRATIONS: tuple[str, ...] = (
     ALTER TABLE models ADD COLUMN source TEXT;
     CREATE INDEX nodes_by_model_state ON nodes (model, state);
     """,
+    # Virtual nodes (QEMU run by the daemon): each is also a node of `nodes` (its MAC), and
+    # `owner` is the uid of the user who created it (who, with root, may remove it).
+    """
+    CREATE TABLE vnodes (
+        name TEXT PRIMARY KEY NOT NULL,
+        mac TEXT NOT NULL UNIQUE,
+        owner INTEGER NOT NULL,
+        created REAL NOT NULL
+    );
+    """,
 )
 
 # Long enough to ride out a checkpoint or a backup tool reading the file, short enough to
@@ -98,6 +108,17 @@ class Node:
 def _node(row: tuple[Any, ...]) -> Node:
     *fields, announced = row
     return Node(*fields, announced=bool(announced))
+
+
+@dataclass(frozen=True)
+class VNode:
+    """A virtual node as recorded: its name and MAC (also its node's), its creator's uid,
+    when it was created."""
+
+    name: str
+    mac: str
+    owner: int
+    created: float
 
 
 @dataclass(frozen=True)
@@ -347,6 +368,33 @@ class Database:
 
         return await self._run(work)
 
+    async def node_by_ip(self, ip: str) -> Node | None:
+        """The node (a model known) whose address is `ip`, or None; when a stale entry still
+        holds the address too, the one seen last."""
+
+        def work(conn: sqlite3.Connection) -> Node | None:
+            row = conn.execute(
+                f"SELECT {_NODE_COLUMNS} FROM nodes WHERE ip = ? AND model IS NOT NULL"
+                " ORDER BY last_seen DESC LIMIT 1",
+                (ip,),
+            ).fetchone()
+            return None if row is None else _node(row)
+
+        return await self._run(work)
+
+    async def node_by_name(self, name: str) -> Node | None:
+        """The node (a model known) named `name`, or None."""
+
+        def work(conn: sqlite3.Connection) -> Node | None:
+            row = conn.execute(
+                f"SELECT {_NODE_COLUMNS} FROM nodes WHERE name = ? AND model IS NOT NULL"
+                " ORDER BY last_seen DESC LIMIT 1",
+                (name,),
+            ).fetchone()
+            return None if row is None else _node(row)
+
+        return await self._run(work)
+
     async def list_nodes(self) -> list[Node]:
         """Return every node, ordered by MAC."""
 
@@ -549,5 +597,40 @@ class Database:
         def work(conn: sqlite3.Connection) -> list[ModelStatus]:
             rows = conn.execute(f"SELECT {_MODEL_COLUMNS} FROM models ORDER BY model").fetchall()
             return [ModelStatus(*row) for row in rows]
+
+        return await self._run(work)
+
+    async def add_vnode(self, name: str, mac: str, owner: int, now: float | None = None) -> VNode:
+        """Record virtual node `name` (MAC `mac`, created by uid `owner`).
+
+        Raises StateError when the name or the MAC is taken, ValueError for an invalid MAC.
+        """
+        vnode = VNode(name, normalise_mac(mac), owner, time.time() if now is None else now)
+
+        def work(conn: sqlite3.Connection) -> VNode:
+            conn.execute(
+                "INSERT INTO vnodes (name, mac, owner, created) VALUES (?, ?, ?, ?)",
+                (vnode.name, vnode.mac, vnode.owner, vnode.created),
+            )
+            return vnode
+
+        return await self._run(work)
+
+    async def remove_vnode(self, name: str) -> bool:
+        """Forget virtual node `name` (its node stays); return whether it was recorded."""
+
+        def work(conn: sqlite3.Connection) -> bool:
+            return conn.execute("DELETE FROM vnodes WHERE name = ?", (name,)).rowcount > 0
+
+        return await self._run(work)
+
+    async def list_vnodes(self) -> list[VNode]:
+        """Every virtual node, ordered by name."""
+
+        def work(conn: sqlite3.Connection) -> list[VNode]:
+            rows = conn.execute(
+                "SELECT name, mac, owner, created FROM vnodes ORDER BY name"
+            ).fetchall()
+            return [VNode(*row) for row in rows]
 
         return await self._run(work)

@@ -420,6 +420,26 @@ def parse_clone_url(text: str, labels: Collection[str] = ()) -> CloneURL:
     return CloneURL(location, user, name, tag)
 
 
+# Node names --------------------------------------------------------------------------------
+
+# A node name is its DHCP host name (dnsmasq's hosts.d) and a command line argument: a host
+# name label, shorter than Linux's user names so that a name and a suffix fit in 63.
+NODE_NAME_MAX = 32
+_NODE_NAME_RE = re.compile(r"[a-z0-9]+(?:-+[a-z0-9]+)*")
+_NODE_NAME_RULE = (
+    f"use lower-case letters, digits and '-' (not first or last), at most {NODE_NAME_MAX} "
+    "characters"
+)
+
+
+def check_node_name(text: str) -> str:
+    """`text` if it is a node name users may give (`vnode1`); InvalidName saying what is
+    allowed otherwise."""
+    if len(text) > NODE_NAME_MAX or not _NODE_NAME_RE.fullmatch(text):
+        raise InvalidName(f"invalid node name {_show(text)}: {_NODE_NAME_RULE}")
+    return text
+
+
 # MAC addresses -----------------------------------------------------------------------------
 
 # Six hex pairs separated by ':' or '-', the same separator throughout.

@@ -11,15 +11,18 @@ from __future__ import annotations
 import asyncio
 import json
 import subprocess
+import sys
 
 from lab import Lab, build_image, exportable_mount
 from lab.record import mount_points, process_start_time
+from waltd import log
 
 IMAGE = "docker.io/waltplatform/stale-default:latest"
 
 
 async def main() -> None:
     """Make a lab with a registry, a node, an image mount and an unrecorded process, then wait."""
+    log.setup(stream=sys.stderr)  # waltd's records (the image mount's): stdout is the state
     async with Lab() as lab:
         await lab.start_registry("hub")
         await lab.add_node()

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import pytest
 
-from lab import Lab, NfsExport, build_image, exportable_mount, ganesha
+from lab import Lab, NfsExport, build_image, exportable_mount, fsid_of, ganesha
 from lab.record import mount_points
 
 if TYPE_CHECKING:
@@ -29,7 +30,7 @@ async def test_ganesha_serves_the_image_to_its_node_only(
 ) -> None:
     for tool in ("buildah", "podman", "ganesha.nfsd", "rpcbind", "nfs-cat"):
         require_tool(tool)
-    await build_image(lab, IMAGE, ["pc-x86-64"], {"etc/marker": MARKER})
+    image = await build_image(lab, IMAGE, ["pc-x86-64"], {"etc/marker": MARKER})
     node_a, node_b = await lab.add_node(), await lab.add_node()
     ip_a = await lab.node_dhcp(node_a, vendor_class="walt.node.pc-x86-64")
     await lab.node_dhcp(node_b, vendor_class="walt.node.pc-x86-64")
@@ -39,7 +40,7 @@ async def test_ganesha_serves_the_image_to_its_node_only(
     async with exportable_mount(lab, IMAGE) as fs:
         assert fs == fs.resolve() and (fs / "etc/marker").read_text() == MARKER
         async with ganesha(lab) as nfs:
-            await nfs.set_exports([NfsExport(1, fs, pseudo, (str(ip_a),))])
+            await nfs.set_exports([NfsExport(Path(pseudo), fs, str(ip_a), fsid_of(image))])
 
             assert await _nfs_cat(lab, node_a.netns, url) == (0, MARKER)
             assert await _nfs_cat(lab, node_a.netns, url + "?version=4") == (0, MARKER)

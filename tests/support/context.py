@@ -13,6 +13,7 @@ from waltd.images.locks import NameLocks
 from waltd.images.repository import Repository
 from waltd.node_events import NodeEvents
 from waltd.process import Children
+from waltd.provision.vnodes import VirtualNodes
 from waltd.registries.sources import Registries
 from waltd.supervisor import RunningConfig
 
@@ -23,15 +24,18 @@ def make_context(state_dir: Path, config: configuration.Config | None = None) ->
     config = replace(config, daemon=replace(config.daemon, state_dir=state_dir))
     running = RunningConfig(config, None)
     children = Children(state_dir / "children.json")
+    nodes = NodeEvents()
+    db = Database(state_dir / "waltd.db")
     return Context(
         running=running,
         bus=EventBus(),
-        nodes=NodeEvents(),
+        nodes=nodes,
         children=children,
-        db=Database(state_dir / "waltd.db"),
+        db=db,
         registries=Registries(None),
         repository=Repository(children, running),
         image_locks=NameLocks(),
         secrets=ServerSecrets(None),
         statuses={},
+        vnodes=VirtualNodes(running, children, db, nodes),
     )

@@ -1,4 +1,5 @@
-"""GET /v1/nodes (`walt node show`): the nodes, the unknown devices and the default images.
+"""GET /v1/nodes (`walt node show`): the nodes, the unknown devices and the default images;
+POST /v1/nodes/boot (`walt node boot`): the image nodes boot.
 
 Readable by any local user (the caller is still identified by SO_PEERCRED, as for every
 endpoint). The answer is data (`wire.NodeListing`); `walt` draws the tables. Node names,
@@ -7,12 +8,16 @@ models and IPs come from the node network: the client escapes them when it print
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from typing import Any
+
 from aiohttp import web
 
 from waltd.api import wire
-from waltd.api.common import context, error
+from waltd.api.common import Emit, caller, context, error, read_body, stream_operation
 from waltd.db import ModelStatus, Node, StateError
 from waltd.images.store import LocalRef
+from waltd.provision import node_boot
 from waltd.provision.nodes import default_image
 
 
@@ -91,6 +96,28 @@ async def list_nodes(request: web.Request) -> web.Response:
     return web.json_response(listing(nodes, models).to_json())
 
 
+async def boot_nodes(request: web.Request) -> web.StreamResponse:
+    """POST /v1/nodes/boot (`wire.NodeBootRequest`): one `wire.NodeBooting` record per node
+    given the image, then `wire.NodesBooted`; nothing changes when the request is refused."""
+    try:
+        wanted = wire.NodeBootRequest.from_json(await read_body(request))
+    except ValueError as err:
+        return error(400, f"bad request: {err}")
+    ctx = context(request)
+    who = caller(request)
+
+    async def operation(emit: Emit) -> Mapping[str, Any]:
+        switched = await node_boot.boot_nodes(
+            ctx, wanted.nodes, wanted.image, who.walt_user, who.uid == 0
+        )
+        for done in switched:
+            emit(wire.NodeBooting(done.name, done.image, done.action).to_json())
+        return wire.NodesBooted(len(switched)).to_json()
+
+    return await stream_operation(request, operation)
+
+
 def add_routes(app: web.Application) -> None:
-    """The route of `walt node show`."""
+    """The routes of `walt node show` and `walt node boot`."""
     app.router.add_get("/v1/nodes", list_nodes)
+    app.router.add_post("/v1/nodes/boot", boot_nodes)

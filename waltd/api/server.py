@@ -21,7 +21,7 @@ import structlog
 from aiohttp import web
 
 from waltd import SERVER_VERSION, __version__, log
-from waltd.api import images_build, images_store, images_transfer, nodes, wire
+from waltd.api import images_build, images_store, images_transfer, nodes, vnodes, wire
 from waltd.api.common import CONTEXT, IDENTITY
 from waltd.api.common import caller as _caller
 from waltd.api.common import caller_credentials as _caller_credentials
@@ -206,9 +206,11 @@ def make_app(ctx: Context) -> web.Application:
     images_transfer.add_routes(app)
     images_store.add_routes(app)
     nodes.add_routes(app)
+    vnodes.add_routes(app)
 
     async def end_streams(app: web.Application) -> None:
         ctx.bus.end_followers()
+        ctx.vnodes.end_consoles()
 
     app.on_shutdown.append(end_streams)
     return app

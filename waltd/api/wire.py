@@ -13,6 +13,7 @@ import json
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
+from urllib.parse import urlencode
 
 # A request body: a search request with its logins takes well under a kilobyte.
 MAX_BODY_BYTES = 64 * 1024
@@ -1065,3 +1066,201 @@ class NodeListing:
             models=tuple(ModelRow.from_json(m, f"models[{i}].") for i, m in enumerate(models)),
             omitted=omitted,
         )
+
+
+# --- virtual nodes: POST /v1/nodes/{create,remove}, GET /v1/nodes/console ----------------
+# create and remove take a `VNodeRequest` body and stream NDJSON: one `VNodeResult` record
+# or an `OperationError` record. The console streams `ConsoleLine` records (the lines kept,
+# then, with `follow`, new ones), a `ConsoleDropped` record where a slow reader lost lines.
+
+MAX_CONSOLE_LINE_CHARS = 4096  # the daemon cuts its lines at 1024
+
+
+@dataclass(frozen=True)
+class VNodeRequest:
+    """POST /v1/nodes/create or /v1/nodes/remove: the virtual node's name (the daemon
+    checks its grammar)."""
+
+    name: str
+
+    def to_json(self) -> dict[str, Any]:
+        """The request body."""
+        return {"name": self.name}
+
+    @classmethod
+    def from_json(cls, obj: Any) -> VNodeRequest:
+        """From a decoded body; ValueError naming a bad field."""
+        obj = _obj(obj, "the request body", 8)
+        return cls(_str(_key(obj, "name", ""), "name", MAX_NODE_TEXT_CHARS))
+
+
+@dataclass(frozen=True)
+class VNodeResult:
+    """A virtual node created or removed: its name, MAC, and one line for the user."""
+
+    name: str
+    mac: str
+    message: str
+
+    def to_json(self) -> dict[str, Any]:
+        """The NDJSON record."""
+        return {"type": "result", **self.__dict__}
+
+    @classmethod
+    def from_json(cls, obj: Mapping[str, Any]) -> VNodeResult:
+        """From its record; ValueError naming a bad field."""
+        return cls(
+            name=_str(_key(obj, "name", ""), "name", MAX_NODE_TEXT_CHARS),
+            mac=_str(_key(obj, "mac", ""), "mac", MAX_NODE_TEXT_CHARS),
+            message=_str(_key(obj, "message", ""), "message"),
+        )
+
+
+def vnode_record(obj: Any) -> VNodeResult | OperationError:
+    """A record of a create or remove stream; ValueError for an unknown or broken one."""
+    obj = _obj(obj, "a record")
+    kind = obj.get("type")
+    if kind == "result":
+        return VNodeResult.from_json(obj)
+    if kind == "error":
+        return OperationError(_str(_key(obj, "error", ""), "error"))
+    raise ValueError(f"a record of unknown type {str(kind)[:40]!r}")
+
+
+@dataclass(frozen=True)
+class ConsoleQuery:
+    """GET /v1/nodes/console: virtual node `name`'s console lines, then, with `follow`, new
+    ones as they come."""
+
+    name: str
+    follow: bool = False
+
+    def to_query(self) -> str:
+        """The query string, `?` included (the name URL-encoded)."""
+        return "?" + urlencode({"name": self.name, **({"follow": "1"} if self.follow else {})})
+
+    @classmethod
+    def from_query(cls, query: Mapping[str, str]) -> ConsoleQuery:
+        """From a request's query parameters; ValueError naming a bad one."""
+        name = query.get("name")
+        if not name:
+            raise ValueError("name is missing")
+        return cls(
+            name=_str(name, "name", MAX_NODE_TEXT_CHARS),
+            follow=query.get("follow") in ("1", "true", "yes"),
+        )
+
+
+@dataclass(frozen=True)
+class ConsoleLine:
+    """A console line, numbered in its console's life (a gap: lines the ring let go)."""
+
+    seq: int
+    line: str
+
+    def to_json(self) -> dict[str, Any]:
+        """The NDJSON record."""
+        return {"type": "line", "seq": self.seq, "line": self.line}
+
+
+@dataclass(frozen=True)
+class ConsoleDropped:
+    """The reader was too slow: `count` lines were not sent to it."""
+
+    count: int
+
+    def to_json(self) -> dict[str, Any]:
+        """The NDJSON record."""
+        return {"type": "dropped", "count": self.count}
+
+
+def console_record(obj: Any) -> ConsoleLine | ConsoleDropped | OperationError:
+    """A record of a console stream; ValueError for an unknown or broken one."""
+    obj = _obj(obj, "a record")
+    kind = obj.get("type")
+    if kind == "line":
+        return ConsoleLine(
+            _int(_key(obj, "seq", ""), "seq"),
+            _str(_key(obj, "line", ""), "line", MAX_CONSOLE_LINE_CHARS),
+        )
+    if kind == "dropped":
+        return ConsoleDropped(_int(_key(obj, "count", ""), "count"))
+    if kind == "error":
+        return OperationError(_str(_key(obj, "error", ""), "error"))
+    raise ValueError(f"a record of unknown type {str(kind)[:40]!r}")
+
+
+# ---- walt node boot -------------------------------------------------------------------------
+
+MAX_BOOT_NODES = 1000  # named in one `walt node boot`
+
+
+@dataclass(frozen=True)
+class NodeBootRequest:
+    """POST /v1/nodes/boot: give `nodes` (names) the image `image` (`[user/]name[:tag]`, or
+    `default`: each node's model's default image)."""
+
+    nodes: tuple[str, ...]
+    image: str
+
+    def to_json(self) -> dict[str, Any]:
+        """The request body."""
+        return {"nodes": list(self.nodes), "image": self.image}
+
+    @classmethod
+    def from_json(cls, obj: Any) -> NodeBootRequest:
+        """From a decoded body; ValueError naming a bad field."""
+        obj = _obj(obj, "the request body", 8)
+        listed = _list(_key(obj, "nodes", ""), "nodes", MAX_BOOT_NODES)
+        names = tuple(
+            _str(name, f"nodes[{i}]", MAX_NODE_TEXT_CHARS) for i, name in enumerate(listed)
+        )
+        return cls(names, _str(_key(obj, "image", ""), "image", MAX_NAME_CHARS))
+
+
+@dataclass(frozen=True)
+class NodeBooting:
+    """One node given its new image, and what happens next: `reset` (a virtual node, reset
+    now) or `reboot` (the node boots it when it boots next)."""
+
+    name: str
+    image: str
+    action: str
+
+    def to_json(self) -> dict[str, Any]:
+        """The NDJSON record."""
+        return {"type": "node", **self.__dict__}
+
+    @classmethod
+    def from_json(cls, obj: Mapping[str, Any]) -> NodeBooting:
+        """From a record; ValueError naming a bad field."""
+        return cls(
+            _str(_key(obj, "name", ""), "name", MAX_NODE_TEXT_CHARS),
+            _str(_key(obj, "image", ""), "image", MAX_NAME_CHARS),
+            _str(_key(obj, "action", ""), "action", MAX_NODE_TEXT_CHARS),
+        )
+
+
+@dataclass(frozen=True)
+class NodesBooted:
+    """The end of a `walt node boot` stream: how many nodes were given the image."""
+
+    count: int
+
+    def to_json(self) -> dict[str, Any]:
+        """The NDJSON record."""
+        return {"type": "result", "count": self.count}
+
+
+def node_boot_record(obj: Any) -> NodeBooting | NodesBooted | OperationError:
+    """A record of a `walt node boot` stream: one per node, then the result; ValueError for
+    an unknown or broken one."""
+    obj = _obj(obj, "a record")
+    kind = obj.get("type")
+    if kind == "node":
+        return NodeBooting.from_json(obj)
+    if kind == "result":
+        return NodesBooted(_int(_key(obj, "count", ""), "count"))
+    if kind == "error":
+        return OperationError(_str(_key(obj, "error", ""), "error"))
+    raise ValueError(f"a record of unknown type {str(kind)[:40]!r}")

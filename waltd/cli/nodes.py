@@ -11,8 +11,9 @@ import json
 import time
 
 from waltd.api import wire
+from waltd.cli import vnodes
 from waltd.cli.client import Client, ClientError
-from waltd.cli.terminal import table
+from waltd.cli.terminal import printable, table
 
 NO_NODES = "No nodes detected yet."
 DEVICES_TITLE = "Unknown devices (not WalT nodes):"
@@ -90,11 +91,34 @@ async def _show(args: argparse.Namespace) -> int:
     return 0
 
 
+async def _boot(args: argparse.Namespace) -> int:
+    # WalT users also write a node set as one comma-separated word
+    nodes = [n for word in args.nodes for n in word.split(",") if n]
+    request = wire.NodeBootRequest(tuple(nodes), args.image)
+    async with Client() as client:
+        async for raw in client.stream("/v1/nodes/boot", request.to_json()):
+            try:
+                record = wire.node_boot_record(raw)
+            except ValueError as err:
+                raise ClientError(f"waltd sent an unreadable record: {err}") from err
+            if isinstance(record, wire.OperationError):
+                raise ClientError(record.error)
+            if isinstance(record, wire.NodeBooting):
+                then = "reset now" if record.action == "reset" else "reboot it to boot it"
+                print(printable(f"{record.name} will boot {record.image}: {then}"))
+    return 0
+
+
 def register(categories: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    """Add `walt node show` to the command line."""
+    """Add `walt node show` (and the virtual nodes' commands) to the command line."""
     node = categories.add_parser("node", help="WalT nodes")
     commands = node.add_subparsers(dest="command", required=True, metavar="COMMAND")
     show = commands.add_parser("show", help="the nodes and unknown devices of the node network")
     show.add_argument("--all", action="store_true", help="add each model's default image status")
     show.add_argument("--json", action="store_true", help="print the listing as JSON")
     show.set_defaults(func=_show)
+    boot = commands.add_parser("boot", help="the image nodes boot (yours, or default)")
+    boot.add_argument("nodes", nargs="+", metavar="NODE", help="node names (or NODE,NODE,...)")
+    boot.add_argument("image", metavar="IMAGE", help="an image of yours, or `default`")
+    boot.set_defaults(func=_boot)
+    vnodes.register(commands)

@@ -1,0 +1,257 @@
+"""Images mounted the exportable way: the mount table parser (pure), then real overlay mounts
+of images built into a real podman storage in the test's folder (root, podman, buildah)."""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import os
+import subprocess
+from collections.abc import AsyncIterator, Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import require_root, require_tool
+from tests.support.store_images import build, release_storage, repository_at
+from waltd.images import mounts as layers
+from waltd.images import store
+from waltd.images.mounts import LayersError, overlay_lowerdir, unescape_mount_field
+from waltd.images.repository import Repository
+from waltd.images.store import LocalRef
+from waltd.process import Children
+from waltd.provision.mounts import (
+    MAX_OPTIONS_BYTES,
+    ImageMounts,
+    MountBusy,
+    MountError,
+    overlay_options,
+    parse_mounts,
+)
+
+ID_A, ID_B = "a" * 64, "b" * 64
+ROOT = Path("/srv/walt exports")
+
+TABLE = (
+    "/dev/vda / ext4 rw,relatime 0 0\n"
+    # an image mount, its root holding a space (\040)
+    f"overlay /srv/walt\\040exports/images/{ID_A}/fs overlay ro,lowerdir=l/AB,upperdir=/u 0 0\n"
+    # not an overlay, not under images/, not an id, not fs: all left out
+    f"tmpfs /srv/walt\\040exports/images/{ID_B}/fs tmpfs rw 0 0\n"
+    f"overlay /srv/other/images/{ID_B}/fs overlay ro 0 0\n"
+    "overlay /srv/walt\\040exports/images/short/fs overlay ro 0 0\n"
+    f"overlay /srv/walt\\040exports/images/{ID_B}/fs/deeper overlay ro 0 0\n"
+    f"overlay /srv/walt\\040exports/images/{ID_B}/fs overlay ro,lowerdir=l/CD 0 0\n"
+)
+
+
+def test_parse_mounts_finds_image_mounts_only() -> None:
+    assert parse_mounts(TABLE, ROOT) == {
+        ID_A: ROOT / "images" / ID_A / "fs",
+        ID_B: ROOT / "images" / ID_B / "fs",
+    }
+    assert parse_mounts("", ROOT) == {}
+    assert parse_mounts(TABLE, Path("/srv/walt")) == {}
+
+
+def test_unescape_mount_field() -> None:
+    assert unescape_mount_field(r"/mnt/a\040b\011c\134d\054e") == "/mnt/a b\tc\\d,e"
+    assert unescape_mount_field("/plain") == "/plain"
+
+
+PODMAN_MOUNTS = (
+    "overlay /s/overlay/x/merged overlay ro,relatime,lowerdir=/s/overlay/x/diff:/s/overlay/x/"
+    "empty,redirect_dir=on 0 0\n"
+    r"overlay /s/with\040space overlay ro,lowerdir=l/AB:l/CD,upperdir=/u,workdir=/w 0 0"
+    "\n"
+    "overlay /s/new overlay ro,lowerdir+=/s/l1,lowerdir+=/s/l\\0542,redirect_dir=on 0 0\n"
+)
+
+
+def test_overlay_lowerdir_reads_podmans_mount() -> None:
+    lower = overlay_lowerdir(PODMAN_MOUNTS, "/s/overlay/x/merged")
+    assert lower == "/s/overlay/x/diff:/s/overlay/x/empty"
+    assert overlay_lowerdir(PODMAN_MOUNTS, "/s/with space") == "l/AB:l/CD"
+    # the new mount API lists one option per layer (a comma in a path is escaped)
+    assert overlay_lowerdir(PODMAN_MOUNTS, "/s/new") == "/s/l1:/s/l,2"
+    with pytest.raises(LayersError, match="no overlay"):
+        overlay_lowerdir(PODMAN_MOUNTS, "/")
+
+
+def test_overlay_options_fit_in_a_page_or_say_what_to_do() -> None:
+    upper, work = Path("/var/lib/walt/images") / ID_A / "upper", Path("/w")
+    options = overlay_options("l/AB:l/CD", upper, work)
+    assert options == f"ro,index=on,nfs_export=on,lowerdir=l/AB:l/CD,upperdir={upper},workdir=/w"
+    # 128 layers of podman's short links fit
+    assert len(overlay_options(":".join(["l/" + "X" * 26] * 128), upper, work)) < 4096
+    with pytest.raises(MountError, match=r"141 layers take \d+ bytes.*squash"):
+        overlay_options(":".join(["l/" + "X" * 26] * 141), upper, work)
+    assert MAX_OPTIONS_BYTES == 4095
+
+
+# ---- real mounts ------------------------------------------------------------------------
+
+
+@dataclass
+class Setup:
+    repo: Repository
+    root: Path
+    children: Children
+
+    def mounts(self) -> ImageMounts:
+        """A fresh ImageMounts, as a restarted daemon makes."""
+        return ImageMounts(self.root, self.repo, self.children)
+
+
+def _overlays_at(point: Path) -> int:
+    with open("/proc/self/mounts") as table:
+        return sum(1 for line in table if line.split()[1:3] == [str(point), "overlay"])
+
+
+def _options(point: Path) -> set[str]:
+    with open("/proc/self/mounts") as table:
+        return {
+            o for line in table if line.split()[1] == str(point) for o in line.split()[3].split(",")
+        }
+
+
+def _unmount_all(root: Path, mounted: Iterable[str]) -> None:
+    for image in mounted:
+        subprocess.run(["umount", "-R", str(root / "images" / image / "fs")], check=False)
+
+
+def _mount_by_hand(lower: str, relative: Path, point: Path) -> None:
+    argv = ["mount", "-t", "overlay", "overlay", "-o", f"ro,lowerdir={lower}", str(point)]
+    subprocess.run(argv, cwd=relative, check=True)
+
+
+def _stat(path: Path) -> os.stat_result:
+    return os.stat(path)
+
+
+def _real(path: Path) -> Path:
+    return Path(os.path.realpath(path))
+
+
+@pytest.fixture
+async def setup(tmp_path: Path) -> AsyncIterator[Setup]:
+    require_root()
+    for tool in ("mount", "umount"):
+        require_tool(tool)
+    repo = repository_at(tmp_path)
+    root = tmp_path / "exports"
+    old = os.umask(0o077)  # the daemon's: mounts must not show it to nodes
+    try:
+        yield Setup(repo, root, Children(tmp_path / "children.json"))
+    finally:
+        os.umask(old)
+    _unmount_all(root, ImageMounts(root, repo, Children(tmp_path / "c.json")).mounted())
+    release_storage(repo.storage.graphroot)
+
+
+async def _names(repo: Repository, image_id: str) -> set[str]:
+    data = await store.inspect_id(repo, image_id)
+    return set(data.names) if data else set()
+
+
+async def test_an_image_is_mounted_once_read_only_and_held(setup: Setup) -> None:
+    ref = LocalRef("alice", "one")
+    image = await build(setup.repo, ref, layers=2, content="hello")
+    mounts = setup.mounts()
+
+    first, second = await asyncio.gather(mounts.mount(image), mounts.mount(image))
+    assert first == second == setup.root.resolve() / "images" / image / "fs"
+    assert first == _real(first)
+    assert _overlays_at(first) == 1
+    assert mounts.mounted() == {image: first}
+    assert (first / "layer-1").read_text() == "docker.io/alice/one:latest 1 hello\n"
+    # the overlay's root shows the image's top layer's (buildah's 0555 here), not the
+    # daemon's umask on the upper folder
+    lower, relative = await layers.layer_dirs(setup.repo, image)
+    top = _stat(relative / lower.split(":")[0])
+    assert (first.stat().st_mode, first.stat().st_uid) == (top.st_mode, top.st_uid)
+    assert top.st_mode & 0o005
+    with pytest.raises(OSError) as written:
+        (first / "new").write_text("x")
+    assert written.value.errno == errno.EROFS
+    assert {"ro", "index=on", "nfs_export=on"} <= _options(first)
+
+    # the hold keeps the image while mounted; it is never listed as a user's image
+    assert layers.hold_name(image) in await _names(setup.repo, image)
+    assert [i.ref for i in await store.list_images(setup.repo)] == [ref]
+    await store.remove(setup.repo, ref)
+    assert await store.inspect_id(setup.repo, image) is not None
+    assert (first / "layer-0").exists()
+
+    await mounts.unmount(image)
+    assert mounts.mounted() == {} and not (setup.root / "images" / image).exists()
+    assert await layers.held(setup.repo) == set()
+    await store.drop_if_unnamed(setup.repo, image)
+    assert await store.inspect_id(setup.repo, image) is None
+    await mounts.unmount(image)  # not mounted: nothing to do
+
+
+async def test_a_busy_mount_is_not_unmounted(setup: Setup) -> None:
+    image = await build(setup.repo, LocalRef("alice", "busy"))
+    mounts = setup.mounts()
+    point = await mounts.mount(image)
+    held_open = os.open(point / "layer-0", os.O_RDONLY)
+    try:
+        with pytest.raises(MountBusy, match="in use"):
+            await mounts.unmount(image)
+        assert mounts.mounted() == {image: point}
+    finally:
+        os.close(held_open)
+    await mounts.unmount(image)
+    assert mounts.mounted() == {}
+
+
+async def test_mounting_an_absent_image_says_so(setup: Setup) -> None:
+    with pytest.raises(MountError, match="cannot be mounted"):
+        await setup.mounts().mount("c" * 64)
+    with pytest.raises(ValueError, match="64 hex"):
+        await setup.mounts().mount("c" * 12)
+    assert not (setup.root / "images" / ("c" * 64)).exists()
+
+
+async def test_reconcile_after_a_crash_never_mounts_twice(setup: Setup) -> None:
+    kept = await build(setup.repo, LocalRef("alice", "kept"), content="k")
+    gone = await build(setup.repo, LocalRef("alice", "gone"), content="g")
+    before = setup.mounts()  # the daemon that crashed
+    kept_at, gone_at = await before.mount(kept), await before.mount(gone)
+    # what a crash mid-mount leaves: a folder without a mount, and a stray hold
+    half = setup.root / "images" / ("d" * 64)
+    (half / "upper").mkdir(parents=True)
+    stray = await build(setup.repo, LocalRef("alice", "stray"), content="s")
+    await layers.hold(setup.repo, stray)
+    (setup.root / "images" / "not-an-id").mkdir()
+
+    after = setup.mounts()
+    assert await after.mount(kept) == kept_at and _overlays_at(kept_at) == 1
+    done = await after.reconcile({kept})
+    assert done.kept == {kept} and done.unmounted == {gone} and not done.busy
+    assert done.removed == {gone, "d" * 64} and done.released == {gone, stray}
+    assert after.mounted() == {kept: kept_at} and _overlays_at(kept_at) == 1
+    assert not gone_at.exists() and not half.exists()
+    assert (setup.root / "images" / "not-an-id").is_dir()  # not the daemon's: left
+    assert await layers.held(setup.repo) == {kept}
+
+    # a mount stacked twice by hand: the wanted image keeps one
+    lower, relative = await layers.layer_dirs(setup.repo, kept)
+    _mount_by_hand(lower, relative, kept_at)
+    assert _overlays_at(kept_at) == 2
+    await setup.mounts().reconcile({kept})
+    assert _overlays_at(kept_at) == 1 and (kept_at / "layer-0").exists()
+    done = await setup.mounts().reconcile(set())
+    assert done.unmounted == {kept} and after.mounted() == {}
+
+
+async def test_an_image_of_a_hundred_layers_mounts(setup: Setup) -> None:
+    """podman lists many layers as short relative links: the options fit in a page."""
+    image = await build(setup.repo, LocalRef("alice", "many"), layers=100)
+    lower, relative = await layers.layer_dirs(setup.repo, image)
+    assert lower.count(":") >= 99 and "l/" in lower and relative.name == "overlay"
+    point = await setup.mounts().mount(image)
+    assert (point / "layer-0").exists() and (point / "layer-99").exists()
+    await setup.mounts().unmount(image)

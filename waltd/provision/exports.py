@@ -1,0 +1,341 @@
+"""Exports: what makes a ready node bootable, kept in step with node events.
+
+For each node whose image is there (state `ready` or `booted`), the exports service:
+
+1. mounts its image once, the exportable way (`mounts.ImageMounts`: R/images/<id>/fs);
+2. copies the image's `/boot/<model>/` into R/boot/<id>/<model> once per image and model
+   (`boot.copy_boot_files`: server-owned regular files, links resolved inside the image);
+3. points the node's folder at both (`boot.set_node_links`, each link switched atomically);
+4. exports the image to that node alone over NFS (the exporter of `exports.nfs`).
+
+A node without an image ready gets the "wait and retry" boot script (`boot.set_node_waiting`).
+An image no node uses any longer is unexported at once and unmounted after
+`exports.unmount-grace-s` (a node switching back meanwhile keeps it). A node that does not
+report booted within `boot.timeout-s` is logged; a virtual node is then reset, at most
+`boot.retries` times. At start (and on a `Resync`) everything is rebuilt from the database:
+mounts a crash left are reconciled (never mounted twice), then every node is set again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Self
+
+from waltd import config as configuration
+from waltd import log
+from waltd.context import Context
+from waltd.db import Node
+from waltd.images import store
+from waltd.images.store import LocalRef
+from waltd.images.tools import ToolError
+from waltd.node_events import NodeSeen, NodeState, Resync, Subscription
+from waltd.provision import boot, nodes
+from waltd.provision.mounts import ImageMounts, MountError
+from waltd.provision.nfs import NfsExport, NfsExports, fsid_of
+from waltd.supervisor import Service
+
+_log = log.get("exports")
+BOOTABLE = (nodes.READY, nodes.BOOTED)
+
+
+@dataclass(frozen=True)
+class Exported:
+    """A node as exported: its image id, model and address."""
+
+    image_id: str
+    model: str
+    ip: str
+
+
+def export_list(
+    root: Path, exported: dict[str, Exported], mounts: dict[str, Path]
+) -> list[NfsExport]:
+    """The NFS exports of `exported` nodes (mac -> what they get) whose image is mounted at
+    `mounts[id]`: one per node, seen by that node alone at its own path (pure)."""
+    result = []
+    for mac, node in sorted(exported.items()):
+        path = mounts.get(node.image_id)
+        if path is None:
+            continue
+        result.append(
+            NfsExport(
+                pseudo=root / "nodes" / mac / "fs",
+                path=path,
+                client=node.ip,
+                fsid=fsid_of(node.image_id),
+            )
+        )
+    return result
+
+
+class ExportsService(Service):
+    """Mounts, boot files, node folders and NFS exports (see the module docstring)."""
+
+    name = "exports"
+
+    def __init__(self, ctx: Context) -> None:
+        self._ctx = ctx
+        config = ctx.config
+        # the real path: an NFS server drops an export whose path holds a symlink
+        self._root = Path(os.path.realpath(config.exports.root))
+        self._mounts = ImageMounts(self._root, ctx.repository, ctx.children)
+        self._exporter: NfsExports = ctx.exporter
+        self._sub: Subscription | None = None
+        self._exported: dict[str, Exported] = {}
+        self._waiting: set[str] = set()  # nodes given the "wait and retry" script
+        self._unmounting: dict[str, asyncio.Task[None]] = {}
+        self._boot_watch: dict[str, asyncio.Task[None]] = {}
+        self._resets: dict[str, int] = {}
+        self._tasks: asyncio.TaskGroup | None = None
+        self._lock = asyncio.Lock()
+
+    async def __aenter__(self) -> Self:
+        self._sub = self._ctx.nodes.subscribe(self.name)
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        if self._sub is not None:
+            self._sub.close()
+            self._sub = None
+
+    async def serve(self) -> None:
+        """Rebuild from the database, then follow node events."""
+        assert self._sub is not None
+        try:
+            async with asyncio.TaskGroup() as tasks:
+                self._tasks = tasks
+                await self._rebuild()
+                async for event in self._sub:
+                    if isinstance(event, Resync):
+                        await self._rebuild()
+                    elif isinstance(event, NodeState):
+                        await self._state(event)
+                    elif isinstance(event, NodeSeen):
+                        await self._seen(event)
+        finally:
+            self._tasks = None
+            self._waiting.clear()
+            self._unmounting.clear()
+            self._boot_watch.clear()
+
+    async def reload(self, config: configuration.Config) -> None:
+        """Boot timeouts apply from the next node made bootable; nothing else changes."""
+
+    # ---- events -----------------------------------------------------------------------
+
+    async def _state(self, event: NodeState) -> None:
+        if event.state in BOOTABLE or (
+            event.state == nodes.WAITING and event.mac not in self._waiting
+        ):
+            await self._set(event.mac)
+        if event.state == nodes.BOOTED:
+            self._booted(event.mac)
+
+    async def _seen(self, event: NodeSeen) -> None:
+        known = self._exported.get(event.mac)
+        if known is None and event.mac not in self._waiting:
+            await self._set(event.mac)  # a new node: its folder, waiting or exported
+        elif known is not None and known.ip != event.ip:
+            await self._set(event.mac)  # its export follows its new address
+
+    # ---- one node ---------------------------------------------------------------------
+
+    async def _set(self, mac: str) -> None:
+        """Bring node `mac`'s folder and export in line with the database."""
+        node = await self._ctx.db.get_node(mac)
+        if node is None or node.model is None:
+            return
+        async with self._lock:
+            try:
+                done = await self._export(node) if node.state in BOOTABLE else False
+            except (MountError, ToolError, boot.BootCopyError, OSError, ValueError) as err:
+                _log.error("node_export_failed", name=node.name, mac=node.mac, error=str(err))
+                done = False
+            if done:
+                self._waiting.discard(node.mac)
+            else:
+                await asyncio.to_thread(
+                    boot.set_node_waiting, self._root, node.mac, ip=node.ip, name=node.name
+                )
+                self._waiting.add(node.mac)
+                await self._forget(node.mac)
+
+    async def _export(self, node: Node) -> bool:
+        """Mount, copy, link and export node's image; False when it has none to export."""
+        assert node.model is not None
+        image_id = await self._image_id(node)
+        if image_id is None or node.ip is None:
+            return False
+        self._keep(image_id)
+        path = await self._mounts.mount(image_id)
+        folder = self._root / "boot" / image_id / node.model
+        if not await asyncio.to_thread(folder.is_dir):
+            report = await asyncio.to_thread(boot.copy_boot_files, path, node.model, folder)
+            _log.info(
+                "boot_files_copied",
+                image=image_id[:12],
+                model=node.model,
+                files=report.files,
+                skipped=len(report.skipped),
+            )
+        await asyncio.to_thread(
+            boot.set_node_links,
+            self._root,
+            node.mac,
+            image_id=image_id,
+            model=node.model,
+            ip=node.ip,
+            name=node.name,
+        )
+        before = self._exported.get(node.mac)
+        self._exported[node.mac] = Exported(image_id, node.model, node.ip)
+        await self._apply()
+        if before is None or before != self._exported[node.mac]:
+            _log.info(
+                "node.exported",
+                name=node.name,
+                mac=node.mac,
+                ip=node.ip,
+                image=_shown(node.image),
+                image_id=image_id[:12],
+            )
+        if before is not None and before.image_id != image_id:
+            self._release(before.image_id)
+        if node.state == nodes.READY:
+            self._watch_boot(node)
+        return True
+
+    async def _image_id(self, node: Node) -> str | None:
+        if node.image is None:
+            return None
+        ref = LocalRef.of_stored(node.image)
+        stored = await store.get(self._ctx.repository, ref) if ref is not None else None
+        if stored is None:
+            _log.warning("node_image_missing", name=node.name, mac=node.mac, image=node.image)
+            return None
+        return stored.id
+
+    async def _forget(self, mac: str) -> None:
+        gone = self._exported.pop(mac, None)
+        if gone is not None:
+            await self._apply()
+            self._release(gone.image_id)
+        watch = self._boot_watch.pop(mac, None)
+        if watch is not None:
+            watch.cancel()
+
+    async def _apply(self) -> None:
+        mounts = await asyncio.to_thread(self._mounts.mounted)
+        await self._exporter.apply(export_list(self._root, self._exported, mounts))
+
+    # ---- images no node uses ----------------------------------------------------------
+
+    def _users(self, image_id: str) -> int:
+        return sum(1 for e in self._exported.values() if e.image_id == image_id)
+
+    def _keep(self, image_id: str) -> None:
+        pending = self._unmounting.pop(image_id, None)
+        if pending is not None:
+            pending.cancel()
+
+    def _release(self, image_id: str) -> None:
+        """Unmount `image_id` after the grace time, unless a node takes it again."""
+        if self._users(image_id) or image_id in self._unmounting or self._tasks is None:
+            return
+        self._unmounting[image_id] = self._tasks.create_task(
+            self._unmount_later(image_id), name=f"unmount-{image_id[:12]}"
+        )
+
+    async def _unmount_later(self, image_id: str) -> None:
+        await asyncio.sleep(self._ctx.config.exports.unmount_grace_s)
+        async with self._lock:
+            if self._unmounting.get(image_id) is not asyncio.current_task():
+                return
+            del self._unmounting[image_id]
+            if self._users(image_id):
+                return
+            try:
+                await self._mounts.unmount(image_id)
+            except MountError as err:
+                _log.warning("image_unmount_failed", image=image_id[:12], error=str(err))
+                return
+            await asyncio.to_thread(boot.remove_boot_copies, self._root, image_id)
+            _log.info("image_unmounted", image=image_id[:12])
+
+    # ---- booted in time? --------------------------------------------------------------
+
+    def _watch_boot(self, node: Node) -> None:
+        if node.mac in self._boot_watch or self._tasks is None:
+            return
+        self._boot_watch[node.mac] = self._tasks.create_task(
+            self._boot_deadline(node), name=f"boot-{node.mac}"
+        )
+
+    def _booted(self, mac: str) -> None:
+        self._resets.pop(mac, None)
+        watch = self._boot_watch.pop(mac, None)
+        if watch is not None:
+            watch.cancel()
+
+    async def _boot_deadline(self, node: Node) -> None:
+        """Log a node that does not report booted in time; reset a virtual one (bounded)."""
+        boot_conf = self._ctx.config.boot
+        await asyncio.sleep(boot_conf.timeout_s)
+        if self._boot_watch.get(node.mac) is asyncio.current_task():
+            del self._boot_watch[node.mac]
+        now = await self._ctx.db.get_node(node.mac)
+        if now is None or now.state != nodes.READY:
+            return
+        resets = self._resets.get(node.mac, 0)
+        virtual = self._ctx.vnodes.is_virtual(node.mac)
+        will_reset = virtual and resets < boot_conf.retries
+        _log.warning(
+            "node.boot_timeout",
+            name=node.name,
+            mac=node.mac,
+            timeout_s=boot_conf.timeout_s,
+            resets=resets,
+            action="reset" if will_reset else "none",
+        )
+        if will_reset:
+            self._resets[node.mac] = resets + 1
+            with contextlib.suppress(Exception):
+                await self._ctx.vnodes.reset(node.mac)
+            self._watch_boot(now)
+
+    # ---- everything -------------------------------------------------------------------
+
+    async def _rebuild(self) -> None:
+        """At start and after a Resync: reconcile mounts, then set every node again."""
+        listed = await self._ctx.db.list_nodes()
+        wanted = set()
+        for node in listed:
+            if node.state in BOOTABLE and node.model is not None:
+                image_id = await self._image_id(node)
+                if image_id is not None:
+                    wanted.add(image_id)
+        async with self._lock:
+            done = await self._mounts.reconcile(wanted)
+        if done.unmounted or done.busy:
+            _log.info(
+                "mounts_reconciled",
+                kept=len(done.kept),
+                unmounted=len(done.unmounted),
+                busy=len(done.busy),
+            )
+        for node in listed:
+            if node.model is not None:
+                await self._set(node.mac)
+        for image_id in done.busy:
+            self._release(image_id)  # exported by an earlier run, by no node now
+
+
+def _shown(image: str | None) -> str | None:
+    if image is None:
+        return None
+    ref = LocalRef.of_stored(image)
+    return image if ref is None else ref.display
