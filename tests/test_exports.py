@@ -127,8 +127,14 @@ async def test_nodes_are_exported_switched_and_released(lab: Lab) -> None:
         assert cloned.returncode == 0, cloned.stdout + cloned.stderr
         name_a = next(r["name"] for r in records(waltd) if is_event("node.detected", mac=a.mac)(r))
         name_b = next(r["name"] for r in records(waltd) if is_event("node.detected", mac=b.mac)(r))
+        # refusals change nothing and say why
+        refused = await asyncio.to_thread(walt, sock, "node", "boot", "nosuch", "other")
+        assert refused.returncode != 0 and "no node named 'nosuch'" in refused.stderr
+        refused = await asyncio.to_thread(walt, sock, "node", "boot", name_a, "absent")
+        assert refused.returncode != 0 and "no image root/absent" in refused.stderr
         switched = await asyncio.to_thread(walt, sock, "node", "boot", name_a, "other")
         assert switched.returncode == 0, switched.stdout + switched.stderr
+        assert f"{name_a} will boot root/other" in switched.stdout
         moved = await _exported(waltd, a.mac, after=1)
         assert moved["image"] == "root/other"
         status, text = await _nfs_cat(lab, a, f"{root}/nodes/{a.mac}/fs/etc/marker")
