@@ -264,6 +264,11 @@ class Lab:
         await self._ip("-n", srv, "link", "set", "lo", "up")
         await self._ip("-n", srv, "link", "add", self.bridge, "type", "bridge")
         await self._ip("-n", srv, "addr", "add", str(self.server_interface), "dev", self.bridge)
+        # an IPv6 prefix of its own: dnsmasq sends router adverts only on an interface that
+        # has one, and without adverts iPXE waits ~30 s at each DHCP for an IPv6 router
+        b, c = self.subnet.network_address.packed[1:3]
+        ula = f"fd77:{b:02x}{c:02x}::1/64"
+        await self._ip("-n", srv, "addr", "add", ula, "dev", self.bridge, "nodad")
         await self._ip("-n", srv, "link", "set", self.bridge, "up")
         (self.root / "logs").mkdir()
         folder = self.root / "containers"

@@ -85,13 +85,15 @@ def render_config(net: WaltNet, paths: Paths, hook: Path) -> str:
         "dhcp-vendorclass=set:pxe,PXEClient",
         "dhcp-match=set:efi,option:client-arch,7",
         "dhcp-match=set:efi,option:client-arch,9",
-        # Firmware PXE gets an iPXE binary; iPXE without a walt class gets the bootstrap.
-        "dhcp-boot=tag:pxe,tag:!ipxe,tag:!efi,undionly.kpxe",
-        "dhcp-boot=tag:pxe,tag:!ipxe,tag:efi,ipxe.efi",
+        # Firmware PXE gets an iPXE binary; iPXE without a walt class gets the bootstrap (the
+        # bootstrap's own DHCP, with its walt class, still says PXEClient: it gets neither).
+        "dhcp-boot=tag:pxe,tag:!ipxe,tag:!walt,tag:!efi,undionly.kpxe",
+        "dhcp-boot=tag:pxe,tag:!ipxe,tag:!walt,tag:efi,ipxe.efi",
         "dhcp-boot=tag:ipxe,tag:!walt,bootstrap.ipxe",
         # iPXE would wait 3 s for ProxyDHCP at every DHCP without this.
         "dhcp-option=encap:175,176,1b",
-        # iPXE waits ~13 s for an IPv6 router before its DHCP ends without router adverts
+        # Without router adverts iPXE waits for an IPv6 router at each DHCP (13-30 s); dnsmasq
+        # sends them only when the interface has an IPv6 prefix beyond its link-local one
         # (addresses only: no DHCPv6 is served).
         "enable-ra",
         f"dhcp-range=::,constructor:{net.interface},ra-only",
