@@ -7,6 +7,7 @@ import os
 import shutil
 import socket
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -68,3 +69,12 @@ def require_root() -> None:
     if os.environ.get("CI"):
         pytest.fail("the lab tests need root in CI")
     pytest.skip("the lab tests need root (outside CI a skip)")
+
+
+@pytest.fixture(scope="session")
+def package_cache() -> Path:
+    """The Debian packages the bootable test image is made of (lab/pc_image.py): downloaded
+    once, then kept beside pytest's own cache across runs."""
+    folder = Path(__file__).resolve().parents[1] / ".pytest_cache" / "d" / "pc-image-packages"
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder

@@ -122,9 +122,17 @@ def podman(lab: Lab, *args: str) -> str:
 
 
 def stored_images(lab: Lab) -> list[tuple[str, list[str]]]:
-    """Every image of the daemon's storage, intermediate ones too: (id, names)."""
+    """Every image of the daemon's storage, intermediate ones too: (id, names), each image
+    once (podman lists an image once per name); the name the exports service holds a
+    mounted image by is left out (it comes and goes with the node's export)."""
     listed = json.loads(podman(lab, "images", "--all", "--format", "json") or "[]")
-    return [(entry["Id"], entry.get("Names") or []) for entry in listed]
+    found: dict[str, list[str]] = {}
+    for entry in listed:
+        names = [
+            n for n in entry.get("Names") or [] if not n.startswith("localhost/waltd-mounted/")
+        ]
+        found.setdefault(entry["Id"], names)
+    return list(found.items())
 
 
 def labels(lab: Lab, model: str) -> dict[str, str]:

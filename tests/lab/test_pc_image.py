@@ -97,12 +97,6 @@ def test_applet_links_leave_out_busybox_and_init() -> None:
         applet_links("../../etc/x\n")
 
 
-@pytest.fixture(scope="session")
-def package_cache(request: pytest.FixtureRequest) -> Path:
-    """The Debian packages, kept in pytest's cache folder: downloaded once, not per test run."""
-    return Path(request.config.cache.mkdir("pc-image-packages"))
-
-
 class Stages:
     """When each boot stage was first seen in the logs, counted from QEMU's start."""
 
