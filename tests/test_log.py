@@ -177,3 +177,21 @@ def test_the_next_record_after_the_window_tells_how_many_were_left_out() -> None
 
 def error_record(event: str) -> dict[str, object]:
     return {"event": event, "level": "error", "component": "api", "error": "boom"}
+
+
+def test_the_same_warning_about_another_subject_is_not_a_repeat() -> None:
+    """Two nodes timing out at once, two models failing to fetch: each is told."""
+    repeats = log.RepeatLimiter(window_s=10, clock=lambda: 0.0)
+
+    def warning(**subject: object) -> bool:
+        record = {"event": "node.boot_timeout", "level": "warning", "component": "x", **subject}
+        try:
+            repeats(None, "warning", record)
+            return True
+        except structlog.DropEvent:
+            return False
+
+    assert warning(mac="52:54:00:00:00:01", resets=0)
+    assert warning(mac="52:54:00:00:00:02", resets=0)
+    assert warning(mac="52:54:00:00:00:01", resets=1)
+    assert not warning(mac="52:54:00:00:00:01", resets=1)  # this one is a repeat

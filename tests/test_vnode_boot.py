@@ -20,6 +20,7 @@ from pathlib import Path
 import pytest
 
 from lab.default_images import publish
+from lab.images import build_image, push_image
 from lab.lab import Lab
 from lab.pc_image import build_pc_image
 from tests.support.daemon import is_event, walt
@@ -77,5 +78,46 @@ async def test_a_virtual_node_boots_from_waltd(lab: Lab, package_cache: Path) ->
         console = await asyncio.to_thread(walt, sock, "node", "console", "vnode1", "--no-follow")
         assert "WALT NODE BOOTED" in console.stdout
         print(f"vnode1 booted {took:.1f} s after walt node create")
+    finally:
+        await lab.stop(waltd, grace_s=15)
+
+
+async def test_a_virtual_node_that_does_not_boot_is_reset_then_left(lab: Lab) -> None:
+    """An image whose start script never boots anything: after boot.timeout-s the node is
+    logged and reset (it asks for its lease again), once (boot.retries 1), then only logged."""
+    hub = await lab.start_registry("hub")
+    stuck = "docker.io/waltplatform/pc-x86-64-default:latest"
+    files = {"boot/pc-x86-64/start.ipxe": "#!ipxe\necho this image never boots\nsleep 3600\n"}
+    await build_image(lab, stuck, ["pc-x86-64"], files)
+    await push_image(lab, stuck, hub)
+    folder = lab.root / "waltd"
+    folder.mkdir()
+    entry = {"label": "hub", "api": "docker-hub", "description": "hub", "registry-url": hub.url}
+    config = lab_config(
+        lab,
+        folder,
+        registries=[entry],
+        images={"docker-socket": str(folder / "no.sock")},
+        boot={"timeout-s": 4, "retries": 1},
+    )
+    waltd = await start_waltd(lab, config)
+    sock = folder / "api.sock"
+    try:
+        await wait_record(waltd, is_event("daemon_ready"))
+        created = await asyncio.to_thread(walt, sock, "node", "create", "stuck1")
+        assert created.returncode == 0, created.stdout + created.stderr
+        mac = (await wait_record(waltd, is_event("vnode.started")))["mac"]
+        first = await wait_record(waltd, is_event("node.boot_timeout", mac=mac), timeout_s=120)
+        assert (first["action"], first["resets"]) == ("reset", 0)
+        second = await wait_record(
+            waltd, is_event("node.boot_timeout", mac=mac), after=1, timeout_s=120
+        )
+        assert (second["action"], second["resets"]) == ("none", 1)
+        # the reset made it boot again: the firmware started a second time on its console,
+        # and it ran its image's script
+        console = await asyncio.to_thread(walt, sock, "node", "console", "stuck1", "--no-follow")
+        assert console.stdout.count("SeaBIOS") == 2, console.stdout[-2000:]
+        assert "this image never boots" in console.stdout
+        assert not any(is_event("node.booted", mac=mac)(r) for r in records(waltd))
     finally:
         await lab.stop(waltd, grace_s=15)

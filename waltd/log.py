@@ -93,6 +93,8 @@ REPEAT_WINDOW_S = 10.0
 REPEAT_KEYS = 1024
 _KEY_CHARS = 200  # of an event or error text, for the comparison
 _LIMITED_LEVELS = frozenset({"warning", "error", "critical"})
+# What a record is about: records differing in one of these are not repeats of each other.
+_SUBJECT_KEYS = ("mac", "name", "model", "source", "image", "registry", "service", "resets")
 
 
 class RepeatLimiter:
@@ -138,7 +140,10 @@ class RepeatLimiter:
         if event_dict.get("level") not in _LIMITED_LEVELS:
             return event_dict
         source = event_dict.get("component") or event_dict.get("logger") or ""
-        left_out = self._admit(source, event_dict.get("event"), event_dict.get("error", ""))
+        # the same event about another subject (another node, model or source) is news
+        subject = "|".join(str(event_dict.get(key, "")) for key in _SUBJECT_KEYS)
+        detail = f"{event_dict.get('error', '')}|{subject}"
+        left_out = self._admit(source, event_dict.get("event"), detail)
         if left_out is None:
             raise structlog.DropEvent
         if left_out:
