@@ -156,6 +156,14 @@ async def test_nodes_are_exported_switched_and_released(lab: Lab) -> None:
         assert _stacked(root, other_id) == 1
         status, text = await _nfs_cat(lab, a, f"{root}/nodes/{a.mac}/fs/etc/marker", 4)
         assert (status, text) == (0, "other image\n")
+        # a crash (SIGKILL): the next run finds the mount, keeps it, never mounts it twice
+        waltd.process.kill()
+        await waltd.process.wait()
+        waltd = await start_waltd(lab, config, name="waltd-after-crash")
+        await _exported(waltd, a.mac)
+        assert _stacked(root, other_id) == 1
+        status, text = await _nfs_cat(lab, a, f"{root}/nodes/{a.mac}/fs/etc/marker")
+        assert (status, text) == (0, "other image\n")
     finally:
         await lab.stop(waltd, grace_s=10)
         for point in _image_mounts(root).values():

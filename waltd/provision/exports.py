@@ -87,6 +87,10 @@ class ExportsService(Service):
         self._sub: Subscription | None = None
         self._exported: dict[str, Exported] = {}
         self._waiting: set[str] = set()  # nodes given the "wait and retry" script
+        # exports changed but not applied yet, and the records that wait for it: a burst of
+        # nodes is applied once (each apply is an NFS server reload)
+        self._dirty = False
+        self._announced: dict[str, dict[str, object]] = {}
         self._unmounting: dict[str, asyncio.Task[None]] = {}
         self._boot_watch: dict[str, asyncio.Task[None]] = {}
         self._resets: dict[str, int] = {}
@@ -116,6 +120,8 @@ class ExportsService(Service):
                         await self._state(event)
                     elif isinstance(event, NodeSeen):
                         await self._seen(event)
+                    if self._sub.pending() == 0:
+                        await self._flush()
         finally:
             self._tasks = None
             self._waiting.clear()
@@ -193,16 +199,15 @@ class ExportsService(Service):
         )
         before = self._exported.get(node.mac)
         self._exported[node.mac] = Exported(image_id, node.model, node.ip)
-        await self._apply()
         if before is None or before != self._exported[node.mac]:
-            _log.info(
-                "node.exported",
-                name=node.name,
-                mac=node.mac,
-                ip=node.ip,
-                image=_shown(node.image),
-                image_id=image_id[:12],
-            )
+            self._dirty = True
+            self._announced[node.mac] = {
+                "name": node.name,
+                "mac": node.mac,
+                "ip": node.ip,
+                "image": _shown(node.image),
+                "image_id": image_id[:12],
+            }
         if before is not None and before.image_id != image_id:
             self._release(before.image_id)
         if node.state == nodes.READY:
@@ -212,6 +217,16 @@ class ExportsService(Service):
     async def _image_id(self, node: Node) -> str | None:
         if node.image is None:
             return None
+        if node.model is not None:
+            # a model's default image, pinned by the fetch: no tool run needed
+            status = await self._ctx.db.get_model_status(node.model)
+            if (
+                status is not None
+                and status.image_status == nodes.IMAGE_READY
+                and status.image == node.image
+                and status.image_id
+            ):
+                return status.image_id
         ref = LocalRef.of_stored(node.image)
         stored = await store.get(self._ctx.repository, ref) if ref is not None else None
         if stored is None:
@@ -221,16 +236,28 @@ class ExportsService(Service):
 
     async def _forget(self, mac: str) -> None:
         gone = self._exported.pop(mac, None)
+        self._announced.pop(mac, None)
         if gone is not None:
-            await self._apply()
+            self._dirty = True
             self._release(gone.image_id)
         watch = self._boot_watch.pop(mac, None)
         if watch is not None:
             watch.cancel()
 
-    async def _apply(self) -> None:
+    async def _flush(self) -> None:
+        """Apply the exports if they changed, then tell the nodes exported meanwhile."""
+        async with self._lock:
+            await self._apply_changes()
+
+    async def _apply_changes(self) -> None:
+        if not self._dirty:
+            return
         mounts = await asyncio.to_thread(self._mounts.mounted)
         await self._exporter.apply(export_list(self._root, self._exported, mounts))
+        self._dirty = False
+        announced, self._announced = self._announced, {}
+        for record in announced.values():
+            _log.info("node.exported", **record)
 
     # ---- images no node uses ----------------------------------------------------------
 
@@ -258,6 +285,7 @@ class ExportsService(Service):
             del self._unmounting[image_id]
             if self._users(image_id):
                 return
+            await self._apply_changes()  # no longer exported: it can be unmounted
             try:
                 await self._mounts.unmount(image_id)
             except MountError as err:
@@ -330,6 +358,7 @@ class ExportsService(Service):
         for node in listed:
             if node.model is not None:
                 await self._set(node.mac)
+        await self._flush()
         for image_id in done.busy:
             self._release(image_id)  # exported by an earlier run, by no node now
 
