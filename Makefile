@@ -19,4 +19,4 @@ demo: setup
 	$(PY) -m lab.demo
 
 clean:
-	rm -rf $(VENV) .pytest_cache build *.egg-info
+	rm -rf $(VENV) .pytest_cache .cache build *.egg-info

@@ -1,48 +1,65 @@
-"""`make demo`: the lab-in-a-box, with waltd on its node network.
+"""`make demo`: the lab-in-a-box, with waltd on its node network and a virtual node booting.
 
 A server namespace with a node bridge and two registries: `local` (anonymous) and `private`
-(it wants a password, which waltd has in its server.secrets). The default images of two
-node models are published, one to each; waltd runs with its own dnsmasq on the bridge.
-Simulated nodes of both models and a device of no model ask for leases at once: waltd
-detects them, fetches each model's default image once (the Raspberry Pi one after `local`
-says it has none: from `private`), and every node becomes ready. Then `walt node show` and
-`walt image search`. The terminal shows waltd's event stream; Ctrl-C stops waltd (SIGTERM,
-within its shutdown budget) and tears the whole lab down.
+(it wants a password, which waltd has in its server.secrets). The bootable pc-x86-64 default
+image (lab/pc_image.py, built offline from Debian packages) is published to `local`, the
+Raspberry Pi one to `private`; waltd runs with its own dnsmasq, ganesha and boot HTTP server
+on the bridge. `walt node create vnode1` starts a QEMU virtual node; simulated Raspberry Pi
+nodes and a device of no model ask for leases at once. waltd detects them, fetches each
+model's default image once (the Raspberry Pi one after `local` says it has none: from
+`private`), exports vnode1's image, and vnode1 boots it over iPXE, TFTP/HTTP and NFS. Then
+`walt node show --all`, `walt image search` and the end of vnode1's console. The terminal
+shows waltd's event stream (a virtual node's console lines as a count: `walt node console`
+shows them); Ctrl-C stops waltd (SIGTERM, within its shutdown budget; QEMU with it) and
+tears the whole lab down.
 """
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import contextlib
 import os
 import signal
 import sys
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-from lab.default_images import build_default_image, publish
+from lab.default_images import DefaultImage, publish, reference
 from lab.images import build_image, push_image
 from lab.lab import Lab, LabProcess, Registry
+from lab.pc_image import BOOTED_MARKER, build_pc_image
 from waltd import credentials
 from waltd.cli.client import Client, ClientError
+from waltd.cli.terminal import printable
 from waltd.cli.walt import format_event
 from waltd.registries.base import Credentials
 
+REPO = Path(__file__).resolve().parents[1]
+# The Debian packages of the bootable image, downloaded once and kept across demos. Not in
+# .pytest_cache (pytest's own, which `pytest --cache-clear` empties); the demo's test passes
+# the tests' folder with --package-cache so that CI downloads them once.
+PACKAGE_CACHE = REPO / ".cache" / "pc-image"
+VNODE = "vnode1"
 # (vendor class, user class) of each simulated node; a device sending neither is no node
 NODES = (
-    ("walt.node.pc-x86-64", None),
-    ("walt.node.pc-x86-64", None),
     (None, "walt.node.rpi-3-b-plus"),
     (None, "walt.node.rpi-3-b-plus"),
     (None, None),
 )
 # which registry holds each model's default image
-DEFAULTS = (("pc-x86-64", "local"), ("rpi-3-b-plus", "private"))
+DEFAULTS = {"pc-x86-64": "local", "rpi-3-b-plus": "private"}
 # a user's WalT image, found by `walt image search`
 USER_IMAGE = ("demo/debian-tests", ("pc-x86-64", "rpi-3-b-plus"))
 PRIVATE_LOGIN = ("walt-server", "demo password of the private registry")
+# vnode1's boot under TCG takes 10-20 s once its image is exported; the default images
+# come from the lab's own registries in seconds. Past this the demo says what is missing.
+STORY_TIMEOUT_S = 240.0
+# console lines of the virtual node shown at the end: the initramfs's and the image's own
+CONSOLE_MARKERS = ("walt-initramfs:", BOOTED_MARKER)
 
 
 def demo_config(lab: Lab, folder: Path, local: Registry, private: Registry) -> dict[str, Any]:
@@ -91,20 +108,81 @@ def say(text: str) -> None:
     print(f"\x1b[1m== {text}\x1b[0m" if sys.stdout.isatty() else f"== {text}", flush=True)
 
 
+def _dim(text: str) -> str:
+    return f"\x1b[2m{text}\x1b[0m" if sys.stdout.isatty() else text
+
+
+class EventView:
+    """waltd's event stream as the terminal shows it.
+
+    A virtual node's console is one `vnode.console` record a line (a kernel's boot: hundreds
+    in a second) and would bury the dozen events the demo is about. They are counted, and
+    the count is shown, dimmed, before the node's next event (so the kernel's boot is one
+    line between `node.exported` and `node.booted`); `walt node console` shows the lines.
+    """
+
+    def __init__(self) -> None:
+        self._console: Counter[str] = Counter()
+
+    def show(self, event: dict[str, Any]) -> None:
+        """Print `event`, or count it when it is a console line."""
+        kind = event.get("event")
+        node = str(event.get("name", "?"))
+        if kind == "vnode.console":
+            self._console[node] += 1
+            return
+        if kind == "vnode.console_dropped":
+            # lines the daemon did not log are in the console all the same
+            self._console[node] += int(event.get("count", 0))
+            return
+        if node in self._console:
+            self._flush(node)
+        print(format_event(event, colour=sys.stdout.isatty()), flush=True)
+
+    def close(self) -> None:
+        """The counts not shown yet (the stream ended)."""
+        for node in sorted(self._console):
+            self._flush(node)
+
+    def _flush(self, node: str) -> None:
+        count = self._console.pop(node)
+        shown = printable(node)
+        print(
+            _dim(f"         {shown}: {count} console lines (walt node console {shown})"), flush=True
+        )
+
+
 async def _show_events(socket: Path) -> None:
+    view = EventView()
     async with Client(socket) as client:
         for _ in range(200):
             try:
                 async for event in client.stream("/v1/events?follow=1"):
-                    print(format_event(event, colour=sys.stdout.isatty()), flush=True)
+                    view.show(event)
+                view.close()
                 return
             except ClientError:
                 await asyncio.sleep(0.1)  # the daemon is still starting
 
 
-async def _publish(lab: Lab, registries: dict[str, Registry]) -> None:
-    for model, label in DEFAULTS:
-        image = await build_default_image(lab, model)
+async def _rpi_image(lab: Lab) -> DefaultImage:
+    """The Raspberry Pi default image: a stand-in (the simulated nodes only ask for leases)
+    with a `/boot/rpi-3-b-plus/` folder, which waltd copies and exports as a real one's."""
+    model = "rpi-3-b-plus"
+    local = f"docker.io/{reference(model)}"
+    files = {
+        "etc/hostname": f"{model}\n",
+        "etc/os-release": f'NAME="WalT default image for {model} (demo stand-in)"\n',
+        f"boot/{model}/README": "A stand-in: the demo's Raspberry Pi nodes boot nothing.\n",
+    }
+    await build_image(lab, local, [model], files)
+    return DefaultImage(model, local, 0)
+
+
+async def _publish(lab: Lab, registries: dict[str, Registry], package_cache: Path) -> None:
+    say(f"building the bootable pc-x86-64 default image (Debian packages in {package_cache})")
+    for image in (await build_pc_image(lab, package_cache), await _rpi_image(lab)):
+        label = DEFAULTS[image.model]
         await publish(lab, image, registries[label])
         say(f"published {image.reference} to {label}")
     name, models = USER_IMAGE
@@ -114,8 +192,11 @@ async def _publish(lab: Lab, registries: dict[str, Registry]) -> None:
     say(f"published {name} to local")
 
 
-async def _walt(folder: Path, *args: str) -> None:
-    say("walt " + " ".join(args))
+async def _walt(folder: Path, *args: str, show: bool = True) -> str:
+    """Run `walt ARGS` as a user would; print its output (with `show`) and return it;
+    RuntimeError when it fails."""
+    if show:
+        say("walt " + " ".join(args))
     proc = await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",
@@ -126,30 +207,69 @@ async def _walt(folder: Path, *args: str) -> None:
         stderr=asyncio.subprocess.STDOUT,
     )
     out, _ = await proc.communicate()
-    print(out.decode(errors="replace").rstrip(), flush=True)
+    text = out.decode(errors="replace").rstrip()
+    if show:
+        print(text, flush=True)
+    if proc.returncode != 0:
+        raise RuntimeError(f"walt {' '.join(args)} exited with status {proc.returncode}")
+    return text
+
+
+class Story:
+    """What the demo waits for, from waltd's events: vnode1 booted, the simulated nodes
+    ready."""
+
+    def __init__(self, macs: set[str]) -> None:
+        self.nodes = len(macs)
+        self.booted = False
+        self.not_ready = set(macs)
+
+    def done(self) -> bool:
+        """vnode1 is booted and every simulated node ready."""
+        return self.booted and not self.not_ready
+
+    def missing(self) -> str:
+        """What did not happen yet, in words."""
+        left = [] if self.booted else [f"{VNODE} not booted"]
+        left += [f"{mac} not ready" for mac in sorted(self.not_ready)]
+        return ", ".join(left)
+
+    async def follow(self, client: Client) -> None:
+        """Read waltd's events (its backlog first) until `done`."""
+        async for event in client.stream("/v1/events?follow=1"):
+            if event.get("event") == "node.booted" and event.get("name") == VNODE:
+                self.booted = True
+            elif event.get("event") == "node.ready":
+                self.not_ready.discard(str(event.get("mac")))
+            if self.done():
+                return
 
 
 async def _nodes(lab: Lab, folder: Path) -> None:
-    """Every simulated node asks for a lease at once; returns once every node is ready."""
+    """`walt node create vnode1`, then every simulated node asks for a lease at once; returns
+    once vnode1 is booted and every simulated node ready, or after STORY_TIMEOUT_S saying
+    what is missing."""
     added = [await lab.add_node() for _ in NODES]
-    for node, (vendor_class, user_class) in zip(added, NODES, strict=True):
-        announced = vendor_class or user_class or "no class (not a WalT node)"
-        say(f"{node.name} ({node.mac}) will ask for a lease as {announced}")
-    macs = {n.mac for n, classes in zip(added, NODES, strict=True) if any(classes)}
-    async with Client(folder / "api.sock") as client:
-        ready = asyncio.ensure_future(_until_ready(client, macs))
-        try:
-            await asyncio.gather(
-                *(
-                    lab.node_dhcp(node, vendor_class=vendor_class, user_class=user_class)
-                    for node, (vendor_class, user_class) in zip(added, NODES, strict=True)
-                )
+    story = Story({n.mac for n, classes in zip(added, NODES, strict=True) if any(classes)})
+    async with Client(folder / "api.sock") as client, asyncio.TaskGroup() as group:
+        following = group.create_task(story.follow(client))
+        await _walt(folder, "node", "create", VNODE)
+        for node, (vendor_class, user_class) in zip(added, NODES, strict=True):
+            announced = vendor_class or user_class or "no class (not a WalT node)"
+            say(f"{node.name} ({node.mac}, simulated: a lease, no boot) asks as {announced}")
+        await asyncio.gather(
+            *(
+                lab.node_dhcp(node, vendor_class=vendor_class, user_class=user_class)
+                for node, (vendor_class, user_class) in zip(added, NODES, strict=True)
             )
-            say("every node has a lease")
-            await ready
-        finally:
-            ready.cancel()
-    say(f"{len(macs)} nodes ready")
+        )
+        say("every simulated node has a lease")
+        await asyncio.wait({following}, timeout=STORY_TIMEOUT_S)
+        following.cancel()  # past the bound: the story is told as far as it went
+    if story.done():
+        say(f"{VNODE} booted, {story.nodes} simulated nodes ready")
+    else:
+        say(f"not within {STORY_TIMEOUT_S:.0f} s: {story.missing()} (waltd's log says why)")
 
 
 async def _api_up(folder: Path) -> None:
@@ -164,17 +284,15 @@ async def _api_up(folder: Path) -> None:
     raise RuntimeError("waltd did not answer on its socket within 30 s")
 
 
-async def _until_ready(client: Client, macs: set[str]) -> None:
-    """Follow waltd's events until each of `macs` had its `node.ready`."""
-    waiting = set(macs)
-    async for event in client.stream("/v1/events?follow=1"):
-        if event.get("event") == "node.ready":
-            waiting.discard(str(event.get("mac")))
-            if not waiting:
-                return
+async def _console(folder: Path) -> None:
+    """The lines of vnode1's console its initramfs and its image's init printed."""
+    text = await _walt(folder, "node", "console", VNODE, "--no-follow", show=False)
+    lines = [line for line in text.splitlines() if any(m in line for m in CONSOLE_MARKERS)]
+    say(f"walt node console {VNODE} --no-follow (its walt lines, {len(lines)} of them)")
+    print("\n".join(lines), flush=True)
 
 
-async def run_demo(stop: asyncio.Event) -> None:
+async def run_demo(stop: asyncio.Event, package_cache: Path) -> None:
     """Build the lab, run waltd and the nodes, stream events until `stop` is set."""
     async with Lab() as lab:
         say(
@@ -187,7 +305,7 @@ async def run_demo(stop: asyncio.Event) -> None:
         }
         for label, registry in registries.items():
             say(f"registry: {label} {registry.url}")
-        await _publish(lab, registries)
+        await _publish(lab, registries, package_cache)
         folder = lab.root / "waltd"
         folder.mkdir()
         conf = folder / "server.conf"
@@ -204,10 +322,15 @@ async def run_demo(stop: asyncio.Event) -> None:
         viewer = asyncio.create_task(_show_events(folder / "api.sock"))
 
         async def story() -> None:
-            await _api_up(folder)
-            await _nodes(lab, folder)
-            await _walt(folder, "node", "show", "--all")
-            await _walt(folder, "image", "search")
+            try:
+                await _api_up(folder)
+                await _nodes(lab, folder)
+                await _walt(folder, "node", "show", "--all")
+                await _walt(folder, "image", "search")
+                await _console(folder)
+            except* (RuntimeError, ClientError, OSError) as failed:
+                # the lab stays up for a look at what went wrong
+                say(f"the story stopped: {'; '.join(map(str, failed.exceptions))}")
             say("the lab keeps running; Ctrl-C tears it down")
 
         nodes = asyncio.create_task(story())
@@ -218,6 +341,7 @@ async def run_demo(stop: asyncio.Event) -> None:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await nodes
             say("stopping waltd")
+            # waltd stops its children (QEMU, dnsmasq, ganesha) within its budget
             status = await lab.stop(waltd, grace_s=10)
             with contextlib.suppress(asyncio.TimeoutError, ClientError):
                 await asyncio.wait_for(viewer, 5)
@@ -233,7 +357,21 @@ async def _first_of(*aws: Any) -> None:
             t.cancel()
 
 
-async def main() -> int:
+def _arguments() -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="python -m lab.demo",
+        description="make demo: a lab, waltd, a virtual node that boots (Ctrl-C tears it down)",
+    )
+    parser.add_argument(
+        "--package-cache",
+        type=Path,
+        default=PACKAGE_CACHE,
+        help="where the bootable image's Debian packages are kept (default: %(default)s)",
+    )
+    return parser.parse_args()
+
+
+async def main(package_cache: Path) -> int:
     """Entry point of `make demo`."""
     if os.geteuid() != 0:
         print(
@@ -245,10 +383,10 @@ async def main() -> int:
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
     say("building the lab (Ctrl-C to stop)")
-    await run_demo(stop)
+    await run_demo(stop, package_cache)
     say("lab removed")
     return 0
 
 
 if __name__ == "__main__":
-    sys.exit(asyncio.run(main()))
+    sys.exit(asyncio.run(main(_arguments().package_cache)))

@@ -347,3 +347,17 @@ def test_server_files_are_installed_world_readable(tmp_path: Path) -> None:
     set_node_waiting(root, MAC, ip=None, name=None)
     alias = root / "tftp" / "nodes" / "52-54-00-12-34-56" / "start.ipxe"
     assert alias.read_text() == boot.WAITING_IPXE
+
+
+def test_an_image_without_a_boot_folder_for_the_model(tmp_path: Path) -> None:
+    """No /boot/<model>/ (or a file there): NoBootFolder, nothing left at the destination;
+    the exports service still exports such an image's root."""
+    image = tmp_path / "image"
+    (image / "boot" / "other-model").mkdir(parents=True)
+    dest = tmp_path / "out" / MODEL
+    with pytest.raises(boot.NoBootFolder, match=f"no /boot/{MODEL}/"):
+        copy_boot_files(image, MODEL, dest)
+    (image / "boot" / MODEL).write_text("a file, not a folder")
+    with pytest.raises(boot.NoBootFolder, match="is not a folder"):
+        copy_boot_files(image, MODEL, dest)
+    assert not dest.exists()

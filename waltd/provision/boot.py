@@ -142,6 +142,11 @@ class BootCopyError(Exception):
     """The boot files could not be copied (a bound passed, no such folder, an I/O error)."""
 
 
+class NoBootFolder(BootCopyError):
+    """The image has no `/boot/<model>/` folder: nothing of it can be booted by that model
+    (its root may still be exported)."""
+
+
 @dataclass(frozen=True)
 class CopyLimits:
     """Bounds of one copy: entries seen, bytes copied, folder depth, links followed per
@@ -373,10 +378,10 @@ def copy_boot_files(
         try:
             top = _resolve(root_fd, ["boot", model], limits.link_hops)
         except _Unresolvable as err:
-            raise BootCopyError(f"the image has no /boot/{model}/ folder: {err}") from None
+            raise NoBootFolder(f"the image has no /boot/{model}/ folder: {err}") from None
         try:
             if not stat.S_ISDIR(os.fstat(top).st_mode):
-                raise BootCopyError(f"the image's /boot/{model} is not a folder")
+                raise NoBootFolder(f"the image's /boot/{model} is not a folder")
             src = os.open(f"/proc/self/fd/{top}", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
         finally:
             os.close(top)

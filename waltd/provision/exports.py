@@ -180,14 +180,22 @@ class ExportsService(Service):
         path = await self._mounts.mount(image_id)
         folder = self._root / "boot" / image_id / node.model
         if not await asyncio.to_thread(folder.is_dir):
-            report = await asyncio.to_thread(boot.copy_boot_files, path, node.model, folder)
-            _log.info(
-                "boot_files_copied",
-                image=image_id[:12],
-                model=node.model,
-                files=report.files,
-                skipped=len(report.skipped),
-            )
+            try:
+                report = await asyncio.to_thread(boot.copy_boot_files, path, node.model, folder)
+            except boot.NoBootFolder as err:
+                # its root is still exported; the node's boot asks again until fixed
+                _log.warning(
+                    "boot_files_missing", image=image_id[:12], model=node.model, error=str(err)
+                )
+                await asyncio.to_thread(boot.public_folder, folder)
+            else:
+                _log.info(
+                    "boot_files_copied",
+                    image=image_id[:12],
+                    model=node.model,
+                    files=report.files,
+                    skipped=len(report.skipped),
+                )
         await asyncio.to_thread(
             boot.set_node_links,
             self._root,
