@@ -16,16 +16,14 @@ from aiohttp import web
 from waltd.api import wire
 from waltd.api.common import Emit, caller, context, error, read_body, stream_operation
 from waltd.db import ModelStatus, Node, StateError
-from waltd.images.store import LocalRef
+from waltd.images import store
 from waltd.provision import node_boot
 from waltd.provision.nodes import default_image
 
 
 def shown_image(full: str) -> str:
-    """A stored image name as users write it (`user/name[:tag]`); a name outside the local
-    grammar as stored."""
-    ref = LocalRef.of_stored(full)
-    return ref.display if ref is not None else full[: wire.MAX_NAME_CHARS]
+    """A stored image name as users write it, bounded for the wire."""
+    return store.shown(full)[: wire.MAX_NAME_CHARS]
 
 
 def node_row(node: Node) -> wire.NodeRow:

@@ -96,6 +96,12 @@ class LocalRef:
             return None
 
 
+def shown(full: str) -> str:
+    """A stored image name as users write it (`user/name[:tag]`); another name as stored."""
+    ref = LocalRef.of_stored(full)
+    return full if ref is None else ref.display
+
+
 @dataclass(frozen=True)
 class ImageData:
     """What storage says of one image (by id or by any of its names)."""

@@ -213,7 +213,7 @@ class ExportsService(Service):
                 "name": node.name,
                 "mac": node.mac,
                 "ip": node.ip,
-                "image": _shown(node.image),
+                "image": store.shown(node.image) if node.image else None,
                 "image_id": image_id[:12],
             }
         if before is not None and before.image_id != image_id:
@@ -369,10 +369,3 @@ class ExportsService(Service):
         await self._flush()
         for image_id in done.busy:
             self._release(image_id)  # exported by an earlier run, by no node now
-
-
-def _shown(image: str | None) -> str | None:
-    if image is None:
-        return None
-    ref = LocalRef.of_stored(image)
-    return image if ref is None else ref.display

@@ -17,7 +17,7 @@ A model's default image (`waltplatform/<model>-default:latest`) has its own stat
 from __future__ import annotations
 
 from waltd.db import Node
-from waltd.images.store import LocalRef
+from waltd.images.store import LocalRef, shown
 from waltd.node_events import NodeState
 
 UNKNOWN = "unknown"
@@ -58,10 +58,7 @@ def state_on_lease(known_state: str | None, model: str | None) -> str:
 def state_event(node: Node) -> NodeState:
     """The `NodeState` event of `node` as stored, its image as users write it
     (`user/name[:tag]`; another stored name as it is)."""
-    image = node.image
-    if image is not None:
-        ref = LocalRef.of_stored(image)
-        image = image if ref is None else ref.display
+    image = None if node.image is None else shown(node.image)
     return NodeState(
         mac=node.mac, name=node.name, model=node.model, ip=node.ip, state=node.state, image=image
     )
