@@ -296,6 +296,8 @@ class GaneshaExporter:
         self._lock = asyncio.Lock()
         # what ganesha serves, by export id: it refuses to change an export's Path in place
         self._applied = {export_id_of(e.client): e for e in self._initial}
+        # whether ganesha confirmed it serves `_applied` (the first apply always reloads)
+        self._in_sync = False
 
     @property
     def exports_file(self) -> Path:
@@ -419,6 +421,8 @@ class GaneshaExporter:
         """
         wanted = {export_id_of(e.client): e for e in check_exports(exports)}
         async with self._lock:
+            if wanted == self._applied and self._in_sync:
+                return  # what ganesha serves already: no reload
             changed = {n for n, e in wanted.items() if self._applied.get(n, e) != e}
             if changed:
                 await self._reload({n: e for n, e in wanted.items() if n not in changed})
@@ -432,6 +436,7 @@ class GaneshaExporter:
             raise NfsError("ganesha is not running")
         # from here ganesha may serve any part of these: the next apply compares with them
         self._applied = dict(exports)
+        self._in_sync = False  # until ganesha says it re-read them, without complaint
         before = self._reloads
         self._reload_errors.clear()
         self._reload_seen.clear()
@@ -451,6 +456,7 @@ class GaneshaExporter:
             raise NfsError(f"ganesha exited while re-reading its exports: {self._said()}")
         if self._reload_errors:
             raise NfsError("ganesha refused exports: " + " | ".join(self._reload_errors))
+        self._in_sync = True
 
     async def _stop(self) -> None:
         if self._ganesha is not None:
