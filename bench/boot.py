@@ -43,14 +43,11 @@ import statistics
 import sys
 import time
 from collections.abc import Callable, Sequence
-from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from bench.clone import remove_run_folder
-from bench.storm import Log, Record
+from bench.lab_waltd import Log, Record, stamp, start_waltd, write_config
 from lab import Lab, LabError, Registry
 from lab.default_images import StormNode, add_nodes, dhcp_storm, publish
 from lab.pc_image import MODEL, NFS_MOUNTED_MARKER, build_pc_image
@@ -75,52 +72,15 @@ _REPO = Path(__file__).resolve().parents[1]
 PACKAGE_CACHE = _REPO / ".pytest_cache" / "d" / "pc-image-packages"  # the tests' cache
 
 
-def _stamp(record: Record) -> float:
-    """A record's time, seconds since the epoch."""
-    return datetime.fromisoformat(record["timestamp"]).timestamp()
-
-
 def _config(lab: Lab, folder: Path, registry: Registry) -> Path:
-    """server.conf: the lab's node network, the registry as the hub, every path in `folder`
-    (made here)."""
-    folder.mkdir()
-    first, last = lab.dhcp_range
-    net = {
-        "interface": lab.bridge,
-        "ip": str(lab.server_interface),
-        "dhcp-range": f"{first}-{last}",
-    }
-    hub = {
-        "label": "hub",
-        "api": "docker-hub",
-        "description": "bench hub stand-in",
-        "registry-url": registry.url,
-    }
-    data = {
-        "network": {"walt-net": net},
-        "registries": [hub],
-        "images": {"docker-socket": str(folder / "no-docker.sock")},
-        "api": {"socket": str(folder / "api.sock")},
-        "daemon": {
-            "state-dir": str(folder / "state"),
-            "image-storage": str(folder / "images"),
-            "shutdown-budget-s": 10,
-        },
-        "exports": {"root": str(folder / "exports"), "nfs": "ganesha"},
-    }
-    path = folder / "server.conf"
-    path.write_text(yaml.safe_dump(data))
-    return path
+    return write_config(lab, folder, registry)
 
 
 async def _start_waltd(lab: Lab, folder: Path, registry: Registry, name: str) -> Log:
     """waltd on `folder` (made here) in the server namespace, once it serves DHCP, HTTP
     and NFS."""
-    argv = [sys.executable, "-m", "waltd", "--config", str(_config(lab, folder, registry))]
-    log = Log(await lab.spawn(name, argv, netns=lab.server_netns, env={"PYTHONPATH": str(_REPO)}))
-    wanted = ("daemon_ready", "dnsmasq_started", "boot_http_listening", "nfs_ready")
-    await log.until(lambda: all(log.named(e) for e in wanted), "a ready daemon")
-    return log
+    ready = ("daemon_ready", "dnsmasq_started", "boot_http_listening", "nfs_ready")
+    return await start_waltd(lab, _config(lab, folder, registry), name, ready)
 
 
 async def _walt(lab: Lab, folder: Path, *args: str) -> None:
@@ -181,7 +141,7 @@ def vnode_stages(records: Sequence[Record], mac: str, began: float) -> dict[str,
     if 0 <= waiting and (exported < 0 or waiting < exported):
         found["waiting_script"] = waiting
     ordered = sorted((i, stage) for stage, i in found.items() if i >= 0)
-    return {stage: round(_stamp(records[i]) - began, 2) for i, stage in ordered}
+    return {stage: round(stamp(records[i]) - began, 2) for i, stage in ordered}
 
 
 async def _vnode(lab: Lab, log: Log, folder: Path, name: str) -> dict[str, float]:
@@ -340,8 +300,8 @@ async def _with_daemon(
         lambda: {r.get("mac") for r in log.named("node.exported", since)} >= macs,
         "every node exported",
     )
-    exported_s = max(_stamp(r) for r in log.named("node.exported", since)) - began
-    detected_s = max(_stamp(r) for r in log.named("node.detected", since)) - began
+    exported_s = max(stamp(r) for r in log.named("node.exported", since)) - began
+    detected_s = max(stamp(r) for r in log.named("node.detected", since)) - began
     print(
         f"{STORM_NODES} nodes exported {exported_s:.1f} s after their DHCP requests (the last"
         f" one detected at {detected_s:.1f} s)",

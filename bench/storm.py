@@ -29,16 +29,14 @@ import os
 import statistics
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
-from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from bench.clone import remove_run_folder
-from lab import Lab, LabProcess, Registry
+from bench.lab_waltd import Log, stamp, start_waltd, write_config
+from lab import Lab, Registry
 from lab.default_images import (
     StormNode,
     add_nodes,
@@ -61,108 +59,19 @@ RUNS = 3
 KNOWN_NODES = 1000
 HOOK_EVENTS = 2000
 TIME_LIMIT_S = 14 * 60  # the project's limit for a benchmark is 15 minutes
-WAIT_S = 300.0  # for one awaited state of a daemon
 _REPO = Path(__file__).resolve().parents[1]
-_POLL_S = 0.02
 # the made-up nodes' addresses: leases of another network than the lab's (nothing checks)
 _KNOWN_NET = ipaddress.IPv4Network("172.31.0.0/16")
 
-Record = dict[str, Any]
-
-
-class Log:
-    """A waltd log read as it grows: its JSON records, each line parsed once."""
-
-    def __init__(self, proc: LabProcess) -> None:
-        self.proc = proc
-        self.records: list[Record] = []
-        self._offset = 0
-        self._partial = b""
-
-    def poll(self) -> None:
-        """Read what was written since the last call."""
-        with self.proc.log.open("rb") as file:
-            file.seek(self._offset)
-            data = file.read()
-        self._offset += len(data)
-        lines = (self._partial + data).split(b"\n")
-        self._partial = lines.pop()
-        for line in lines:
-            try:
-                record = json.loads(line)
-            except ValueError:
-                continue
-            if isinstance(record, dict):
-                self.records.append(record)
-
-    def named(self, event: str, since: int = 0) -> list[Record]:
-        """The records of `event` from index `since` on."""
-        return [r for r in self.records[since:] if r.get("event") == event]
-
-    async def until(self, done: Callable[[], bool], what: str) -> None:
-        """Poll until `done()`; RuntimeError when the daemon exits or WAIT_S pass."""
-        deadline = time.monotonic() + WAIT_S
-        while True:
-            self.poll()
-            if done():
-                return
-            if self.proc.process.returncode is not None:
-                raise RuntimeError(f"waltd exited waiting for {what}:\n{self.proc.log_tail(30)}")
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"no {what} after {WAIT_S} s:\n{self.proc.log_tail(30)}")
-            await asyncio.sleep(_POLL_S)
-
-
-def _stamp(record: Record) -> float:
-    """A record's time, seconds since the epoch."""
-    return datetime.fromisoformat(record["timestamp"]).timestamp()
-
 
 def _config(lab: Lab, folder: Path, registry: Registry) -> Path:
-    """server.conf: the lab's node network, the registry as the hub, paths in `folder`
-    (made here)."""
-    folder.mkdir()
-    first, last = lab.dhcp_range
-    net = {
-        "interface": lab.bridge,
-        "ip": str(lab.server_interface),
-        "dhcp-range": f"{first}-{last}",
-    }
-    hub = {
-        "label": "hub",
-        "api": "docker-hub",
-        "description": "bench hub stand-in",
-        "registry-url": registry.url,
-    }
-    data = {
-        "network": {"walt-net": net},
-        "registries": [hub],
-        "images": {
-            "docker-socket": str(folder / "no-docker.sock"),
-            "fetch-concurrency": CONCURRENCY,
-        },
-        "api": {"socket": str(folder / "api.sock")},
-        "daemon": {
-            "state-dir": str(folder / "state"),
-            "image-storage": str(folder / "images"),
-            "shutdown-budget-s": 10,
-        },
-        "exports": {"root": str(folder / "exports"), "nfs": "ganesha"},
-    }
-    path = folder / "server.conf"
-    path.write_text(yaml.safe_dump(data))
-    return path
+    return write_config(lab, folder, registry, {"fetch-concurrency": CONCURRENCY})
 
 
 async def _start_waltd(lab: Lab, folder: Path, registry: Registry, name: str) -> Log:
     """A waltd on `folder`, in the server namespace, once it serves DHCP."""
-    argv = [sys.executable, "-m", "waltd", "--config", str(_config(lab, folder, registry))]
-    env = {"PYTHONPATH": str(_REPO)}
-    log = Log(await lab.spawn(name, argv, netns=lab.server_netns, env=env))
-    await log.until(
-        lambda: bool(log.named("daemon_ready") and log.named("dnsmasq_started")), "a ready daemon"
-    )
-    return log
+    ready = ("daemon_ready", "dnsmasq_started")
+    return await start_waltd(lab, _config(lab, folder, registry), name, ready)
 
 
 def _downloads(lab: Lab, registry: Registry) -> int:
@@ -196,7 +105,7 @@ async def _ours(lab: Lab, registry: Registry, nodes: Sequence[StormNode], name: 
         remove_run_folder(folder)
 
     def last(event: str) -> float:
-        return max(_stamp(r) for r in log.named(event)) - began
+        return max(stamp(r) for r in log.named(event)) - began
 
     return Storm(
         last("node.ready"),
@@ -316,7 +225,7 @@ async def _known_nodes(lab: Lab, registry: Registry) -> dict[str, float]:
             _drop, folder, [("add", mac, ip, model) for mac, ip, model in known], lab.bridge
         )
         await log.until(lambda: _drained(log, since) >= KNOWN_NODES, "the new nodes recorded")
-        new_rate = KNOWN_NODES / (_stamp(log.named("dhcp_spool_drained")[-1]) - began)
+        new_rate = KNOWN_NODES / (stamp(log.named("dhcp_spool_drained")[-1]) - began)
         await log.until(lambda: len(log.named("node.ready")) >= KNOWN_NODES, "the nodes ready")
         rss = _vm_hwm_mb(log.proc.pid)
         print(
@@ -328,7 +237,7 @@ async def _known_nodes(lab: Lab, registry: Registry) -> dict[str, float]:
         since = len(log.records)
         began = await asyncio.to_thread(_drop, folder, renewals, lab.bridge)
         await log.until(lambda: _drained(log, since) >= HOOK_EVENTS, "the renewals recorded")
-        rate = HOOK_EVENTS / (_stamp(log.named("dhcp_spool_drained")[-1]) - began)
+        rate = HOOK_EVENTS / (stamp(log.named("dhcp_spool_drained")[-1]) - began)
         peak = _vm_hwm_mb(log.proc.pid)
         print(
             f"hook events: {HOOK_EVENTS} renewals at {rate:.0f}/s, VmHWM {peak:.1f} MiB", flush=True
