@@ -76,6 +76,7 @@ boot:
     timeout-s: 180
     retries: 2
     http-port: 80
+    probe-interval-s: 60
 daemon:
     state-dir: /var/lib/walt/state
     shutdown-budget-s: 20

@@ -128,6 +128,9 @@ class Boot:
     timeout_s: float = 180.0
     retries: int = 2
     http_port: int = 80
+    # Booted nodes are sent a packet this often: one that no longer answers the kernel's
+    # address resolution becomes a failed neighbour, hence `down`, even when silent.
+    probe_interval_s: float = 60.0
 
 
 @dataclass(frozen=True)
@@ -231,6 +234,7 @@ def to_data(config: Config) -> dict[str, object]:
         "timeout-s": _plain(config.boot.timeout_s),
         "retries": config.boot.retries,
         "http-port": config.boot.http_port,
+        "probe-interval-s": _plain(config.boot.probe_interval_s),
     }
     data["daemon"] = {
         "state-dir": str(config.daemon.state_dir),

@@ -721,7 +721,9 @@ def _parse_api(report: _Report, value: object) -> Api:
 
 
 def _parse_boot(report: _Report, value: object) -> Boot:
-    boot = _mapping(report, "boot", value, ("timeout-s", "retries", "http-port"))
+    boot = _mapping(
+        report, "boot", value, ("timeout-s", "retries", "http-port", "probe-interval-s")
+    )
     default = Boot()
     if boot is None:
         return default
@@ -732,9 +734,17 @@ def _parse_boot(report: _Report, value: object) -> Boot:
         report, "boot", boot, "retries", _integer(0, MAX_BOOT_RETRIES), default.retries
     )
     port = _field(report, "boot", boot, "http-port", _integer(1, 65535), default.http_port)
-    if timeout is None or retries is None or port is None:
+    probe = _field(
+        report,
+        "boot",
+        boot,
+        "probe-interval-s",
+        _seconds(MAX_BOOT_TIMEOUT_S),
+        default.probe_interval_s,
+    )
+    if timeout is None or retries is None or port is None or probe is None:
         return default
-    return Boot(timeout, retries, port)
+    return Boot(timeout, retries, port, probe)
 
 
 def _parse_daemon(report: _Report, value: object) -> Daemon:

@@ -115,6 +115,7 @@ class DetectionService(Service):
         async with asyncio.TaskGroup() as tasks:
             if net is not None:
                 tasks.create_task(self._follow_neighbours(net.interface), name="detect:neighbours")
+                tasks.create_task(self._probe_booted(), name="detect:probe")
             while True:
                 await self._woken()
                 await self.drain_spool()
@@ -376,6 +377,21 @@ class DetectionService(Service):
                 break
             taken += 1
         return taken
+
+    async def _probe_booted(self) -> None:
+        """Every boot.probe-interval-s, a packet to each booted node: a silent node still has
+        to answer the kernel's address resolution, and one that does not becomes a failed
+        neighbour, hence `down` (the watch reports it)."""
+        while True:
+            await asyncio.sleep(self._ctx.config.boot.probe_interval_s)
+            try:
+                booted = await self._ctx.db.nodes_in_state(nodes.BOOTED)
+            except (StateError, RuntimeError) as err:
+                _log.warning("node_probe_skipped", error=str(err))
+                continue
+            ips = [node.ip for node in booted if node.ip]
+            if ips:
+                await asyncio.to_thread(neighbours.probe, ips)
 
     async def _follow_neighbours(self, interface: str) -> None:
         """The node network's neighbour and carrier changes, for as long as the service

@@ -299,3 +299,25 @@ async def watch(interface: str) -> AsyncIterator[Neighbour | Carrier]:
         ) from None
     except (NetlinkError, OSError) as err:
         raise WatchError(f"interface {interface!r}: netlink failed: {err}") from None
+
+
+# UDP's discard port: whatever answers (nothing, or an ICMP error), the kernel had to resolve
+# the address first.
+_PROBE_PORT = 9
+
+
+def probe(ips: list[str]) -> int:
+    """Send one empty datagram to each of `ips` (at most MAX_NEIGHBOURS): the kernel resolves
+    each address, so one that no longer answers becomes a FAILED neighbour, which `watch`
+    reports. Returns how many were sent; never blocks (a full send buffer skips the rest)."""
+    sent = 0
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM | socket.SOCK_NONBLOCK) as sock:
+        for ip in ips[:MAX_NEIGHBOURS]:
+            try:
+                sock.sendto(b"", (ip, _PROBE_PORT))
+            except BlockingIOError:
+                break
+            except OSError:
+                continue  # unreachable already (a FAILED entry): the watch knows
+            sent += 1
+    return sent
