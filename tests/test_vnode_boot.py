@@ -78,6 +78,12 @@ async def test_a_virtual_node_boots_from_waltd(lab: Lab, package_cache: Path) ->
         console = await asyncio.to_thread(walt, sock, "node", "console", "vnode1", "--no-follow")
         assert "WALT NODE BOOTED" in console.stdout
         print(f"vnode1 booted {took:.1f} s after walt node create")
+        # `walt node boot`: a virtual node is reset and boots (again) what it was given
+        again = await asyncio.to_thread(walt, sock, "node", "boot", "vnode1", "default")
+        assert again.returncode == 0, again.stdout + again.stderr
+        assert "vnode1 will boot waltplatform/pc-x86-64-default: reset now" in again.stdout
+        await wait_record(waltd, is_event("vnode.reset", mac=mac))
+        await wait_record(waltd, is_event("node.booted", mac=mac), after=1, timeout_s=300)
     finally:
         await lab.stop(waltd, grace_s=15)
 
