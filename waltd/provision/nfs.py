@@ -48,6 +48,9 @@ RPCBIND_SOCKET = Path("/run/rpcbind.sock")
 KERNEL_EXPORTS = Path("/etc/exports.d/walt.exports")
 # ganesha's line (level EVENT) once a SIGHUP has re-read the exports, and once it serves.
 RELOADED = "Reread exports complete"
+# ...and the line that starts a reload: ganesha logs some of a reload's errors after its
+# "complete" line, so errors belong to the reload begun last, not to the one waited for.
+RELOAD_BEGUN = "initiating export list reload"
 INITIALIZED = "NFS SERVER INITIALIZED"
 # Levels of ganesha's lines that report a refused export during a reload.
 _RELOAD_ERRORS = re.compile(r" :(CONFIG|EXPORT)[A-Z ]* :(FATAL|MAJ|CRIT|WARN) :")
@@ -292,7 +295,7 @@ class GaneshaExporter:
         self._exited = asyncio.Event()
         self._reloads = 0
         self._reload_seen = asyncio.Event()
-        self._reload_errors: list[str] = []
+        self._reload_errors: list[str] = []  # of the reload begun last
         self._lock = asyncio.Lock()
         # what ganesha serves, by export id: it refuses to change an export's Path in place
         self._applied = {export_id_of(e.client): e for e in self._initial}
@@ -389,6 +392,8 @@ class GaneshaExporter:
         _log.debug("ganesha_output", line=line)
         if INITIALIZED in line:
             self._initialized.set()
+        elif RELOAD_BEGUN in line:
+            self._reload_errors.clear()  # what came after the last reload's end was its own
         elif RELOADED in line:
             self._reloads += 1
             self._reload_seen.set()
@@ -438,7 +443,6 @@ class GaneshaExporter:
         self._applied = dict(exports)
         self._in_sync = False  # until ganesha says it re-read them, without complaint
         before = self._reloads
-        self._reload_errors.clear()
         self._reload_seen.clear()
         # ganesha never reads half a file
         await asyncio.to_thread(write_atomic, self.exports_file, text.encode(), 0o600)
