@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from waltd import log
+from waltd.images.storage import Storage
 from waltd.images.tools import ToolError
 from waltd.names import DEFAULT_TAG, InvalidName, parse_owned_local
 from waltd.registries.base import node_models
@@ -37,6 +38,11 @@ _INSPECT_BATCH = 200
 
 class Repository(Protocol):
     """What the store needs of `repository.Repository` (which imports this module)."""
+
+    @property
+    def storage(self) -> Storage:
+        """The storage the tools work on."""
+        ...
 
     async def run(
         self, argv: Sequence[str], *, input: bytes | None = None, secrets: Iterable[str] = ()
@@ -198,6 +204,10 @@ async def _inspect(repo: Repository, images: Iterable[str]) -> list[ImageData]:
 async def inspect_id(repo: Repository, image: str) -> ImageData | None:
     """What storage says of `image` (an id or a full name, staging names included); None when
     it is absent."""
+    if not await asyncio.to_thread(repo.storage.written):
+        # a storage never written holds nothing: known without a tool start, which would
+        # spend a few tenths of a second setting the storage up
+        return None
     try:
         found = await _inspect(repo, [image])
     except ToolError as err:
@@ -214,6 +224,8 @@ def _stored(ref: LocalRef, data: ImageData) -> StoredImage:
 async def list_images(repo: Repository) -> list[StoredImage]:
     """Every image named `docker.io/<user>/<name>:<tag>` (staging names left out), one entry
     per name, sorted by user, name and tag."""
+    if not await asyncio.to_thread(repo.storage.written):
+        return []  # nothing there, known without a tool start
     listed = await repo.run_json(["podman", "images", "--format", "json"])
     # one entry per name: an image with two names comes twice
     ids = list(dict.fromkeys(str(entry["Id"]) for entry in listed or ()))

@@ -152,9 +152,7 @@ class Fetcher:
     async def _fetch(self, model: str, image: LocalRef, attempt: int) -> ModelStatus:
         ctx = self._ctx
         async with ctx.image_locks.hold(image.full):
-            # a storage never written holds no image: no tool start needed to know it
-            fresh = not await asyncio.to_thread(ctx.repository.storage.written)
-            held = None if fresh else await store.get(ctx.repository, image)
+            held = await store.get(ctx.repository, image)
             if held is not None and model in held.models:
                 return await self._pin(model, image, held.id, "repository")
             if held is not None:
