@@ -284,14 +284,15 @@ async def test_bearer_tokens_one_per_scope(world: World) -> None:
 @lab_test
 async def test_bearer_tokens_anonymous_renewed_and_rechallenged(world: World) -> None:
     """Only the auth layer is fake: a token-issuing proxy in front of the real registry."""
+    now = [0.0]  # the client's clock: tokens age without the test waiting
     async with (
-        TokenProxy(world.anon.url, anonymous=True, expires_in=1) as proxy,
-        V2Client("local", proxy.url) as client,
+        TokenProxy(world.anon.url, anonymous=True, expires_in=60) as proxy,
+        V2Client("local", proxy.url, clock=lambda: now[0]) as client,
     ):
         assert "v00" in await client.tags("alice/walt-a")
         assert await client.tags("alice/walt-a")
         assert proxy.issued == [(None, "repository:alice/walt-a:pull")]
-        await asyncio.sleep(1.0)  # past the renewal point, before the proxy's expiry
+        now[0] = 55.0  # past the renewal point (60 s less a 6 s margin), before the expiry
         await client.tags("alice/walt-a")
         assert len(proxy.issued) == 2
         unauthorised = proxy.count("GET", r"/v2/alice/walt-a/tags/list\?n=\d+")

@@ -107,7 +107,7 @@ class _Reply:
 @dataclass
 class _Token:
     value: str = field(repr=False)
-    expires: float  # time.monotonic()
+    expires: float  # on the client's clock (time.monotonic)
 
 
 class _Broken(Exception):
@@ -155,8 +155,10 @@ class V2Client:
         page_size: int = 1000,
         semaphore: asyncio.Semaphore | None = None,
         limits: SearchLimits | None = None,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.source = source
+        self._clock = clock  # when a token must be renewed
         self._base = URL(base_url.rstrip("/"))
         if self._base.scheme not in ("http", "https") or not self._base.host:
             raise ValueError(f"{source}: invalid registry URL {base_url!r}")
@@ -660,7 +662,7 @@ class V2Client:
     async def _authorization(self, scope: str) -> str | None:
         if self._realm is not None:
             token = self._tokens.get(scope)
-            if token is None or token.expires <= time.monotonic():
+            if token is None or token.expires <= self._clock():
                 return f"Bearer {await self._token(scope, scope)}"
             return f"Bearer {token.value}"
         if self._basic:
@@ -737,5 +739,5 @@ class V2Client:
         lifetime = float(expires_in) if isinstance(expires_in, int | float) else 60.0
         # renew a little early: a token must not expire between check and use
         margin = min(30.0, lifetime / 10)
-        self._tokens[scope] = _Token(value, time.monotonic() + max(0.0, lifetime - margin))
+        self._tokens[scope] = _Token(value, self._clock() + max(0.0, lifetime - margin))
         return value
