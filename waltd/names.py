@@ -41,6 +41,8 @@ _DOMAIN_RE = re.compile(
 )
 _TAG_RE = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}")
 _DIGEST_RE = re.compile(r"sha256:[a-f0-9]{64}")
+# podman's image ids: a config digest's 64 hex digits
+_IMAGE_ID_RE = re.compile(r"[0-9a-f]{64}")
 _LOCATION_RE = re.compile(r"[a-z0-9-]+")
 
 _LOCAL_NAME_RULE = "use lower-case letters, digits and '-' (not first or last)"
@@ -444,6 +446,18 @@ def check_node_name(text: str) -> str:
 
 # Six hex pairs separated by ':' or '-', the same separator throughout.
 _MAC_RE = re.compile(r"[0-9a-fA-F]{2}([:-])[0-9a-fA-F]{2}(?:\1[0-9a-fA-F]{2}){4}")
+
+
+def is_image_id(text: str) -> bool:
+    """Whether `text` is a full image id of the repository (64 lower-case hex digits)."""
+    return _IMAGE_ID_RE.fullmatch(text) is not None
+
+
+def check_image_id(text: str) -> str:
+    """`text` when it is a full image id; ValueError saying what one is if not."""
+    if not is_image_id(text):
+        raise ValueError(f"not a full image id (64 hex digits, lower case): {text[:80]!r}")
+    return text
 
 
 def normalise_mac(mac: str) -> str:

@@ -16,51 +16,24 @@ from __future__ import annotations
 
 import asyncio
 import re
-from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 from waltd import log
-from waltd.images.storage import Storage
+from waltd.images.store import Repository
 from waltd.images.tools import ToolError
+from waltd.names import check_image_id, is_image_id
 
 _log = log.get("images")
 
 HOLD_PREFIX = "localhost/waltd-mounted/"
-_IMAGE_ID = re.compile(r"[0-9a-f]{64}")
 _OCTAL_ESCAPE = re.compile(r"\\([0-7]{3})")
 # A podman call of this module is quick (no copy); past this it is stuck.
 TOOL_TIMEOUT_S = 120.0
 
 
-class MountRepository(Protocol):
-    """What this module needs of `repository.Repository`."""
-
-    @property
-    def storage(self) -> Storage:
-        """The storage the tools run on."""
-        ...
-
-    async def run(
-        self, argv: Sequence[str], *, input: bytes | None = None, secrets: Iterable[str] = ()
-    ) -> bytes:
-        """One tool command's stdout; ToolError when it fails."""
-        ...
-
-    async def run_json(self, argv: Sequence[str], *, secrets: Iterable[str] = ()) -> Any:
-        """One tool command's JSON output."""
-        ...
-
-
 class LayersError(RuntimeError):
     """The layers of an image could not be read from podman's mount."""
-
-
-def check_image_id(image_id: str) -> str:
-    """`image_id` when it is a full image id (64 lower-case hex digits); ValueError if not."""
-    if not _IMAGE_ID.fullmatch(image_id):
-        raise ValueError(f"not a full image id (64 hex digits): {image_id[:80]!r}")
-    return image_id
 
 
 def unescape_mount_field(text: str) -> str:
@@ -108,7 +81,7 @@ async def _finished(work: asyncio.Future[Any]) -> None:
         raise
 
 
-async def layer_dirs(repo: MountRepository, image_id: str) -> tuple[str, Path]:
+async def layer_dirs(repo: Repository, image_id: str) -> tuple[str, Path]:
     """The overlay `lowerdir` value podman's own mount of the image shows, and the folder its
     relative entries are relative to (the storage's `overlay` folder: podman lists many layers
     as short `l/<link>` names there, so that its options fit in one page).
@@ -133,14 +106,14 @@ def hold_name(image_id: str) -> str:
     return f"{HOLD_PREFIX}{check_image_id(image_id)}:latest"
 
 
-async def hold(repo: MountRepository, image_id: str) -> None:
+async def hold(repo: Repository, image_id: str) -> None:
     """Give the image its hold name (again: nothing changes when it has it). ToolError when
     the image is not in storage."""
     async with asyncio.timeout(TOOL_TIMEOUT_S):
         await repo.run(["podman", "tag", check_image_id(image_id), hold_name(image_id)])
 
 
-async def release(repo: MountRepository, image_id: str) -> None:
+async def release(repo: Repository, image_id: str) -> None:
     """Remove the hold name (the image stays: only the name goes); nothing when absent.
     Finished even when the caller is cancelled meanwhile."""
     name = hold_name(image_id)
@@ -156,7 +129,7 @@ async def release(repo: MountRepository, image_id: str) -> None:
     await _finished(asyncio.ensure_future(asyncio.wait_for(untag(), TOOL_TIMEOUT_S)))
 
 
-async def held(repo: MountRepository) -> set[str]:
+async def held(repo: Repository) -> set[str]:
     """The ids of the images that have a hold name (a crash may have left some)."""
     async with asyncio.timeout(TOOL_TIMEOUT_S):
         listed = await repo.run_json(["podman", "images", "--format", "json"])
@@ -164,6 +137,6 @@ async def held(repo: MountRepository) -> set[str]:
     for entry in listed or ():
         for name in entry.get("Names") or ():
             image = str(name).removeprefix(HOLD_PREFIX).removesuffix(":latest")
-            if str(name).startswith(HOLD_PREFIX) and _IMAGE_ID.fullmatch(image):
+            if str(name).startswith(HOLD_PREFIX) and is_image_id(image):
                 found.add(image)
     return found

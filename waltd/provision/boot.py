@@ -34,7 +34,7 @@ from pathlib import Path
 
 from waltd import log
 from waltd.atomic import write_atomic
-from waltd.names import normalise_mac
+from waltd.names import check_image_id, normalise_mac
 from waltd.provision.models import is_model
 
 _log = log.get("boot")
@@ -49,7 +49,6 @@ START_SCRIPT = "start.ipxe"
 # The URL of a node's own start script, as iPXE expands it (R/tftp is dnsmasq's root).
 NODE_START_URL = "tftp://${next-server}/nodes/${mac:hexhyp}/" + START_SCRIPT
 
-_IMAGE_ID = re.compile(r"[0-9a-f]{64}")
 # An NFS root prefix written into an iPXE script and a kernel command line: no spaces,
 # quotes, `$` or other characters either would read differently.
 _SAFE_PATH = re.compile(r"/[A-Za-z0-9._/-]*")
@@ -435,7 +434,7 @@ def remove_boot_copies(root: Path, image_id: str) -> None:
 
     It is renamed aside first, so no reader sees a half-removed folder; ValueError for an
     invalid image id (never the server's own R/boot/waiting)."""
-    _check_image_id(image_id)
+    check_image_id(image_id)
     folder = root / "boot" / image_id
     doomed = root / "boot" / f"{_TEMP_MARK}{image_id}.gone.{secrets.token_hex(4)}"
     try:
@@ -511,11 +510,6 @@ def _switch_link(path: Path, target: str) -> None:
         raise
 
 
-def _check_image_id(image_id: str) -> None:
-    if not _IMAGE_ID.fullmatch(image_id):
-        raise ValueError(f"invalid image id {image_id[:70]!r}: expected 64 lower-case hex digits")
-
-
 def _alias_names(ip: str | None, name: str | None) -> tuple[str | None, str | None]:
     if ip is not None:
         ip = str(ipaddress.IPv4Address(ip))
@@ -570,7 +564,7 @@ def set_node_links(
 
     The targets need not exist yet (a node sees them once they do); ValueError for an
     invalid MAC, image id, model, IP or name."""
-    _check_image_id(image_id)
+    check_image_id(image_id)
     if not is_model(model):
         raise ValueError(f"invalid node model {model[:70]!r}")
     paths = node_paths(root, mac)

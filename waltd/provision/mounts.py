@@ -24,8 +24,10 @@ from pathlib import Path
 from waltd import log
 from waltd.images import mounts as layers
 from waltd.images.locks import NameLocks
-from waltd.images.mounts import MountRepository, check_image_id, unescape_mount_field
+from waltd.images.mounts import unescape_mount_field
+from waltd.images.store import Repository
 from waltd.images.tools import ToolError
+from waltd.names import check_image_id, is_image_id
 from waltd.process import Children
 
 _log = log.get("mounts")
@@ -36,7 +38,6 @@ MAX_OPTIONS_BYTES = 4095
 MOUNT_TIMEOUT_S = 60.0
 # Mounts stacked on one point unmounted at most by `reconcile` (a bound on a loop).
 _MAX_STACKED = 16
-_IMAGE_ID = re.compile(r"[0-9a-f]{64}")
 # Characters the overlay option parser or mount(8) would read as separators.
 _UNSAFE_IN_OPTIONS = re.compile(r"[,:\\\s\x00-\x1f\x7f]")
 
@@ -62,7 +63,7 @@ def _overlays(text: str, root: Path) -> list[tuple[str, Path]]:
         if not point.startswith(images):
             continue
         image, slash, rest = point.removeprefix(images).partition("/")
-        if slash and rest == "fs" and _IMAGE_ID.fullmatch(image):
+        if slash and rest == "fs" and is_image_id(image):
             found.append((image, Path(point)))
     return found
 
@@ -106,7 +107,7 @@ class Reconciled:
 class ImageMounts:
     """The exportable mounts of images under `<root>/images/`."""
 
-    def __init__(self, root: Path, repo: MountRepository, children: Children) -> None:
+    def __init__(self, root: Path, repo: Repository, children: Children) -> None:
         self._root = root
         self._repo = repo
         self._children = children
@@ -259,7 +260,7 @@ class ImageMounts:
         if not self.images.is_dir():
             return removed
         for entry in sorted(self.images.iterdir()):
-            if not _IMAGE_ID.fullmatch(entry.name) or entry.is_symlink() or not entry.is_dir():
+            if not is_image_id(entry.name) or entry.is_symlink() or not entry.is_dir():
                 _log.warning("images_entry_unknown", path=str(entry))
                 continue
             if entry.name not in mounted:

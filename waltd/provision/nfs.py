@@ -37,7 +37,7 @@ from typing import Protocol, Self
 from waltd import log
 from waltd.atomic import write_atomic
 from waltd.config import Config
-from waltd.images.mounts import check_image_id
+from waltd.names import check_image_id
 from waltd.process import Children
 from waltd.supervisor import RunningConfig, Service
 
