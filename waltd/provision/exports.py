@@ -23,7 +23,6 @@ import contextlib
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Self
 
 from waltd import config as configuration
 from waltd import log
@@ -32,11 +31,11 @@ from waltd.db import Node
 from waltd.images import store
 from waltd.images.store import LocalRef
 from waltd.images.tools import ToolError
-from waltd.node_events import NodeSeen, NodeState, Resync, Subscription
+from waltd.node_events import NodeEvent, NodeSeen, NodeState
 from waltd.provision import boot, nodes
+from waltd.provision.following import NodeEventService
 from waltd.provision.mounts import ImageMounts, MountError
 from waltd.provision.nfs import NfsExport, NfsExports, fsid_of
-from waltd.supervisor import Service
 
 _log = log.get("exports")
 BOOTABLE = (nodes.READY, nodes.BOOTED)
@@ -72,19 +71,18 @@ def export_list(
     return result
 
 
-class ExportsService(Service):
+class ExportsService(NodeEventService):
     """Mounts, boot files, node folders and NFS exports (see the module docstring)."""
 
     name = "exports"
 
     def __init__(self, ctx: Context) -> None:
-        self._ctx = ctx
+        super().__init__(ctx)
         config = ctx.config
         # the real path: an NFS server drops an export whose path holds a symlink
         self._root = Path(os.path.realpath(config.exports.root))
         self._mounts = ImageMounts(self._root, ctx.repository, ctx.children)
         self._exporter: NfsExports = ctx.exporter
-        self._sub: Subscription | None = None
         self._exported: dict[str, Exported] = {}
         self._waiting: set[str] = set()  # nodes given the "wait and retry" script
         # exports changed but not applied yet, and the records that wait for it: a burst of
@@ -94,39 +92,24 @@ class ExportsService(Service):
         self._unmounting: dict[str, asyncio.Task[None]] = {}
         self._boot_watch: dict[str, asyncio.Task[None]] = {}
         self._resets: dict[str, int] = {}
-        self._tasks: asyncio.TaskGroup | None = None
         self._lock = asyncio.Lock()
 
-    async def __aenter__(self) -> Self:
-        self._sub = self._ctx.nodes.subscribe(self.name)
-        return self
+    async def handle(self, event: NodeEvent) -> None:
+        """A node's state or sighting: its folder and export set again when they change."""
+        if isinstance(event, NodeState):
+            await self._state(event)
+        elif isinstance(event, NodeSeen):
+            await self._seen(event)
 
-    async def __aexit__(self, *exc: object) -> None:
-        if self._sub is not None:
-            self._sub.close()
-            self._sub = None
+    async def caught_up(self) -> None:
+        """A burst of nodes is exported with one NFS server reload."""
+        await self._flush()
 
-    async def serve(self) -> None:
-        """Rebuild from the database, then follow node events."""
-        assert self._sub is not None
-        try:
-            async with asyncio.TaskGroup() as tasks:
-                self._tasks = tasks
-                await self._rebuild()
-                async for event in self._sub:
-                    if isinstance(event, Resync):
-                        await self._rebuild()
-                    elif isinstance(event, NodeState):
-                        await self._state(event)
-                    elif isinstance(event, NodeSeen):
-                        await self._seen(event)
-                    if self._sub.pending() == 0:
-                        await self._flush()
-        finally:
-            self._tasks = None
-            self._waiting.clear()
-            self._unmounting.clear()
-            self._boot_watch.clear()
+    def stopped(self) -> None:
+        """Timers and waiting marks ended with the service's tasks."""
+        self._waiting.clear()
+        self._unmounting.clear()
+        self._boot_watch.clear()
 
     async def reload(self, config: configuration.Config) -> None:
         """Boot timeouts apply from the next node made bootable; nothing else changes."""
@@ -345,7 +328,7 @@ class ExportsService(Service):
 
     # ---- everything -------------------------------------------------------------------
 
-    async def _rebuild(self) -> None:
+    async def rebuild(self) -> None:
         """At start and after a Resync: reconcile mounts, then set every node again."""
         listed = await self._ctx.db.list_nodes()
         wanted = set()

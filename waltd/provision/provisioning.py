@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from typing import Self
 
 from waltd import config as configuration
 from waltd import log
@@ -28,55 +27,39 @@ from waltd.context import Context
 from waltd.db import ModelStatus, Node
 from waltd.images import store
 from waltd.images.tools import ToolError
-from waltd.node_events import ModelNew, NodeSeen, Resync, Subscription, emit
+from waltd.node_events import ModelNew, NodeEvent, NodeSeen, emit
 from waltd.provision import nodes
 from waltd.provision.fetch import AllSourcesFailed, Fetcher, retry_policy, short
+from waltd.provision.following import NodeEventService
 from waltd.registries.sources import RegistriesNotReady
-from waltd.supervisor import Service
 
 _log = log.get("provision")
 
 
-class ProvisioningService(Service):
+class ProvisioningService(NodeEventService):
     """Node states and default images (see the module docstring)."""
 
     name = "provision"
 
     def __init__(self, ctx: Context) -> None:
-        self._ctx = ctx
-        self._sub: Subscription | None = None
+        super().__init__(ctx)
         self._fetcher = Fetcher(ctx)
         self._pursuits: dict[str, asyncio.Task[None]] = {}
-        self._tasks: asyncio.TaskGroup | None = None
         # set (and replaced) on reload: pursuits waiting to retry try again at once
         self._retry_now = asyncio.Event()
 
-    async def __aenter__(self) -> Self:
-        # subscribed before anything is read, so no event falls between the two
-        self._sub = self._ctx.nodes.subscribe(self.name)
-        return self
-
     async def __aexit__(self, *exc: object) -> None:
-        if self._sub is not None:
-            self._sub.close()
-            self._sub = None
+        await super().__aexit__(*exc)
         await self._fetcher.close()
 
-    async def serve(self) -> None:
-        """Settle what the database holds, then follow node events."""
-        assert self._sub is not None
-        try:
-            async with asyncio.TaskGroup() as tasks:
-                self._tasks = tasks
-                await self._rebuild()
-                async for event in self._sub:
-                    if isinstance(event, NodeSeen) and event.model is not None:
-                        await self._seen(event)
-                    elif isinstance(event, Resync):
-                        await self._rebuild()
-        finally:
-            self._tasks = None
-            self._pursuits.clear()
+    async def handle(self, event: NodeEvent) -> None:
+        """A node seen: settled if it waits."""
+        if isinstance(event, NodeSeen) and event.model is not None:
+            await self._seen(event)
+
+    def stopped(self) -> None:
+        """The pursuits ended with the service's tasks."""
+        self._pursuits.clear()
 
     async def reload(self, config: configuration.Config) -> None:
         """New fetch bounds; every model waiting for a retry is tried again now (its sources
@@ -146,7 +129,7 @@ class ProvisioningService(Service):
         for node in await self._ctx.db.nodes_in_state(nodes.WAITING, model):
             await self._make_ready(node, node.image or status.image)
 
-    async def _rebuild(self) -> None:
+    async def rebuild(self) -> None:
         """Settle everything from the database (at start, and after a Resync)."""
         db = self._ctx.db
         for status in await db.list_models():
