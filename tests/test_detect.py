@@ -29,6 +29,7 @@ from tests.support.daemon import (
     is_event,
     remove,
     run_hook,
+    running,
     short_dir,
     walt,
     write_config,
@@ -539,17 +540,7 @@ async def test_neighbours_take_nodes_down_and_bring_them_back(
 
 def _dnsmasq_pids(conf: Path) -> list[int]:
     """The dnsmasq processes (main and helper) running with configuration file `conf`."""
-    found = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            argv = (entry / "cmdline").read_bytes().split(b"\0")
-        except OSError:
-            continue  # gone meanwhile
-        if Path(argv[0].decode()).name == "dnsmasq" and f"--conf-file={conf}".encode() in argv:
-            found.append(int(entry.name))
-    return found
+    return running("dnsmasq", f"--conf-file={conf}")
 
 
 @pytest.mark.lab

@@ -18,7 +18,7 @@ import pytest
 import yaml
 
 from lab.lab import Lab
-from tests.support.daemon import is_event, walt
+from tests.support.daemon import is_event, running, walt
 from tests.support.lab_daemon import lab_config, records, start_waltd, wait_record
 from tests.support.labs import running_lab
 from tests.support.wait import until
@@ -124,18 +124,8 @@ async def test_dnsmasq_failure_is_reported_and_the_daemon_stays_up(lab: Lab) -> 
 
 
 def _dnsmasq_pids(conf: Path) -> list[int]:
-    """PIDs of the dnsmasq processes (main and helper) running with configuration `conf`."""
-    found = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            argv = (entry / "cmdline").read_bytes().split(b"\0")
-        except OSError:
-            continue
-        if Path(argv[0].decode()).name == "dnsmasq" and f"--conf-file={conf}".encode() in argv:
-            found.append(int(entry.name))
-    return found
+    """The dnsmasq processes (main and helper) running with configuration file `conf`."""
+    return running("dnsmasq", f"--conf-file={conf}")
 
 
 def _owners(pids: list[int]) -> set[int]:

@@ -22,7 +22,16 @@ import pytest
 
 from lab.lab import Lab, LabProcess
 from tests.conftest import require_tool
-from tests.support.daemon import ROOT, Daemon, is_event, remove, short_dir, walt, write_config
+from tests.support.daemon import (
+    ROOT,
+    Daemon,
+    is_event,
+    remove,
+    running,
+    short_dir,
+    walt,
+    write_config,
+)
 from tests.support.lab_daemon import lab_config, records, start_waltd, wait_record
 from tests.support.labs import running_lab
 from tests.support.users import unix_user
@@ -255,19 +264,7 @@ async def lab() -> AsyncIterator[Lab]:
 
 def qemu_pids(mac: str) -> list[int]:
     """PIDs of the QEMU processes whose arguments hold `mac` (the keeper shell excluded)."""
-    found = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            argv = (entry / "cmdline").read_bytes().split(b"\0")
-        except OSError:
-            continue
-        if Path(argv[0].decode()).name == "qemu-system-x86_64" and any(
-            mac.encode() in arg for arg in argv
-        ):
-            found.append(int(entry.name))
-    return found
+    return running("qemu-system-x86_64", mac)
 
 
 async def link(lab: Lab, name: str) -> dict[str, object] | None:

@@ -163,6 +163,24 @@ def process_group(leader: int) -> list[int]:
     return group
 
 
+def running(program: str, marker: str) -> list[int]:
+    """The PIDs of the processes of `program` (the basename of their argv[0]) with `marker`
+    in one of their arguments (a configuration file, a MAC)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            argv = (entry / "cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue  # gone meanwhile
+        if Path(argv[0].decode(errors="replace")).name == program and any(
+            marker.encode() in arg for arg in argv
+        ):
+            found.append(int(entry.name))
+    return found
+
+
 def harness(folder: Path, config: Path, mode: str) -> Daemon:
     """The real daemon with one extra test service (tests/support/harness.py MODE)."""
     argv = [sys.executable, str(ROOT / "tests/support/harness.py"), str(config), mode]
