@@ -40,7 +40,7 @@ from tests.support.labs import running_lab
 from tests.support.registry_proxy import Fault, Proxy, when
 from tests.support.search_lab import reach_from_server
 from tests.support.store_images import release_storage
-from tests.support.transfer import registry_entry, run
+from tests.support.transfer import hub_entry, registry_entry, run
 from waltd import credentials
 from waltd.db import default_name
 from waltd.images.storage import Storage
@@ -71,11 +71,6 @@ async def lab() -> AsyncIterator[Lab]:
 def shown(model: str) -> str:
     """`model`'s default image as records and `walt node show` name it."""
     return default_image(model).display
-
-
-def hub_entry(url: str) -> dict[str, Any]:
-    """The hub's configuration entry, its registry API at `url` (a lab registry)."""
-    return {"label": "hub", "api": "docker-hub", "description": "hub stand-in", "registry-url": url}
 
 
 def waltd_folder(lab: Lab) -> Path:

@@ -23,6 +23,7 @@ from tests.support.daemon import is_event, walt
 from tests.support.lab_daemon import lab_config, records, start_waltd, wait_record
 from tests.support.labs import running_lab
 from tests.support.store_images import release_storage
+from tests.support.transfer import hub_entry
 from waltd.provision.mounts import parse_mounts
 
 pytestmark = pytest.mark.lab
@@ -87,7 +88,7 @@ async def test_nodes_are_exported_switched_and_released(lab: Lab) -> None:
     await push_image(lab, OTHER, hub, "root/other:latest")
     folder = lab.root / "waltd"
     folder.mkdir()
-    entry = {"label": "hub", "api": "docker-hub", "description": "hub", "registry-url": hub.url}
+    entry = hub_entry(hub.url)
     config = lab_config(
         lab,
         folder,

@@ -26,7 +26,7 @@ from tests.support.dockerd import dockerd, load_image
 from tests.support.labs import running_lab
 from tests.support.registry_images import put_list
 from tests.support.store_images import release_storage
-from tests.support.transfer import registry_entry, run
+from tests.support.transfer import hub_entry, registry_entry, run
 from waltd import config as configuration
 from waltd import credentials
 from waltd.provision.fetch import DOCKER, Attempt, plan, retry_policy
@@ -99,7 +99,7 @@ async def setup() -> AsyncIterator[Setup]:
 
 def _config(folder: Path, setup: Setup, **images: Any) -> Path:
     entries = [
-        {"label": "hub", "api": "docker-hub", "description": "hub", "registry-url": setup.hub.url},
+        hub_entry(setup.hub.url),
         registry_entry(setup.secure, "secure", "basic"),
     ]
     path = write_config(

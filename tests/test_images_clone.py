@@ -30,7 +30,7 @@ from tests.support.dockerd import dockerd, load_image
 from tests.support.labs import running_lab
 from tests.support.store_images import build as build_stored
 from tests.support.store_images import release_storage, repository_at
-from tests.support.transfer import post_as, registry_entry, run
+from tests.support.transfer import hub_entry, post_as, registry_entry, run
 from tests.support.users import unix_user
 from waltd.api.wire import CloneRequest, CopyProgress, Login, PublishRequest
 from waltd.cli.images_transfer import ProgressView
@@ -159,12 +159,7 @@ async def setup(user: str) -> AsyncIterator[Setup]:
         entries = [
             registry_entry(local, "local"),
             registry_entry(secure, "secure", "basic"),
-            {
-                "label": "hub",
-                "api": "docker-hub",
-                "description": "hub stand-in",
-                "registry-url": hub.url,
-            },
+            hub_entry(hub.url),
         ]
         config = write_config(
             folder,

@@ -25,7 +25,7 @@ from tests.support.daemon import ROOT, Daemon, remove, short_dir, write_config
 from tests.support.labs import running_lab
 from tests.support.store_images import build as build_stored
 from tests.support.store_images import release_storage, repository_at
-from tests.support.transfer import post_as, registry_entry, run
+from tests.support.transfer import hub_entry, post_as, registry_entry, run
 from tests.support.users import unix_user
 from waltd import config
 from waltd.images.publish import choose_registry, render_metadata
@@ -96,7 +96,7 @@ async def setup(user: str) -> AsyncIterator[Setup]:
         entries = [
             registry_entry(open_, "open"),
             registry_entry(secure, "secure", "basic"),
-            {"label": "hub", "api": "docker-hub", "description": "hub", "registry-url": hub.url},
+            hub_entry(hub.url),
             # Artifactory keeps `<repository>/<name>` where a registry keeps that path: a
             # push lands the same way (only its catalog differs, which publish never reads)
             {

@@ -26,6 +26,7 @@ from lab.pc_image import build_pc_image
 from tests.support.daemon import is_event, walt
 from tests.support.lab_daemon import lab_config, records, start_waltd, wait_record
 from tests.support.labs import running_lab
+from tests.support.transfer import hub_entry
 
 pytestmark = pytest.mark.lab
 
@@ -44,7 +45,7 @@ async def test_a_virtual_node_boots_from_waltd(lab: Lab, package_cache: Path) ->
     await publish(lab, await build_pc_image(lab, package_cache), hub)
     folder = lab.root / "waltd"
     folder.mkdir()
-    entry = {"label": "hub", "api": "docker-hub", "description": "hub", "registry-url": hub.url}
+    entry = hub_entry(hub.url)
     config = lab_config(
         lab, folder, registries=[entry], images={"docker-socket": str(folder / "no.sock")}
     )
@@ -98,7 +99,7 @@ async def test_a_virtual_node_that_does_not_boot_is_reset_then_left(lab: Lab) ->
     await push_image(lab, stuck, hub)
     folder = lab.root / "waltd"
     folder.mkdir()
-    entry = {"label": "hub", "api": "docker-hub", "description": "hub", "registry-url": hub.url}
+    entry = hub_entry(hub.url)
     config = lab_config(
         lab,
         folder,
