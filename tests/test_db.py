@@ -226,7 +226,7 @@ async def test_list_and_remove_nodes(path: Path) -> None:
         ]
         assert await database.remove_node("00-00-00-00-00-02") is True
         assert await database.remove_node("00:00:00:00:00:02") is False
-        assert await database.count_devices() == 2
+        assert len(await database.list_nodes()) == 2
         assert await database.count_nodes() == 0  # no model: devices, not nodes
         await database.upsert_node("00:00:00:00:00:01", model="pc-x86-64")
         assert await database.count_nodes() == 1
@@ -310,7 +310,7 @@ async def test_concurrent_upserts_all_land(path: Path) -> None:
         assert [node.mac for node in nodes] == macs
         # Many tasks hitting one node: every call lands and the latest time wins.
         await asyncio.gather(*(database.upsert_node(MAC, now=float(t)) for t in range(50)))
-        assert await database.count_devices() == 201
+        assert len(await database.list_nodes()) == 201
         node = await database.get_node(MAC)
         assert node is not None
         assert (node.first_seen, node.last_seen) == (0.0, 49.0)
@@ -342,7 +342,7 @@ async def test_closed_database_refuses_calls(path: Path) -> None:
     # Closing checkpointed the WAL and the data is there for the next run.
     assert not path.with_name("waltd.db-wal").exists()
     async with Database(path) as again:
-        assert await again.count_devices() == 1
+        assert len(await again.list_nodes()) == 1
 
 
 async def test_nodes_using_an_image(path: Path) -> None:

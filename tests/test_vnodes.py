@@ -376,6 +376,16 @@ async def test_a_virtual_node_dhcps_through_waltd_then_is_removed(lab: Lab) -> N
     assert await link(lab, tap_name(mac)) is None
     assert node_row(socket, "vnode1") is None
     await wait_record(waltd, is_event("node.down", mac=mac))
+    # nothing of it is served any longer: its folder and TFTP link are gone
+    await wait_record(waltd, is_event("node.removed", mac=mac))
+    exports = socket.parent / "exports"
+    await until(
+        lambda: (
+            not (exports / "nodes" / mac).exists()
+            and not (exports / "tftp" / "nodes" / mac.replace(":", "-")).is_symlink()
+        ),
+        what="the removed node's folder to go",
+    )
     missing = walt(socket, "node", "console", "vnode1")
     assert missing.returncode == 1 and "no virtual node named 'vnode1'" in missing.stderr
     await lab.stop(waltd)

@@ -484,15 +484,6 @@ class Database:
 
         return await self._run(work)
 
-    async def count_devices(self) -> int:
-        """Return how many entries there are, nodes and unknown devices."""
-
-        def work(conn: sqlite3.Connection) -> int:
-            count: int = conn.execute("SELECT count(*) FROM nodes").fetchone()[0]
-            return count
-
-        return await self._run(work)
-
     async def nodes_in_state(self, state: str, model: str | None = None) -> list[Node]:
         """The nodes in `state` (of `model` when given), oldest first."""
 

@@ -114,7 +114,18 @@ class NodeState:
         return f"node.{self.state}"
 
 
-Lifecycle = ModelNew | FetchStarted | FetchSourceFailed | FetchDone | FetchFailed | NodeState
+@dataclass(frozen=True)
+class NodeRemoved:
+    """A node forgotten (a virtual node removed): nothing of it is served any longer."""
+
+    EVENT: ClassVar[str] = "node.removed"
+    mac: str
+    name: str
+
+
+Lifecycle = (
+    ModelNew | FetchStarted | FetchSourceFailed | FetchDone | FetchFailed | NodeState | NodeRemoved
+)
 NodeEvent = NodeSeen | Lifecycle
 
 

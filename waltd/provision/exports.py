@@ -31,7 +31,7 @@ from waltd.db import Node
 from waltd.images import store
 from waltd.images.store import LocalRef
 from waltd.images.tools import ToolError
-from waltd.node_events import NodeEvent, NodeSeen, NodeState
+from waltd.node_events import NodeEvent, NodeRemoved, NodeSeen, NodeState
 from waltd.provision import boot, nodes
 from waltd.provision.following import NodeEventService
 from waltd.provision.mounts import ImageMounts, MountError
@@ -100,6 +100,8 @@ class ExportsService(NodeEventService):
             await self._state(event)
         elif isinstance(event, NodeSeen):
             await self._seen(event)
+        elif isinstance(event, NodeRemoved):
+            await self._remove(event.mac)
 
     async def caught_up(self) -> None:
         """A burst of nodes is exported with one NFS server reload."""
@@ -136,7 +138,10 @@ class ExportsService(NodeEventService):
     async def _set(self, mac: str) -> None:
         """Bring node `mac`'s folder and export in line with the database."""
         node = await self._ctx.db.get_node(mac)
-        if node is None or node.model is None:
+        if node is None:
+            await self._remove(mac)
+            return
+        if node.model is None:
             return
         async with self._lock:
             try:
@@ -152,6 +157,14 @@ class ExportsService(NodeEventService):
                 )
                 self._waiting.add(node.mac)
                 await self._forget(node.mac)
+
+    async def _remove(self, mac: str) -> None:
+        """A node the database forgot (a virtual node removed): out of the layout and the
+        exports."""
+        async with self._lock:
+            await asyncio.to_thread(boot.remove_node_links, self._root, mac)
+            self._waiting.discard(mac)
+            await self._forget(mac)
 
     async def _export(self, node: Node) -> bool:
         """Mount, copy, link and export node's image; False when it has none to export."""
@@ -339,6 +352,13 @@ class ExportsService(NodeEventService):
                     wanted.add(image_id)
         async with self._lock:
             done = await self._mounts.reconcile(wanted)
+            # boot copies an interruption left half made
+            boot_root = self._root / "boot"
+            folders = await asyncio.to_thread(
+                lambda: [f for f in boot_root.iterdir() if f.is_dir()] if boot_root.is_dir() else []
+            )
+            for folder in folders:
+                await asyncio.to_thread(boot.clear_partial_copies, folder)
         if done.unmounted or done.busy:
             _log.info(
                 "mounts_reconciled",

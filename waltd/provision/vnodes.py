@@ -40,7 +40,7 @@ from typing import Any, Self
 from waltd import log
 from waltd.db import Database, StateError, VNode
 from waltd.names import check_node_name, normalise_mac
-from waltd.node_events import NodeEvents, emit
+from waltd.node_events import NodeEvents, NodeRemoved, emit
 from waltd.process import Children
 from waltd.provision import nodes
 from waltd.supervisor import RunningConfig, Service
@@ -679,6 +679,7 @@ class VirtualNodes:
                 emit(self._events, nodes.state_event(down))
         await self._db.remove_vnode(vnode.name)
         await self._db.remove_node(vnode.mac)
+        emit(self._events, NodeRemoved(vnode.mac, vnode.name))
         with contextlib.suppress(VNodeError):
             await self._ip("link", "delete", "dev", tap_name(vnode.mac))
         self.qmp_path(vnode.mac).unlink(missing_ok=True)
