@@ -5,9 +5,9 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-from collections.abc import AsyncIterable, AsyncIterator
+from collections.abc import AsyncIterable, AsyncIterator, Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import h11
 
@@ -16,6 +16,8 @@ DEFAULT_SOCKET = Path("/run/waltd/api.sock")
 _READ = 64 * 1024
 # An error answer's body is read up to this size.
 _ERROR_BODY = 64 * 1024
+
+T = TypeVar("T")
 
 
 class ClientError(Exception):
@@ -204,6 +206,16 @@ class Client:
             raise ClientError(f"waltd sent an unreadable record: {err}") from err
         finally:
             exchange.close()
+
+    async def records(self, path: str, body: Any, parse: Callable[[Any], T]) -> AsyncIterator[T]:
+        """`stream`'s records, each read by `parse` (one of api/wire.py's record readers); a
+        record it cannot read is a ClientError."""
+        async for raw in self.stream(path, body):
+            try:
+                record = parse(raw)
+            except ValueError as err:
+                raise ClientError(f"waltd sent an unreadable record: {err}") from err
+            yield record
 
 
 async def _ndjson(chunks: AsyncIterator[bytes]) -> AsyncIterator[Any]:

@@ -96,11 +96,9 @@ async def _boot(args: argparse.Namespace) -> int:
     nodes = [n for word in args.nodes for n in word.split(",") if n]
     request = wire.NodeBootRequest(tuple(nodes), args.image)
     async with Client() as client:
-        async for raw in client.stream("/v1/nodes/boot", request.to_json()):
-            try:
-                record = wire.node_boot_record(raw)
-            except ValueError as err:
-                raise ClientError(f"waltd sent an unreadable record: {err}") from err
+        async for record in client.records(
+            "/v1/nodes/boot", request.to_json(), wire.node_boot_record
+        ):
             if isinstance(record, wire.OperationError):
                 raise ClientError(record.error)
             if isinstance(record, wire.NodeBooting):

@@ -17,11 +17,8 @@ from waltd.cli.terminal import printable
 async def _operation(path: str, name: str) -> int:
     result: wire.VNodeResult | None = None
     async with Client() as client:
-        async for raw in client.stream(path, wire.VNodeRequest(name).to_json()):
-            try:
-                record = wire.vnode_record(raw)
-            except ValueError as err:
-                raise ClientError(f"waltd sent an unreadable record: {err}") from err
+        request = wire.VNodeRequest(name).to_json()
+        async for record in client.records(path, request, wire.vnode_record):
             if isinstance(record, wire.OperationError):
                 raise ClientError(record.error)
             result = record
@@ -42,11 +39,7 @@ async def _remove(args: argparse.Namespace) -> int:
 async def _console(args: argparse.Namespace) -> int:
     query = wire.ConsoleQuery(args.name, follow=not args.no_follow).to_query()
     async with Client() as client:
-        async for raw in client.stream(f"/v1/nodes/console{query}"):
-            try:
-                record = wire.console_record(raw)
-            except ValueError as err:
-                raise ClientError(f"waltd sent an unreadable console record: {err}") from err
+        async for record in client.records(f"/v1/nodes/console{query}", None, wire.console_record):
             if isinstance(record, wire.OperationError):
                 raise ClientError(record.error)
             if isinstance(record, wire.ConsoleDropped):
