@@ -96,7 +96,7 @@ async def setup(user: str) -> AsyncIterator[Setup]:
         entries = [
             registry_entry(open_, "open"),
             registry_entry(secure, "secure", "basic"),
-            hub_entry(hub.url),
+            hub_entry(hub.url, "hub"),
             # Artifactory keeps `<repository>/<name>` where a registry keeps that path: a
             # push lands the same way (only its catalog differs, which publish never reads)
             {

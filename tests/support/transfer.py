@@ -52,10 +52,10 @@ def post_as(user: str, socket: Path, path: str, body: dict[str, Any]) -> list[di
     return [json.loads(line) for line in res.stdout.splitlines() if line.strip()]
 
 
-def hub_entry(url: str) -> dict[str, Any]:
+def hub_entry(url: str, description: str = "hub stand-in") -> dict[str, Any]:
     """The hub's server.conf entry, its registry API at `url` (a lab registry standing in
     for Docker Hub's)."""
-    return {"label": "hub", "api": "docker-hub", "description": "hub stand-in", "registry-url": url}
+    return {"label": "hub", "api": "docker-hub", "description": description, "registry-url": url}
 
 
 def registry_entry(registry: Registry, label: str, auth: str = "none") -> dict[str, Any]:
