@@ -180,7 +180,7 @@ def _vm_hwm_mb(pid: int) -> float:
 
 def _drop(folder: Path, events: Sequence[tuple[str, str, str, str]], bridge: str) -> float:
     """Put one spool file per event (action, mac, ip, model) into the daemon's spool at once,
-    as the hook writes them, then wake it; when the first one landed (epoch seconds).
+    as the hook writes them (renamed into place); when the first one landed (epoch seconds).
 
     The files are written beside the spool first: what is timed is the daemon taking them,
     not their writing.
@@ -200,7 +200,6 @@ def _drop(folder: Path, events: Sequence[tuple[str, str, str, str]], bridge: str
     began = time.time()
     for name in names:
         os.rename(staging / name, spool / name)
-    dhcp_event.wake(str(state / "dhcp-events.sock"))
     return began
 
 

@@ -1,4 +1,4 @@
-"""Lease events: model detection, the hook, message parsing, the daemon's socket and spool."""
+"""Lease events: model detection, the hook, message parsing, the daemon's spool and its watch."""
 
 from __future__ import annotations
 
@@ -7,12 +7,11 @@ import contextlib
 import json
 import os
 import signal
-import socket
 import sqlite3
 import subprocess
 import sys
 import time
-from collections.abc import AsyncGenerator, Iterator
+from collections.abc import AsyncGenerator, Callable, Iterator
 from dataclasses import replace
 from ipaddress import IPv4Address, IPv4Interface
 from pathlib import Path
@@ -22,6 +21,7 @@ import structlog
 from hypothesis import given
 from hypothesis import strategies as st
 
+from tests.conftest import require_tool
 from tests.support.context import make_context
 from tests.support.daemon import (
     ROOT,
@@ -36,10 +36,12 @@ from tests.support.daemon import (
 )
 from tests.support.lab_daemon import lab_config, records, start_waltd, wait_record
 from tests.support.labs import running_lab
+from tests.support.wait import until
 from waltd import config as configuration
 from waltd import dhcp_event
 from waltd.config import WaltNet
 from waltd.context import Context
+from waltd.db import Database
 from waltd.node_events import NodeEvent, Resync, Subscription
 from waltd.provision import detect
 from waltd.provision.detect import DetectionService
@@ -140,7 +142,6 @@ def test_hook_spools_atomically_even_without_a_daemon(tmp_path: Path) -> None:
     spool = tmp_path / "spool"
     env = {
         **os.environ,
-        dhcp_event.SOCKET_ENV: str(tmp_path / "absent.sock"),
         dhcp_event.SPOOL_ENV: str(spool),
         "DNSMASQ_VENDOR_CLASS": "walt.node.pc-x86-64",
     }
@@ -184,7 +185,6 @@ def test_events_reach_the_daemon_and_bad_ones_are_refused(folder: Path) -> None:
         run_hook(state, "add", "02:00:00:00:00:01", "10.0.0.6", DNSMASQ_VENDOR_CLASS="udhcp 1.35")
         run_hook(state, "tftp", "512", "10.0.0.5", "/tftp/nodes/x/start.ipxe")
         dhcp_event.spool(b'{"action": "add", "mac": "zz"}', str(state / "dhcp-spool"))
-        dhcp_event.wake(str(state / "dhcp-events.sock"))
         d.wait_for(lambda e: e.get("event") == "dhcp_event_malformed")
         d.wait_for(lambda e: e.get("event") == "tftp_transfer")
         events = {e["event"]: e for e in _events(d)}
@@ -224,46 +224,56 @@ def test_events_spooled_while_down_are_delivered_at_start(folder: Path) -> None:
         d.kill()
 
 
-def test_hook_never_waits_on_a_full_queue(folder: Path) -> None:
-    """The kernel queues ~10 datagrams: with the daemon's queue full (a burst, a frozen
-    daemon) the hook still returns at once, its event safe in the spool."""
-    state = folder / "state"
-    path = str(state / "dhcp-events.sock")
-    state.mkdir()
-    daemon = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-    daemon.bind(path)
-    filler = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+async def _spool_while_serving(
+    svc: DetectionService, db: Database, put: Callable[[bytes], object]
+) -> None:
+    """With `svc` serving, `put` one event, wait for its node, then a second.
+
+    The first may be taken by the pass at the start of `serve`; the second lands once that
+    pass is over, so only the wake-up under test can bring it in.
+    """
+    serving = asyncio.create_task(svc.serve())
     try:
-        with pytest.raises(BlockingIOError):
-            while True:
-                filler.sendto(b"", socket.MSG_DONTWAIT, path)
-        began = time.monotonic()
-        run_hook(state, "add", MAC, "10.0.0.5", DNSMASQ_VENDOR_CLASS="walt.node.pc-x86-64")
-        assert time.monotonic() - began < 5  # a Python start-up, never a send timeout
-        (file,) = (state / "dhcp-spool").iterdir()
-        assert parse_message(file.read_bytes()).mac == MAC
+        for mac in ("52:54:00:00:00:02", MAC):
+            put(_message(mac=mac))
+            await until(
+                lambda mac=mac: db.get_node(mac),
+                what=f"the node {mac} of the spooled event",
+                alive=lambda: not serving.done(),
+            )
     finally:
-        filler.close()
-        daemon.close()
+        serving.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await serving
 
 
-def test_events_spooled_while_running_are_delivered(folder: Path) -> None:
-    d = Daemon(folder, write_config(folder))
-    try:
-        d.start()
-        state = folder / "state"
-        event = dhcp_event.build_event(
-            ["add", MAC, "10.0.0.5"], {"DNSMASQ_VENDOR_CLASS": "walt.node.pc-x86-64"}
-        )
-        # The hook's spooling without its wake-up (lost to a full queue): the periodic look
-        # at the spool finds it.
-        dhcp_event.spool(dhcp_event.encode(event), str(state / "dhcp-spool"))
-        detected = d.wait_for(lambda e: e.get("event") == "node.detected", timeout=6)
-        assert detected["mac"] == MAC
-        assert list((state / "dhcp-spool").iterdir()) == []
-        assert d.stop() == 0
-    finally:
-        d.kill()
+async def test_an_event_renamed_into_the_spool_is_taken_at_once(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The inotify watch brings events in: the periodic look is an hour away here."""
+    monkeypatch.setattr(detect, "SPOOL_TICK_S", 3600.0)
+    ctx, svc = _service(tmp_path)
+    async with ctx.db as db, svc:
+        # written aside and renamed into place, as both hooks do
+        await _spool_while_serving(svc, db, lambda raw: dhcp_event.spool(raw, str(svc.spool)))
+    assert list(svc.spool.iterdir()) == []
+
+
+async def test_a_file_written_in_place_is_found_by_the_periodic_look(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A file that lands without a rename (no notice for the watch) waits for the periodic
+    look, which finds it."""
+    monkeypatch.setattr(detect, "SPOOL_TICK_S", 0.2)
+    ctx, svc = _service(tmp_path)
+    names = iter(range(10))
+
+    def in_place(raw: bytes) -> None:
+        (svc.spool / f"{next(names):020d}-in-place.json").write_bytes(raw)
+
+    async with ctx.db as db, svc:
+        await _spool_while_serving(svc, db, in_place)
+    assert list(svc.spool.iterdir()) == []
 
 
 def _service(state: Path) -> tuple[Context, DetectionService]:
@@ -588,9 +598,47 @@ async def test_leases_repeated_after_restarts_announce_nothing_twice() -> None:
     assert detected == sorted([pc.mac, rpi.mac])
     crashed = [r["service"] for r in both if r.get("event") == "service_crashed"]
     assert crashed == ["dnsmasq"]  # the kill, and nothing else
+    # the installed dnsmasq has Lua: every start took the Lua hook
+    assert [r["kind"] for r in both if r.get("event") == "dhcp_hook"] == ["lua"] * 3
     assert not [r for r in both if r.get("event") == "node_class_invalid"]
     # the neighbour watch ran on the node network all along (netlink, in the server's namespace)
     for run in runs:
         carrier = [r["up"] for r in run if r.get("event") == "node_network_carrier"]
         assert carrier[-1] is True  # ports joining the bridge may flap it first
     assert not [r for r in both if r.get("event") == "neighbour_watch_failed"]
+
+
+@pytest.mark.lab
+async def test_a_dnsmasq_without_lua_reports_leases_through_the_exec_hook() -> None:
+    """A dnsmasq built without Lua (Debian's plain dnsmasq-base): one warning at start, and
+    the exec hook brings every lease in with its classes."""
+    real = require_tool("dnsmasq")
+    async with running_lab("dnsmasq") as lab:
+        tools = lab.root / "no-lua"
+        tools.mkdir()
+        wrapper = tools / "dnsmasq"
+        # the real dnsmasq, whose version says it has no Lua
+        wrapper.write_text(
+            "#!/bin/sh\n"
+            f'if [ "$1" = --version ]; then {real} --version | sed "s/ Lua / no-Lua /"; exit; fi\n'
+            f'exec {real} "$@"\n'
+        )
+        wrapper.chmod(0o755)
+        folder = lab.root / "waltd"
+        folder.mkdir()
+        argv = [sys.executable, "-m", "waltd", "--config", str(lab_config(lab, folder))]
+        path = f"{tools}:{os.environ.get('PATH', '')}"
+        waltd = await lab.spawn(
+            "waltd", argv, netns=lab.server_netns, env={"PYTHONPATH": str(ROOT), "PATH": path}
+        )
+        await wait_record(waltd, is_event("dnsmasq_started"))
+        node = await lab.add_node()
+        await lab.node_dhcp(node, vendor_class="walt.node.pc-x86-64", user_class="iPXE")
+        detected = await wait_record(waltd, is_event("node.detected", mac=node.mac))
+        assert detected["model"] == "pc-x86-64"
+        assert await lab.stop(waltd) == 0
+        (slow,) = [r for r in records(waltd) if r.get("event") == "dhcp_hook_slow"]
+        assert slow["kind"] == "exec" and "dnsmasq-base-lua" in slow["hint"]
+        conf = (folder / "state" / "dnsmasq" / "dnsmasq.conf").read_text().splitlines()
+        assert f"dhcp-script={folder / 'state' / 'dnsmasq' / 'dhcp-hook'}" in conf
+        assert not any(line.startswith("dhcp-luascript=") for line in conf)

@@ -10,7 +10,15 @@ import pytest
 
 from tests.conftest import require_tool
 from waltd.config import WaltNet
-from waltd.provision.dnsmasq import Paths, host_entry, render_config
+from waltd.provision.dnsmasq import (
+    Hook,
+    Paths,
+    dnsmasq_has_lua,
+    has_lua,
+    host_entry,
+    render_config,
+    write_lua_hook,
+)
 
 NET = WaltNet(
     interface="walt-net",
@@ -19,18 +27,29 @@ NET = WaltNet(
 )
 
 
-def test_rendered_config_is_valid_for_dnsmasq(tmp_path: Path) -> None:
-    dnsmasq = require_tool("dnsmasq")
-    paths = Paths(folder=tmp_path, tftp_root=tmp_path / "tftp")
+def _paths(tmp_path: Path) -> Paths:
+    paths = Paths(folder=tmp_path, tftp_root=tmp_path / "tftp", spool=tmp_path / "spool")
     (tmp_path / "tftp").mkdir()
     paths.hosts.mkdir()
-    text = render_config(NET, paths, Path("/usr/bin/waltd-dhcp-event"))
+    return paths
+
+
+def _dnsmasq_accepts(paths: Paths, text: str) -> None:
+    dnsmasq = require_tool("dnsmasq")
     paths.conf.write_text(text)
     res = subprocess.run(
         [dnsmasq, "--test", f"--conf-file={paths.conf}"], capture_output=True, text=True, timeout=10
     )
     assert res.returncode == 0, res.stderr
+
+
+def test_rendered_config_is_valid_for_dnsmasq(tmp_path: Path) -> None:
+    paths = _paths(tmp_path)
+    text = render_config(NET, paths, Hook(script=Path("/usr/bin/waltd-dhcp-event")))
+    _dnsmasq_accepts(paths, text)
     lines = text.splitlines()
+    assert "dhcp-script=/usr/bin/waltd-dhcp-event" in lines
+    assert not any(line.startswith("dhcp-luascript=") for line in lines)
     assert "dhcp-range=192.168.152.100,192.168.155.250,255.255.252.0,12h" in lines
     assert "interface=walt-net" in lines and "port=0" in lines
     assert "dhcp-vendorclass=set:walt,walt.node" in lines
@@ -49,3 +68,27 @@ def test_host_entry() -> None:
     for bad in ("a,b", "x\ndhcp-range=1", ""):
         with pytest.raises(ValueError):
             host_entry("52:54:00:aa:bb:cc", bad)
+
+
+def test_the_lua_hook_comes_with_a_script_beside_it(tmp_path: Path) -> None:
+    """dnsmasq gives a Lua script the client's classes only when a dhcp-script is set too."""
+    paths = _paths(tmp_path)
+    lua = write_lua_hook(paths.lua_hook)
+    text = render_config(NET, paths, Hook(script=Path("/usr/bin/true"), lua=lua))
+    _dnsmasq_accepts(paths, text)
+    lines = text.splitlines()
+    assert f"dhcp-luascript={lua}" in lines and "dhcp-script=/usr/bin/true" in lines
+    assert lua.stat().st_mode & 0o077 == 0  # root's alone: dnsmasq's helper runs it as root
+
+
+def test_lua_support_is_read_from_the_compile_time_options() -> None:
+    head = "Dnsmasq version 2.90  Copyright (c) 2000-2024 Simon Kelley\n"
+    assert has_lua(head + "Compile time options: IPv6 GNU-getopt DBus Lua TFTP conntrack\n")
+    assert not has_lua(head + "Compile time options: IPv6 GNU-getopt DBus no-Lua TFTP\n")
+    assert not has_lua("Lua\n")  # only the options line counts
+
+
+async def test_the_installed_dnsmasq_runs_lua() -> None:
+    """The set-up installs a dnsmasq with Lua (Debian's dnsmasq-base-lua)."""
+    require_tool("dnsmasq")
+    assert await dnsmasq_has_lua()

@@ -1,16 +1,16 @@
-"""`waltd-dhcp-event`: dnsmasq's dhcp-script, handing each call over to the daemon.
+"""`waltd-dhcp-event`: dnsmasq's dhcp-script when dnsmasq has no Lua, handing each call over
+to the daemon (with Lua, `provision/dhcp_hook.lua` does the same inside dnsmasq).
 
 dnsmasq runs this hook one call at a time and waits for it, so its start-up cost is paid once
 per lease, one lease after another: in a storm of booting nodes it sets the pace. It imports
-only built-in modules (`_json` and `_socket`, the C halves of `json` and `socket`, whose
-Python halves cost more to import than the rest of a call) and nothing of waltd's, and
-dnsmasq runs it through `hook_script`, an interpreter started with `-I -S` (no site packages
-to scan): a call takes about the interpreter's start and one fsync.
-It writes the event as one file into the daemon's spool
-folder (written, synced, then renamed into place: durable before the hook reports success),
-then wakes the daemon with an empty datagram on its event socket. The daemon removes a file
-only once the event is committed to its database, so an event the hook handed over survives
-a daemon that is frozen, killed or not running at all.
+only built-in modules (`_json`, the C half of `json`, whose Python half costs more to import
+than the rest of a call) and nothing of waltd's, and dnsmasq runs it through `hook_script`,
+an interpreter started with `-I -S` (no site packages to scan): a call takes about the
+interpreter's start and one fsync.
+It writes the event as one file into the daemon's spool folder (written, synced, then renamed
+into place: durable before the hook reports success), where the daemon's inotify watch sees
+it land. The daemon removes a file only once the event is committed to its database, so an
+event the hook handed over survives a daemon that is frozen, killed or not running at all.
 
 Calls (from dnsmasq's manual): `add|old|del MAC IP [HOSTNAME]` with DNSMASQ_VENDOR_CLASS,
 DNSMASQ_USER_CLASS0.., DNSMASQ_INTERFACE in the environment; `tftp SIZE IP FILE` after a
@@ -20,12 +20,10 @@ TFTP transfer; `init` (lease database dump, not used here: it must print nothing
 from __future__ import annotations
 
 import _json
-import _socket
 import os
 import sys
 import time
 
-SOCKET_ENV = "WALTD_EVENT_SOCKET"
 SPOOL_ENV = "WALTD_EVENT_SPOOL"
 MAX_MESSAGE = 8192  # the daemon reads spooled events of at most this size
 
@@ -79,22 +77,6 @@ def encode(event: dict[str, object]) -> bytes:
     return ("{" + ", ".join(fields) + "}").encode()
 
 
-def wake(sock_path: str) -> bool:
-    """Tell the daemon the spool holds a new event; False when it is not listening.
-
-    Never waits: a daemon whose queue is full has wake-ups pending already, and it also
-    looks at the spool every few seconds.
-    """
-    sock = _socket.socket(_socket.AF_UNIX, _socket.SOCK_DGRAM)
-    try:
-        sock.sendto(b"", _socket.MSG_DONTWAIT, sock_path)
-        return True
-    except OSError:
-        return False
-    finally:
-        sock.close()
-
-
 def spool(data: bytes, folder: str) -> str:
     """Write one event file into `folder` atomically and durably; returns its path.
 
@@ -145,7 +127,7 @@ def hook_script(python: str, package_root: str) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Entry point: spool one call, then wake the daemon; never make dnsmasq wait long."""
+    """Entry point: spool one call; never make dnsmasq wait long."""
     args = sys.argv[1:] if argv is None else argv
     if not args or args[0] == "init":
         return 0
@@ -162,9 +144,6 @@ def main(argv: list[str] | None = None) -> int:
     except OSError as err:
         print(f"waltd-dhcp-event: cannot spool the event: {err}", file=sys.stderr)
         return 1
-    sock_path = os.environ.get(SOCKET_ENV, "")
-    if sock_path:
-        wake(sock_path)
     return 0
 
 

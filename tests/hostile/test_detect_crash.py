@@ -80,7 +80,6 @@ def test_a_flood_does_not_stretch_the_stop_beyond_its_budget(folder: Path) -> No
                 ["add", _mac(i), "10.0.1.1"], {"DNSMASQ_VENDOR_CLASS": "walt.node.x"}
             )
             dhcp_event.spool(dhcp_event.encode(event), str(state / "dhcp-spool"))
-            dhcp_event.wake(str(state / "dhcp-events.sock"))
         d.signal(signal.SIGCONT)
         d.wait_for(lambda e: e.get("event") == "node.detected")
         began = time.monotonic()

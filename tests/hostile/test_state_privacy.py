@@ -49,7 +49,6 @@ def test_no_state_file_is_readable_by_other_users(folder: Path) -> None:
             ["add", "52:54:00:00:00:01", "10.0.0.2"], {"DNSMASQ_VENDOR_CLASS": "walt.node.x"}
         )
         dhcp_event.spool(dhcp_event.encode(event), str(state / "dhcp-spool"))
-        dhcp_event.wake(str(state / "dhcp-events.sock"))
         d.wait_for(lambda e: e.get("event") == "node.detected")
         assert '"nodes": 1' in walt(d.socket, "status", "--json").stdout
         assert stat.S_IMODE(state.stat().st_mode) == 0o711  # traversable, not listable

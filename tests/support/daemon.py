@@ -200,12 +200,11 @@ def remove(folder: Path) -> None:
 
 
 def run_hook(state: Path, *argv: str, **env: str) -> None:
-    """Run `waltd-dhcp-event ARGV` as dnsmasq would for the daemon of `state` (its spool and
-    wake-up socket); `env` adds dnsmasq's DNSMASQ_* variables."""
+    """Run `waltd-dhcp-event ARGV` as dnsmasq would for the daemon of `state` (into its
+    spool, where its inotify watch sees the event); `env` adds dnsmasq's DNSMASQ_* variables."""
     environ = {
         **os.environ,
         "PYTHONPATH": str(ROOT),
-        dhcp_event.SOCKET_ENV: str(state / "dhcp-events.sock"),
         dhcp_event.SPOOL_ENV: str(state / "dhcp-spool"),
         **env,
     }

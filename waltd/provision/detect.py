@@ -1,7 +1,8 @@
 """Detection: dnsmasq's lease events (spooled by the hook) become nodes, records, events.
 
-The hook (`waltd-dhcp-event`) writes each event as one file into the spool, durably, then
-wakes this service with an empty datagram. Parsing is a pure function; the service drains
+dnsmasq's hook (see `provision/dnsmasq.py`) writes each event as one file into the spool,
+renamed into place once whole; the service watches the spool with inotify, and looks at it
+every SPOOL_TICK_S in any case. Parsing is a pure function; the service drains
 the spool in arrival order, records each event in the database and removes its file only
 then, so an interruption anywhere (cancellation, SIGKILL) replays the event instead of
 losing it. A node's first sighting as a node is announced (the `node.detected` record and a
@@ -22,11 +23,12 @@ import asyncio
 import contextlib
 import heapq
 import os
-import socket
 import time
 from collections.abc import AsyncGenerator, Callable
 from pathlib import Path
 from typing import Any, Self
+
+from asyncinotify import Inotify, Mask
 
 from waltd import log
 from waltd.context import Context
@@ -40,7 +42,7 @@ from waltd.provision.models import Classification, classify, shown_class
 from waltd.supervisor import Service
 
 _log = log.get("detect")
-# How often the spool is looked at while no wake-up arrives.
+# How often the spool is looked at while inotify says nothing (a watch lost with its folder).
 SPOOL_TICK_S = 2.0
 # Event files listed and handled per pass (the spool may hold thousands after an outage).
 SPOOL_BATCH = 256
@@ -58,7 +60,7 @@ Watch = Callable[[str], AsyncGenerator[neighbours.Neighbour | neighbours.Carrier
 
 
 class DetectionService(Service):
-    """Drains the spool whenever the hook wakes it, records nodes and announces them."""
+    """Drains the spool whenever an event lands in it, records nodes and announces them."""
 
     name = "detect"
 
@@ -72,9 +74,8 @@ class DetectionService(Service):
         """`watch` observes the node network (a test passes its own); `max_unknown` bounds
         the devices of no model recorded."""
         self._ctx = ctx
-        self.socket_path = ctx.state_dir / "dhcp-events.sock"
-        self.spool = ctx.state_dir / "dhcp-spool"
-        self._sock: socket.socket | None = None
+        self.spool = dnsmasq_paths(ctx).spool
+        self._inotify: Inotify | None = None
         self._intake = True
         self._watch = watch
         self._max_unknown = max_unknown
@@ -88,25 +89,25 @@ class DetectionService(Service):
     async def __aenter__(self) -> Self:
         self._intake = True
         self.spool.mkdir(mode=0o700, exist_ok=True)
-        self.socket_path.unlink(missing_ok=True)
-        sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC)
-        sock.bind(str(self.socket_path))
-        sock.setblocking(False)
-        os.chmod(self.socket_path, 0o600)
-        self._sock = sock
+        inotify = Inotify()
+        try:
+            # the hooks rename each whole file into place
+            inotify.add_watch(self.spool, Mask.MOVED_TO | Mask.ONLYDIR)
+        except BaseException:
+            inotify.close()
+            raise
+        self._inotify = inotify
         return self
 
     async def __aexit__(self, *exc: object) -> None:
-        if self._sock is not None:
-            sock, self._sock = self._sock, None
-            sock.close()  # queued wake-ups carry nothing: the events are in the spool
-        with contextlib.suppress(FileNotFoundError):
-            self.socket_path.unlink()
+        if self._inotify is not None:
+            inotify, self._inotify = self._inotify, None
+            inotify.close()  # pending notices carry nothing: the events are in the spool
 
     async def serve(self) -> None:
         """Announce what an interruption left unannounced, take the spool then the lease
-        file, then drain the spool whenever the hook wakes this service (and every
-        SPOOL_TICK_S in any case), following the node network's neighbours beside it."""
+        file, then drain the spool whenever an event lands in it (and every SPOOL_TICK_S in
+        any case), following the node network's neighbours beside it."""
         await self._announce_pending()
         await self.drain_spool()
         net = self._ctx.config.walt_net
@@ -125,20 +126,14 @@ class DetectionService(Service):
         self._intake = False
 
     async def _woken(self) -> None:
-        """Wait for a wake-up (SPOOL_TICK_S at most), then take every queued one at once."""
-        assert self._sock is not None
-        loop = asyncio.get_running_loop()
+        """Wait for a file to land in the spool, SPOOL_TICK_S at most.
+
+        A notice left over from files a pass took already costs one look at the spool.
+        """
+        assert self._inotify is not None
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(SPOOL_TICK_S):
-                await loop.sock_recv(self._sock, 1)
-        while True:
-            try:
-                self._sock.recv(1)
-            except (BlockingIOError, InterruptedError):
-                return
-            except OSError as err:
-                _log.error("dhcp_wakeup_unreadable", error=str(err))
-                return
+                await self._inotify.get()
 
     def _spooled(self) -> list[Path]:
         """The oldest SPOOL_BATCH event files, in arrival order."""

@@ -4,16 +4,24 @@ dnsmasq answers DHCP on the node network only (`network.walt-net`; without it, n
 dnsmasq at all), tags walt nodes by vendor or user class, gives the boot answers of the
 boot conversation, reads known nodes from `dhcp-hostsdir` (picked up by inotify, so adding
 a node drops no lease), serves TFTP from a server-owned folder, and reports every lease
-change through its dhcp-script (`dhcp_event`, run by a bare interpreter: `write_hook`).
+change and finished TFTP transfer as one file in the spool that detection drains:
+
+- through `dhcp_hook.lua`, run inside dnsmasq's helper process, when dnsmasq has Lua
+  (Debian's dnsmasq-base-lua): no program started per event;
+- else through the exec hook `dhcp_event`, a bare interpreter started per event (about 10 ms
+  each, one after another): a warning at start says so.
 """
 
 from __future__ import annotations
 
 import asyncio
 import os
+import shutil
 import sys
+import time
 from collections import deque
 from dataclasses import dataclass
+from importlib import resources
 from pathlib import Path
 from typing import Self
 
@@ -33,6 +41,10 @@ _log = log.get("dnsmasq")
 # Concurrent TFTP transfers (dnsmasq's default, 50, is a handful of nodes booting at
 # once); each needs one or two descriptors, which the daemon's raised limit leaves.
 TFTP_MAX = 4096
+# The Lua hook's file names start with this (dhcp_hook.lua reads it from its environment).
+PREFIX_ENV = "WALTD_EVENT_PREFIX"
+# How long `dnsmasq --version` may take.
+VERSION_TIMEOUT_S = 10.0
 
 
 @dataclass(frozen=True)
@@ -41,6 +53,7 @@ class Paths:
 
     folder: Path
     tftp_root: Path
+    spool: Path  # where the hook puts each event, one file each, for detection
 
     @property
     def conf(self) -> Path:
@@ -58,13 +71,42 @@ class Paths:
     def hook(self) -> Path:
         return self.folder / "dhcp-hook"
 
+    @property
+    def lua_hook(self) -> Path:
+        return self.folder / "dhcp-hook.lua"
+
 
 def dnsmasq_paths(ctx: Context) -> Paths:
     """Where the daemon of `ctx` keeps dnsmasq's files."""
-    return Paths(folder=ctx.state_dir / "dnsmasq", tftp_root=ctx.config.exports.root / "tftp")
+    return Paths(
+        folder=ctx.state_dir / "dnsmasq",
+        tftp_root=ctx.config.exports.root / "tftp",
+        spool=ctx.state_dir / "dhcp-spool",
+    )
 
 
-def render_config(net: WaltNet, paths: Paths, hook: Path) -> str:
+@dataclass(frozen=True)
+class Hook:
+    """How dnsmasq reports lease events: `script` (dhcp-script) alone, or `lua` beside it.
+
+    dnsmasq hands a Lua script the client's classes only when a dhcp-script is set too
+    (it collects them for scripts alone), so the Lua hook comes with `true` as that script:
+    the cheapest program there is.
+    """
+
+    script: Path
+    lua: Path | None = None
+
+
+def has_lua(version: str) -> bool:
+    """Whether `dnsmasq --version` output lists Lua among its compile-time options."""
+    for line in version.splitlines():
+        if line.startswith("Compile time options:"):
+            return "Lua" in line.split()
+    return False
+
+
+def render_config(net: WaltNet, paths: Paths, hook: Hook) -> str:
     """dnsmasq.conf for the node network `net`."""
     first, last = net.dhcp_range
     lines = [
@@ -77,7 +119,8 @@ def render_config(net: WaltNet, paths: Paths, hook: Path) -> str:
         "dhcp-authoritative",
         f"dhcp-range={first},{last},{net.ip.network.netmask},12h",
         f"dhcp-leasefile={paths.leases}",
-        f"dhcp-script={hook}",
+        f"dhcp-script={hook.script}",
+        *([f"dhcp-luascript={hook.lua}"] if hook.lua is not None else []),
         f"dhcp-hostsdir={paths.hosts}",
         "dhcp-vendorclass=set:walt,walt.node",
         "dhcp-userclass=set:walt,walt.node",
@@ -123,6 +166,36 @@ def write_hook(path: Path) -> Path:
     return path
 
 
+def write_lua_hook(path: Path) -> Path:
+    """Write the Lua hook (`dhcp_hook.lua` of this package); root's alone (dnsmasq's helper
+    runs it as root)."""
+    text = resources.files(__package__).joinpath("dhcp_hook.lua").read_bytes()
+    write_atomic(path, text, 0o600)
+    return path
+
+
+async def dnsmasq_has_lua() -> bool:
+    """Whether the dnsmasq on the PATH runs Lua scripts (False when it cannot tell)."""
+    try:
+        proc = await asyncio.create_subprocess_exec(
+            "dnsmasq",
+            "--version",
+            stdin=asyncio.subprocess.DEVNULL,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.DEVNULL,
+        )
+    except OSError:
+        return False  # no dnsmasq: starting it says so
+    try:
+        async with asyncio.timeout(VERSION_TIMEOUT_S):
+            out, _ = await proc.communicate()
+    except TimeoutError:
+        proc.kill()
+        await proc.wait()
+        return False
+    return has_lua(out.decode(errors="replace"))
+
+
 class DnsmasqService(Service):
     """Runs dnsmasq on the node network as a supervised child; a crash restarts it."""
 
@@ -141,11 +214,14 @@ class DnsmasqService(Service):
         for folder in (self.paths.folder, self.paths.hosts, self.paths.tftp_root):
             public_folder(folder)
         self._install_boot_files(self._ctx.config)
-        self.paths.conf.write_text(render_config(net, self.paths, write_hook(self.paths.hook)))
+        self.paths.spool.mkdir(mode=0o700, exist_ok=True)
+        hook = await self._hook()
+        self.paths.conf.write_text(render_config(net, self.paths, hook))
         env = {
             **os.environ,
-            dhcp_event.SOCKET_ENV: str(self._ctx.state_dir / "dhcp-events.sock"),
-            dhcp_event.SPOOL_ENV: str(self._ctx.state_dir / "dhcp-spool"),
+            dhcp_event.SPOOL_ENV: str(self.paths.spool),
+            # names of this run sort after those of earlier runs and of the exec hook
+            PREFIX_ENV: f"{time.time_ns():020d}",
         }
         argv = ["dnsmasq", "--keep-in-foreground", f"--conf-file={self.paths.conf}", "--pid-file"]
         # Subscribed before the hosts are rebuilt, so a node detected meanwhile gets its
@@ -171,6 +247,20 @@ class DnsmasqService(Service):
             dhcp_range=f"{net.dhcp_range[0]}-{net.dhcp_range[1]}",
         )
         return self
+
+    async def _hook(self) -> Hook:
+        """The Lua hook when dnsmasq runs Lua, else the exec hook (with a warning)."""
+        true = shutil.which("true")
+        if true is not None and await dnsmasq_has_lua():
+            _log.info("dhcp_hook", kind="lua")
+            return Hook(script=Path(true), lua=write_lua_hook(self.paths.lua_hook))
+        _log.warning(
+            "dhcp_hook_slow",
+            kind="exec",
+            reason="this dnsmasq has no Lua: each lease event starts a program (~10 ms)",
+            hint="install a dnsmasq with Lua (Debian: dnsmasq-base-lua)",
+        )
+        return Hook(script=write_hook(self.paths.hook))
 
     async def _write_known_hosts(self) -> None:
         """Give every recorded node its hosts.d entry.
