@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import fcntl
 import ipaddress
 import os
 import shutil
@@ -16,6 +17,7 @@ import pytest
 _HOST_NETNS = os.readlink("/proc/self/ns/net")
 # Audit events of every socket, whichever code holds it (asyncio, aiohttp, C extensions).
 _SENDING = {"socket.connect", "socket.sendto", "socket.sendmsg"}
+_SIOCGSKNS = 0x894C  # linux/sockios.h: a socket's network namespace, as a new descriptor
 
 
 def _allowed(family: int, address: object) -> bool:
@@ -30,6 +32,19 @@ def _allowed(family: int, address: object) -> bool:
         return host == "localhost"
 
 
+def _made_in_another_netns(sock: socket.socket) -> bool:
+    """Whether `sock` belongs to a namespace other than the host's (a socket stays in the
+    namespace it was made in, whichever thread uses it: the lab's DHCP client's do)."""
+    try:
+        fd = fcntl.ioctl(sock.fileno(), _SIOCGSKNS)
+    except OSError:
+        return False  # needs CAP_NET_ADMIN: without root there is no lab namespace
+    try:
+        return f"net:[{os.fstat(fd).st_ino}]" != _HOST_NETNS
+    finally:
+        os.close(fd)
+
+
 def _audit(event: str, args: tuple[object, ...]) -> None:
     """Refuse a connection or datagram of the test process beyond loopback."""
     if event not in _SENDING:
@@ -37,7 +52,7 @@ def _audit(event: str, args: tuple[object, ...]) -> None:
     sock, address = args[0], args[1]
     if not isinstance(sock, socket.SocketType) or _allowed(sock.family, address):
         return
-    if os.readlink("/proc/thread-self/ns/net") != _HOST_NETNS:
+    if os.readlink("/proc/thread-self/ns/net") != _HOST_NETNS or _made_in_another_netns(sock):
         return  # inside a namespace the test made
     raise AssertionError(f"test suite tried to reach {address!r}: only loopback is allowed")
 

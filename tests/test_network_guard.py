@@ -44,3 +44,15 @@ async def test_a_thread_inside_a_lab_namespace_may_reach_it() -> None:
             with pytest.raises(AssertionError, match="only loopback"):
                 socket.create_connection(address, timeout=5)
             in_netns(server, lambda: socket.create_connection(address, timeout=5).close())
+
+
+@pytest.mark.lab
+async def test_a_socket_made_inside_a_lab_namespace_may_send_from_any_thread() -> None:
+    async with running_lab() as lab:
+        server = lab.netns_path(lab.server_netns)
+        made_there = in_netns(server, lambda: socket.socket(socket.AF_INET, socket.SOCK_DGRAM))
+        made_here = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        with made_there, made_here:
+            made_there.sendto(b"x", (str(lab.server_ip), 9))  # from this thread
+            with pytest.raises(AssertionError, match="only loopback"):
+                made_here.sendto(b"x", (str(lab.server_ip), 9))
