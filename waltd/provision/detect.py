@@ -44,6 +44,8 @@ from waltd.supervisor import Service
 _log = log.get("detect")
 # How often the spool is looked at while inotify says nothing (a watch lost with its folder).
 SPOOL_TICK_S = 2.0
+# Queued spool notices taken at once after a wake-up (the kernel queues 16384 by default).
+NOTICES_MAX = 16384
 # Event files listed and handled per pass (the spool may hold thousands after an outage).
 SPOOL_BATCH = 256
 # How long a live event waits for the database before it goes to the spool instead.
@@ -89,7 +91,7 @@ class DetectionService(Service):
     async def __aenter__(self) -> Self:
         self._intake = True
         self.spool.mkdir(mode=0o700, exist_ok=True)
-        inotify = Inotify()
+        inotify = Inotify(sync_timeout=0)  # sync_get: what is queued, never a wait
         try:
             # the hooks rename each whole file into place
             inotify.add_watch(self.spool, Mask.MOVED_TO | Mask.ONLYDIR)
@@ -126,14 +128,17 @@ class DetectionService(Service):
         self._intake = False
 
     async def _woken(self) -> None:
-        """Wait for a file to land in the spool, SPOOL_TICK_S at most.
-
-        A notice left over from files a pass took already costs one look at the spool.
-        """
-        assert self._inotify is not None
+        """Wait for a file to land in the spool (SPOOL_TICK_S at most), then take every
+        notice already queued: one pass over the spool serves them all."""
+        inotify = self._inotify
+        assert inotify is not None
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(SPOOL_TICK_S):
-                await self._inotify.get()
+                await inotify.get()
+        # bounded by the kernel's queue (a burst beyond it becomes one overflow notice)
+        for _ in range(NOTICES_MAX):
+            if inotify.sync_get() is None:
+                break
 
     def _spooled(self) -> list[Path]:
         """The oldest SPOOL_BATCH event files, in arrival order."""
