@@ -264,6 +264,41 @@ def test_node_links_as_the_contract_says(tmp_path: Path) -> None:
             set_node_links(root, MAC, **args)  # type: ignore[arg-type]
 
 
+def test_known_aliases_replace_the_look_at_every_alias(tmp_path: Path) -> None:
+    """A caller keeping each node's aliases (the index, then what each set returns) gets the
+    layout a look at every alias gives: the stale ones of the node go, never another's."""
+    root = tmp_path / "exports"
+    nodes = root / "nodes"
+    other = "02:00:00:00:00:01"
+    set_node_links(root, MAC, image_id=ID_A, model=MODEL, ip="10.1.2.3", name="a")
+    set_node_waiting(root, other, ip="10.1.2.9", name="o")
+    index = boot.alias_index(root)
+    assert index == {
+        MAC: (nodes / "by-ip" / "10.1.2.3", nodes / "by-name" / "a"),
+        other: (nodes / "by-ip" / "10.1.2.9", nodes / "by-name" / "o"),
+    }
+
+    # The other node takes this one's IP meanwhile: its link is not this node's to remove.
+    set_node_waiting(root, other, ip="10.1.2.3", name="o", known=index[other])
+    paths = set_node_links(
+        root, MAC, image_id=ID_B, model=MODEL, ip="10.1.2.4", name="b", known=index[MAC]
+    )
+    assert paths.aliases == (nodes / "by-ip" / "10.1.2.4", nodes / "by-name" / "b")
+    assert sorted(os.listdir(nodes / "by-ip")) == ["10.1.2.3", "10.1.2.4"]
+    assert os.readlink(nodes / "by-ip" / "10.1.2.3") == f"../{other}"
+    assert sorted(os.listdir(nodes / "by-name")) == ["b", "o"]
+
+    # No IP, no name: the aliases it had go; a link outside the alias folders is never taken.
+    (nodes / MAC / "elsewhere").symlink_to(f"../{MAC}")
+    known = (*paths.aliases, nodes / MAC / "elsewhere")
+    paths = set_node_waiting(root, MAC, ip=None, name=None, known=known)
+    assert paths.aliases == ()
+    assert boot.alias_index(root) == {
+        other: (nodes / "by-ip" / "10.1.2.3", nodes / "by-name" / "o")
+    }
+    assert os.path.islink(nodes / MAC / "elsewhere")
+
+
 def test_switching_a_link_never_shows_it_missing(tmp_path: Path) -> None:
     """A reader loop runs while the node's links switch back and forth between two images:
     it sees one or the other, never no link."""

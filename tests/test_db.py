@@ -262,6 +262,28 @@ async def test_states_and_their_transitions(path: Path) -> None:
         assert len(await database.nodes_in_state("waiting")) == 2
 
 
+async def test_a_models_waiting_nodes_move_together(path: Path) -> None:
+    image = "docker.io/waltplatform/a-default:latest"
+    async with Database(path) as database:
+        for i, (model, state) in enumerate([("a", "waiting"), ("a", "down"), ("b", "waiting")]):
+            await database.upsert_node(f"00:00:00:00:00:0{i}", model=model, state=state, now=i)
+        own = "docker.io/u/own:1"
+        await database.upsert_node(
+            "00:00:00:00:00:03", model="a", image=own, state="waiting", now=3
+        )
+        moved = await database.move_nodes("a", "waiting", "ready", image=image)
+        # oldest first, as stored; a node's own image is kept
+        assert [(n.mac, n.state, n.image) for n in moved] == [
+            ("00:00:00:00:00:00", "ready", image),
+            ("00:00:00:00:00:03", "ready", own),
+        ]
+        assert moved == [await database.get_node(n.mac) for n in moved]
+        left = await database.get_node("00:00:00:00:00:01")
+        assert left is not None and left.state == "down"
+        assert [n.mac for n in await database.nodes_in_state("waiting")] == ["00:00:00:00:00:02"]
+        assert await database.move_nodes("a", "waiting", "ready", image=image) == []
+
+
 async def test_migration_3_maps_old_states(path: Path) -> None:
     make_db_at_version(path, 2)
     conn = sqlite3.connect(path)

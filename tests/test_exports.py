@@ -24,6 +24,7 @@ from tests.support.lab_daemon import lab_config, records, start_waltd, wait_reco
 from tests.support.labs import running_lab
 from tests.support.store_images import release_storage
 from tests.support.transfer import hub_entry
+from waltd.provision import boot
 from waltd.provision.mounts import parse_mounts
 
 pytestmark = pytest.mark.lab
@@ -155,6 +156,12 @@ async def test_nodes_are_exported_switched_and_released(lab: Lab) -> None:
     try:
         await _exported(waltd, a.mac)
         assert _stacked(root, other_id) == 1
+        # its aliases, read once at the start and kept since: its own, none stale
+        aliases = (
+            root / "nodes" / "by-ip" / str(first_a["ip"]),
+            root / "nodes" / "by-name" / name_a,
+        )
+        assert boot.alias_index(root)[a.mac] == aliases
         status, text = await _nfs_cat(lab, a, f"{root}/nodes/{a.mac}/fs/etc/marker", 4)
         assert (status, text) == (0, "other image\n")
         # a crash (SIGKILL): the next run finds the mount, keeps it, never mounts it twice

@@ -26,6 +26,7 @@ from waltd.provision.mounts import (
     ImageMounts,
     MountBusy,
     MountError,
+    Reconciled,
     overlay_options,
     parse_mounts,
 )
@@ -245,6 +246,16 @@ async def test_reconcile_after_a_crash_never_mounts_twice(setup: Setup) -> None:
     assert _overlays_at(kept_at) == 1 and (kept_at / "layer-0").exists()
     done = await setup.mounts().reconcile(set())
     assert done.unmounted == {kept} and after.mounted() == {}
+
+
+async def test_reconcile_of_a_storage_never_written_starts_no_tool(setup: Setup) -> None:
+    """A new server's first start reconciles while its first nodes arrive: nothing can be
+    mounted or held there, known without a podman start (which would set the storage up)."""
+    done = await setup.mounts().reconcile(set())
+    assert done == Reconciled()
+    assert list(setup.repo.storage.graphroot.iterdir()) == []  # no tool set it up
+    assert await layers.held(setup.repo) == set()
+    assert list(setup.repo.storage.graphroot.iterdir()) == []
 
 
 async def test_an_image_of_a_hundred_layers_mounts(setup: Setup) -> None:

@@ -15,7 +15,7 @@ import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from types import TracebackType
 from typing import Any, TypeVar
@@ -517,6 +517,33 @@ class Database:
                     f"SELECT {_NODE_COLUMNS} FROM nodes WHERE mac = ?", (mac,)
                 ).fetchone()
             return _node(row)
+
+        return await self._run(work)
+
+    async def move_nodes(
+        self, model: str, from_state: str, to_state: str, *, image: str
+    ) -> list[Node]:
+        """Every node of `model` in `from_state` moved to `to_state` in one transaction, a
+        node without an image of its own given `image`; the nodes as stored, oldest first.
+
+        One call for the nodes a default image was waiting for, however many they are."""
+
+        def work(conn: sqlite3.Connection) -> list[Node]:
+            with _transaction(conn):
+                rows = conn.execute(
+                    f"SELECT {_NODE_COLUMNS} FROM nodes WHERE model = ? AND state = ?"
+                    " ORDER BY first_seen, mac",
+                    (model, from_state),
+                ).fetchall()
+                conn.execute(
+                    "UPDATE nodes SET state = ?, image = coalesce(image, ?)"
+                    " WHERE model = ? AND state = ?",
+                    (to_state, image, model, from_state),
+                )
+            return [
+                replace(node, state=to_state, image=image if node.image is None else node.image)
+                for node in map(_node, rows)
+            ]
 
         return await self._run(work)
 

@@ -131,6 +131,10 @@ async def release(repo: Repository, image_id: str) -> None:
 
 async def held(repo: Repository) -> set[str]:
     """The ids of the images that have a hold name (a crash may have left some)."""
+    if not await asyncio.to_thread(repo.storage.written):
+        # nothing held in a storage never written, known without a tool start (a new
+        # server's first start reconciles while its first nodes arrive)
+        return set()
     async with asyncio.timeout(TOOL_TIMEOUT_S):
         listed = await repo.run_json(["podman", "images", "--format", "json"])
     found = set()

@@ -29,7 +29,7 @@ import secrets
 import shutil
 import stat
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from waltd import log
@@ -111,7 +111,11 @@ chain --replace --autofree {NODE_START_URL}
 def public_folder(folder: Path) -> None:
     """`folder` as 0755, and the folders it needed created as 0755 too (the daemon's umask
     makes its own files private; boot files are read by dnsmasq as `nobody` and by NFS)."""
-    missing = [p for p in (folder, *folder.parents) if not p.exists()]
+    missing = []
+    path = folder
+    while not path.exists() and path != path.parent:  # above an existing folder, all exist
+        missing.append(path)
+        path = path.parent
     for path in reversed(missing):
         with contextlib.suppress(FileExistsError):  # made meanwhile: chmod it all the same
             path.mkdir()
@@ -468,6 +472,8 @@ class NodePaths:
 
     root: Path
     mac: str
+    # its alias links (R/nodes/by-ip/<ip>, R/nodes/by-name/<name>) as just set; () unless set
+    aliases: tuple[Path, ...] = ()
 
     @property
     def folder(self) -> Path:
@@ -518,19 +524,49 @@ def _alias_names(ip: str | None, name: str | None) -> tuple[str | None, str | No
     return ip, name
 
 
-def _aliases_of(root: Path, mac: str) -> Iterator[Path]:
-    """The alias links (by-ip, by-name) that lead to node `mac`."""
-    target = f"../{mac}"
-    for kind in ("by-ip", "by-name"):
+_ALIAS_KINDS = ("by-ip", "by-name")
+
+
+def _all_aliases(root: Path) -> Iterator[tuple[Path, str]]:
+    """Every alias link (by-ip, by-name) and the MAC it leads to."""
+    for kind in _ALIAS_KINDS:
         with contextlib.suppress(FileNotFoundError):
             with os.scandir(root / "nodes" / kind) as listing:
                 for entry in listing:
                     with contextlib.suppress(OSError):
-                        if entry.is_symlink() and os.readlink(entry.path) == target:
-                            yield Path(entry.path)
+                        if entry.is_symlink():
+                            target = os.readlink(entry.path)
+                            if target.startswith("../"):
+                                yield Path(entry.path), target.removeprefix("../")
 
 
-def _set_aliases(root: Path, mac: str, ip: str | None, name: str | None) -> None:
+def _aliases_of(root: Path, mac: str) -> Iterator[Path]:
+    """The alias links (by-ip, by-name) that lead to node `mac`."""
+    return (path for path, target in _all_aliases(root) if target == mac)
+
+
+def alias_index(root: Path) -> dict[str, tuple[Path, ...]]:
+    """Node MAC -> the alias links that lead to it, in one look at them all: a caller that
+    keeps it up to date (`NodePaths.aliases`) hands each node's to `set_node_links` and
+    `set_node_waiting` as `known`, sparing each call a look at every alias."""
+    index: dict[str, list[Path]] = {}
+    for path, mac in _all_aliases(root):
+        index.setdefault(mac, []).append(path)
+    return {mac: tuple(paths) for mac, paths in index.items()}
+
+
+def _still_aliases(root: Path, mac: str, known: tuple[Path, ...]) -> Iterator[Path]:
+    """The links of `known` that still lead to node `mac` (another node may have taken one)."""
+    folders = {root / "nodes" / kind for kind in _ALIAS_KINDS}
+    for path in known:
+        with contextlib.suppress(OSError):
+            if path.parent in folders and os.readlink(path) == f"../{mac}":
+                yield path
+
+
+def _set_aliases(
+    root: Path, mac: str, ip: str | None, name: str | None, known: tuple[Path, ...] | None
+) -> tuple[Path, ...]:
     wanted = {}
     if ip is not None:
         wanted[root / "nodes" / "by-ip" / ip] = f"../{mac}"
@@ -540,9 +576,11 @@ def _set_aliases(root: Path, mac: str, ip: str | None, name: str | None) -> None
         public_folder(path.parent)
         _switch_link(path, target)
     # Stale ones: the node's previous IP or name.
-    for path in list(_aliases_of(root, mac)):
+    stale = _aliases_of(root, mac) if known is None else _still_aliases(root, mac, known)
+    for path in list(stale):
         if path not in wanted:
             path.unlink(missing_ok=True)
+    return tuple(wanted)
 
 
 def _set_node(paths: NodePaths, tftp_target: str, fs_target: str | None) -> None:
@@ -557,10 +595,19 @@ def _set_node(paths: NodePaths, tftp_target: str, fs_target: str | None) -> None
 
 
 def set_node_links(
-    root: Path, mac: str, *, image_id: str, model: str, ip: str | None, name: str | None
+    root: Path,
+    mac: str,
+    *,
+    image_id: str,
+    model: str,
+    ip: str | None,
+    name: str | None,
+    known: tuple[Path, ...] | None = None,
 ) -> NodePaths:
     """Point node `mac` at image `image_id`: R/nodes/<mac>/fs -> ../../images/<id>/fs,
-    tftp -> ../../boot/<id>/<model>, its TFTP and alias links; stale aliases removed.
+    tftp -> ../../boot/<id>/<model>, its TFTP and alias links; stale aliases removed (those
+    of `known`, the alias links that led to the node, when the caller keeps them: else every
+    alias is looked at). The paths returned list the node's aliases now.
 
     The targets need not exist yet (a node sees them once they do); ValueError for an
     invalid MAC, image id, model, IP or name."""
@@ -570,18 +617,23 @@ def set_node_links(
     paths = node_paths(root, mac)
     ip, name = _alias_names(ip, name)
     _set_node(paths, f"../../boot/{image_id}/{model}", f"../../images/{image_id}/fs")
-    _set_aliases(root, paths.mac, ip, name)
-    return paths
+    return replace(paths, aliases=_set_aliases(root, paths.mac, ip, name, known))
 
 
-def set_node_waiting(root: Path, mac: str, *, ip: str | None, name: str | None) -> NodePaths:
+def set_node_waiting(
+    root: Path,
+    mac: str,
+    *,
+    ip: str | None,
+    name: str | None,
+    known: tuple[Path, ...] | None = None,
+) -> NodePaths:
     """Node `mac` has no image ready: tftp -> ../../boot/waiting (the server's "wait and
     retry" start.ipxe), no fs link; its TFTP and alias links as in `set_node_links`."""
     paths = node_paths(root, mac)
     ip, name = _alias_names(ip, name)
     _set_node(paths, f"../../boot/{WAITING}", None)
-    _set_aliases(root, paths.mac, ip, name)
-    return paths
+    return replace(paths, aliases=_set_aliases(root, paths.mac, ip, name, known))
 
 
 def remove_node_links(root: Path, mac: str) -> None:

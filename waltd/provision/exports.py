@@ -21,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -85,6 +86,10 @@ class ExportsService(NodeEventService):
         self._exporter: NfsExports = ctx.exporter
         self._exported: dict[str, Exported] = {}
         self._waiting: set[str] = set()  # nodes given the "wait and retry" script
+        # mac -> the alias links that lead to the node (boot.alias_index at rebuild, then
+        # as each set leaves them; None: unknown, a set looks at every alias); a node absent
+        # has none
+        self._aliases: dict[str, tuple[Path, ...] | None] = {}
         # exports changed but not applied yet, and the records that wait for it: a burst of
         # nodes is applied once (each apply is an NFS server reload)
         self._dirty = False
@@ -110,6 +115,7 @@ class ExportsService(NodeEventService):
     def stopped(self) -> None:
         """Timers and waiting marks ended with the service's tasks."""
         self._waiting.clear()
+        self._aliases.clear()
         self._unmounting.clear()
         self._boot_watch.clear()
 
@@ -152,17 +158,28 @@ class ExportsService(NodeEventService):
             if done:
                 self._waiting.discard(node.mac)
             else:
-                await asyncio.to_thread(
-                    boot.set_node_waiting, self._root, node.mac, ip=node.ip, name=node.name
-                )
+                await self._layout(boot.set_node_waiting, node)
                 self._waiting.add(node.mac)
                 await self._forget(node.mac)
+
+    async def _layout(
+        self, set_node: Callable[..., boot.NodePaths], node: Node, **args: str
+    ) -> None:
+        """Node's links set by `set_node` (boot.set_node_links or set_node_waiting) in a
+        thread, its alias links kept track of."""
+        known = self._aliases.get(node.mac, ())
+        self._aliases[node.mac] = None  # unknown until the set is through
+        paths = await asyncio.to_thread(
+            set_node, self._root, node.mac, ip=node.ip, name=node.name, known=known, **args
+        )
+        self._aliases[node.mac] = paths.aliases
 
     async def _remove(self, mac: str) -> None:
         """A node the database forgot (a virtual node removed): out of the layout and the
         exports."""
         async with self._lock:
             await asyncio.to_thread(boot.remove_node_links, self._root, mac)
+            self._aliases.pop(mac, None)
             self._waiting.discard(mac)
             await self._forget(mac)
 
@@ -192,15 +209,7 @@ class ExportsService(NodeEventService):
                     files=report.files,
                     skipped=len(report.skipped),
                 )
-        await asyncio.to_thread(
-            boot.set_node_links,
-            self._root,
-            node.mac,
-            image_id=image_id,
-            model=node.model,
-            ip=node.ip,
-            name=node.name,
-        )
+        await self._layout(boot.set_node_links, node, image_id=image_id, model=node.model)
         before = self._exported.get(node.mac)
         self._exported[node.mac] = Exported(image_id, node.model, node.ip)
         if before is None or before != self._exported[node.mac]:
@@ -359,6 +368,8 @@ class ExportsService(NodeEventService):
             )
             for folder in folders:
                 await asyncio.to_thread(boot.clear_partial_copies, folder)
+            self._aliases.clear()
+            self._aliases.update(await asyncio.to_thread(boot.alias_index, self._root))
         if done.unmounted or done.busy:
             _log.info(
                 "mounts_reconciled",

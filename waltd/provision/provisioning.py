@@ -126,8 +126,10 @@ class ProvisioningService(NodeEventService):
 
     async def _image_ready(self, model: str, status: ModelStatus) -> None:
         assert status.image is not None
-        for node in await self._ctx.db.nodes_in_state(nodes.WAITING, model):
-            await self._make_ready(node, node.image or status.image)
+        # one transaction for all its nodes, not a database round trip each
+        db = self._ctx.db
+        for node in await db.move_nodes(model, nodes.WAITING, nodes.READY, image=status.image):
+            emit(self._ctx.nodes, nodes.state_event(node))
 
     async def rebuild(self) -> None:
         """Settle everything from the database (at start, and after a Resync)."""
