@@ -17,7 +17,7 @@ from tests.conftest import require_root, require_tool
 from tests.support.store_images import build, release_storage, repository_at
 from waltd.images import mounts as layers
 from waltd.images import store
-from waltd.images.mounts import LayersError, overlay_lowerdir, unescape_mount_field
+from waltd.images.mounts import LayersError, image_layers, short_name, unescape_mount_field
 from waltd.images.repository import Repository
 from waltd.images.store import LocalRef
 from waltd.process import Children
@@ -61,23 +61,39 @@ def test_unescape_mount_field() -> None:
     assert unescape_mount_field("/plain") == "/plain"
 
 
-PODMAN_MOUNTS = (
-    "overlay /s/overlay/x/merged overlay ro,relatime,lowerdir=/s/overlay/x/diff:/s/overlay/x/"
-    "empty,redirect_dir=on 0 0\n"
-    r"overlay /s/with\040space overlay ro,lowerdir=l/AB:l/CD,upperdir=/u,workdir=/w 0 0"
-    "\n"
-    "overlay /s/new overlay ro,lowerdir+=/s/l1,lowerdir+=/s/l\\0542,redirect_dir=on 0 0\n"
-)
+def _inspected(upper: object, lower: object = None, name: str = "overlay") -> dict[str, object]:
+    data = {"UpperDir": upper, "WorkDir": "/s/overlay/x/work"}
+    return {"GraphDriver": {"Name": name, "Data": data | ({"LowerDir": lower} if lower else {})}}
 
 
-def test_overlay_lowerdir_reads_podmans_mount() -> None:
-    lower = overlay_lowerdir(PODMAN_MOUNTS, "/s/overlay/x/merged")
-    assert lower == "/s/overlay/x/diff:/s/overlay/x/empty"
-    assert overlay_lowerdir(PODMAN_MOUNTS, "/s/with space") == "l/AB:l/CD"
-    # the new mount API lists one option per layer (a comma in a path is escaped)
-    assert overlay_lowerdir(PODMAN_MOUNTS, "/s/new") == "/s/l1:/s/l,2"
-    with pytest.raises(LayersError, match="no overlay"):
-        overlay_lowerdir(PODMAN_MOUNTS, "/")
+def test_image_layers_come_top_first_from_podmans_inspect() -> None:
+    top = "/s/overlay/x/diff"
+    assert image_layers(_inspected(top)) == [Path(top)]
+    below = "/s/overlay/y/diff:/s/overlay/z/diff"
+    assert image_layers(_inspected(top, below)) == [Path(top), *map(Path, below.split(":"))]
+    for bad, why in (
+        (_inspected(top, name="vfs"), "'vfs', not overlay"),
+        ({"GraphDriver": None}, "None, not overlay"),
+        (_inspected(None), "no layer folder"),
+        (_inspected("relative/diff"), "no layer folder"),
+        (_inspected(top, "/a/diff:b/diff"), "not absolute"),
+    ):
+        with pytest.raises(LayersError, match=why):
+            image_layers(bad)
+
+
+def test_a_layer_is_named_by_the_storages_short_link(tmp_path: Path) -> None:
+    overlay = tmp_path / "overlay"
+    (overlay / "l").mkdir(parents=True)
+    for layer, link in (("x", "ABC123"), ("y", "DEF456"), ("z", "GHI789")):
+        (overlay / layer / "diff").mkdir(parents=True)
+        (overlay / layer / "link").write_text(link)
+    (overlay / "l" / "ABC123").symlink_to("../x/diff")
+    (overlay / "l" / "DEF456").symlink_to("../x/diff")  # a link to another layer
+    assert short_name(overlay / "x" / "diff", overlay) == "l/ABC123"
+    # no valid link (wrong target, none at all, another storage): the full path
+    for layer in (overlay / "y" / "diff", overlay / "z" / "diff", tmp_path / "other" / "diff"):
+        assert short_name(layer, overlay) == str(layer)
 
 
 def test_overlay_options_fit_in_a_page_or_say_what_to_do() -> None:
@@ -123,8 +139,14 @@ def _unmount_all(root: Path, mounted: Iterable[str]) -> None:
 
 
 def _mount_by_hand(lower: str, relative: Path, point: Path) -> None:
-    argv = ["mount", "-t", "overlay", "overlay", "-o", f"ro,lowerdir={lower}", str(point)]
-    subprocess.run(argv, cwd=relative, check=True)
+    """A read-only overlay of `lower` at `point`, as podman mounts one (with an empty folder
+    below: an overlay without an upper folder wants two layers)."""
+    empty = point.parent.parent.parent / "empty-lower"
+    empty.mkdir(exist_ok=True)
+    options = f"ro,lowerdir={lower}:{empty}"
+    subprocess.run(
+        ["mount", "-t", "overlay", "overlay", "-o", options, str(point)], cwd=relative, check=True
+    )
 
 
 def _stat(path: Path) -> os.stat_result:
@@ -258,8 +280,36 @@ async def test_reconcile_of_a_storage_never_written_starts_no_tool(setup: Setup)
     assert list(setup.repo.storage.graphroot.iterdir()) == []
 
 
+async def test_the_layers_are_those_podmans_own_mount_shows(setup: Setup) -> None:
+    """The folders named from podman's inspect are, in order, those podman itself mounts
+    (its mount adds an empty folder under a one-layer image: overlay wants two layers when
+    there is no upper one)."""
+    for count in (1, 3):
+        image = await build(setup.repo, LocalRef("alice", f"layers-{count}"), layers=count)
+        lower, relative = await layers.layer_dirs(setup.repo, image)
+        ours = [_real(relative / name) for name in lower.split(":")]
+        merged = (await setup.repo.run(["podman", "image", "mount", image])).decode().strip()
+        try:
+            theirs = [_real(relative / name) for name in _lowerdir_of(merged).split(":")]
+        finally:
+            await setup.repo.run(["podman", "image", "unmount", image])
+        assert len(ours) == count and ours == [p for p in theirs if p.name != "empty"]
+
+
+def _lowerdir_of(point: str) -> str:
+    """The lowerdir option of the overlay mounted at `point`."""
+    with open("/proc/self/mounts") as table:
+        for line in table:
+            fields = line.split()
+            if unescape_mount_field(fields[1]) == point:
+                for option in fields[3].split(","):
+                    if option.startswith("lowerdir="):
+                        return unescape_mount_field(option.removeprefix("lowerdir="))
+    raise AssertionError(f"no overlay with a lowerdir at {point}")
+
+
 async def test_an_image_of_a_hundred_layers_mounts(setup: Setup) -> None:
-    """podman lists many layers as short relative links: the options fit in a page."""
+    """Many layers are named by their short relative links: the options fit in a page."""
     image = await build(setup.repo, LocalRef("alice", "many"), layers=100)
     lower, relative = await layers.layer_dirs(setup.repo, image)
     assert lower.count(":") >= 99 and "l/" in lower and relative.name == "overlay"

@@ -1,9 +1,11 @@
 """What a mount of an image needs from the repository: its layer folders, and a hold.
 
 podman's own `podman image mount` is a read-only overlay without an upper folder, which NFS
-servers cannot export (no file handles). `layer_dirs` borrows that mount only to read its
-`lowerdir` (the layer folders, in podman's order and form), then gives it back; the caller
-mounts an overlay of its own over the same layers.
+servers cannot export (no file handles); the caller mounts an overlay of its own over the
+image's layers instead. `layer_dirs` reads them from `podman image inspect` (GraphDriver:
+the top layer's folder, then the lower ones) and names each by the short link the storage
+keeps for it (`l/<link>` in its overlay folder, podman's own way to fit many layers in the
+one page a mount's options take): one tool start, no mount made and given back.
 
 The layers must outlive that overlay: `hold` gives the image a name of its own,
 `localhost/waltd-mounted/<id>`, so that removing or replacing the image's user-visible names
@@ -15,7 +17,9 @@ never listed (`store.list_images` shows `docker.io/...` names only); `release` r
 from __future__ import annotations
 
 import asyncio
+import os
 import re
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -28,12 +32,14 @@ _log = log.get("images")
 
 HOLD_PREFIX = "localhost/waltd-mounted/"
 _OCTAL_ESCAPE = re.compile(r"\\([0-7]{3})")
+# Characters the overlay option parser or mount(8) would read as separators in a path.
+UNSAFE_IN_OPTIONS = re.compile(r"[,:\\\s\x00-\x1f\x7f]")
 # A podman call of this module is quick (no copy); past this it is stuck.
 TOOL_TIMEOUT_S = 120.0
 
 
 class LayersError(RuntimeError):
-    """The layers of an image could not be read from podman's mount."""
+    """The layers of an image could not be read from podman."""
 
 
 def unescape_mount_field(text: str) -> str:
@@ -42,34 +48,55 @@ def unescape_mount_field(text: str) -> str:
     return _OCTAL_ESCAPE.sub(lambda match: chr(int(match[1], 8)), text)
 
 
-def overlay_lowerdir(mounts: str, mount_point: str) -> str:
-    """The lower folders of the overlay mounted at `mount_point`, from /proc/self/mounts text,
-    as one `lowerdir` value (`a:b:c`, the top layer first).
+def image_layers(inspected: Mapping[str, Any]) -> list[Path]:
+    """The layer folders of an image as `podman image inspect` shows it, the top one first
+    (pure). LayersError when its storage is not an overlay one or shows no layer."""
+    driver = inspected.get("GraphDriver")
+    if not isinstance(driver, dict) or driver.get("Name") != "overlay":
+        name = driver.get("Name") if isinstance(driver, dict) else None
+        raise LayersError(f"the image's storage driver is {name!r}, not overlay")
+    data = driver.get("Data")
+    upper = data.get("UpperDir") if isinstance(data, dict) else None
+    if not isinstance(upper, str) or not upper.startswith("/"):
+        raise LayersError("podman shows no layer folder for the image")
+    lower = data.get("LowerDir") if isinstance(data, dict) else None
+    below = lower.split(":") if isinstance(lower, str) and lower else []
+    if not all(path.startswith("/") for path in below):
+        raise LayersError(f"podman shows layer folders that are not absolute paths: {lower!r}")
+    return [Path(upper), *map(Path, below)]
 
-    The last overlay mounted there is the one seen. Kernels that list each layer as its own
-    `lowerdir+` option (mounts made through the new mount API) are read too.
-    """
-    found = None
-    for line in mounts.splitlines():
-        fields = line.split()
-        if len(fields) >= 4 and fields[2] == "overlay":
-            if unescape_mount_field(fields[1]) == mount_point:
-                found = fields[3]
-    if found is None:
-        raise LayersError(f"no overlay mounted at {mount_point}")
-    whole: str | None = None
-    layers: list[str] = []
-    # split before unescaping: a comma inside a path is written \054
-    for option in found.split(","):
-        if option.startswith("lowerdir="):
-            whole = unescape_mount_field(option.removeprefix("lowerdir="))
-        elif option.startswith("lowerdir+="):
-            layers.append(unescape_mount_field(option.removeprefix("lowerdir+=")))
-    if whole is not None:
-        return whole
-    if layers:
-        return ":".join(layers)
-    raise LayersError(f"the overlay at {mount_point} shows no lowerdir")
+
+def short_name(layer: Path, overlay: Path) -> str:
+    """`l/<link>`, the storage's short name of `layer` (`<overlay>/<id>/diff`), relative to
+    `overlay`; its full path when the storage keeps no valid link for it (the length of the
+    options then tells whether it fits)."""
+    if layer.name == "diff" and layer.parent.parent == overlay:
+        try:
+            link = (layer.parent / "link").read_text(encoding="ascii").strip()
+            target = f"../{layer.parent.name}/diff"
+            if link.isalnum() and os.readlink(overlay / "l" / link) == target:
+                return f"l/{link}"
+        except (OSError, UnicodeDecodeError):
+            pass
+    return str(layer)
+
+
+async def layer_dirs(repo: Repository, image_id: str) -> tuple[str, Path]:
+    """The overlay `lowerdir` value of the image's layers (top first, short names where the
+    storage keeps them) and the folder its relative entries are relative to (the storage's
+    `overlay` folder). LayersError, or ToolError (the image is absent: podman's message)."""
+    check_image_id(image_id)
+    async with asyncio.timeout(TOOL_TIMEOUT_S):
+        listed = await repo.run_json(["podman", "image", "inspect", image_id])
+    if not isinstance(listed, list) or len(listed) != 1 or not isinstance(listed[0], dict):
+        raise LayersError(f"podman image inspect {image_id[:12]} gave no single image")
+    overlay = repo.storage.graphroot / "overlay"
+    found = image_layers(listed[0])
+    names = await asyncio.to_thread(lambda: [short_name(layer, overlay) for layer in found])
+    unusable = [name for name in names if UNSAFE_IN_OPTIONS.search(name)]
+    if unusable:
+        raise LayersError(f"a layer folder cannot be named in mount options: {unusable[0]!r}")
+    return ":".join(names), overlay
 
 
 async def _finished(work: asyncio.Future[Any]) -> None:
@@ -79,26 +106,6 @@ async def _finished(work: asyncio.Future[Any]) -> None:
     except asyncio.CancelledError:
         await work
         raise
-
-
-async def layer_dirs(repo: Repository, image_id: str) -> tuple[str, Path]:
-    """The overlay `lowerdir` value podman's own mount of the image shows, and the folder its
-    relative entries are relative to (the storage's `overlay` folder: podman lists many layers
-    as short `l/<link>` names there, so that its options fit in one page).
-
-    podman's mount is given back before this returns, whatever happens (a cancelled caller
-    included). LayersError, or ToolError (the image is absent: podman's message).
-    """
-    check_image_id(image_id)
-    async with asyncio.timeout(TOOL_TIMEOUT_S):
-        borrowed = (await repo.run(["podman", "image", "mount", image_id])).decode().strip()
-    try:
-        mounts = await asyncio.to_thread(Path("/proc/self/mounts").read_text)
-        lower = overlay_lowerdir(mounts, borrowed)
-    finally:
-        unmount = repo.run(["podman", "image", "unmount", image_id])
-        await _finished(asyncio.ensure_future(asyncio.wait_for(unmount, TOOL_TIMEOUT_S)))
-    return lower, repo.storage.graphroot / "overlay"
 
 
 def hold_name(image_id: str) -> str:

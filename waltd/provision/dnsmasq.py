@@ -339,8 +339,12 @@ class DnsmasqService(Service):
             self._proc = None
 
     def add_host(self, mac: str, name: str) -> Path:
-        """Make `mac` a known host (inotify: no restart, no lease lost); returns its file."""
+        """Make `mac` a known host (inotify: no restart, no lease lost); returns its file.
+
+        Not synced: every start writes each recorded node's entry again from the database,
+        and a sync per node would stall a storm of new nodes on the disk.
+        """
         entry = host_entry(mac, name)
         path = self.paths.hosts / normalise_mac(mac).replace(":", "-")
-        write_atomic(path, entry.encode(), 0o644)
+        write_atomic(path, entry.encode(), 0o644, durable=False)
         return path

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import re
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -38,8 +37,6 @@ MAX_OPTIONS_BYTES = 4095
 MOUNT_TIMEOUT_S = 60.0
 # Mounts stacked on one point unmounted at most by `reconcile` (a bound on a loop).
 _MAX_STACKED = 16
-# Characters the overlay option parser or mount(8) would read as separators.
-_UNSAFE_IN_OPTIONS = re.compile(r"[,:\\\s\x00-\x1f\x7f]")
 
 
 class MountError(RuntimeError):
@@ -136,7 +133,7 @@ class ImageMounts:
 
     async def _mount(self, image_id: str) -> Path:
         images = self.images
-        bad = _UNSAFE_IN_OPTIONS.search(str(images))
+        bad = layers.UNSAFE_IN_OPTIONS.search(str(images))
         if bad:
             raise MountError(f"exports.root {str(images.parent)!r} holds {bad[0]!r}: not usable")
         folder = images / image_id
