@@ -10,6 +10,7 @@ import pytest
 
 from tests.conftest import require_tool
 from waltd.config import WaltNet
+from waltd.process import Children
 from waltd.provision.dnsmasq import (
     Hook,
     Paths,
@@ -88,7 +89,7 @@ def test_lua_support_is_read_from_the_compile_time_options() -> None:
     assert not has_lua("Lua\n")  # only the options line counts
 
 
-async def test_the_installed_dnsmasq_runs_lua() -> None:
+async def test_the_installed_dnsmasq_runs_lua(tmp_path: Path) -> None:
     """The set-up installs a dnsmasq with Lua (Debian's dnsmasq-base-lua)."""
     require_tool("dnsmasq")
-    assert await dnsmasq_has_lua()
+    assert await dnsmasq_has_lua(Children(tmp_path / "children.json"))

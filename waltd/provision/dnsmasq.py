@@ -33,6 +33,7 @@ from waltd.context import Context
 from waltd.db import StateError
 from waltd.names import normalise_mac
 from waltd.node_events import NodeSeen, Resync, Subscription
+from waltd.process import Children
 from waltd.provision.boot import install_server_files, public_folder
 from waltd.supervisor import Service
 
@@ -174,26 +175,14 @@ def write_lua_hook(path: Path) -> Path:
     return path
 
 
-async def dnsmasq_has_lua() -> bool:
+async def dnsmasq_has_lua(children: Children) -> bool:
     """Whether the dnsmasq on the PATH runs Lua scripts (False when it cannot tell)."""
     try:
-        proc = await asyncio.create_subprocess_exec(
-            "dnsmasq",
-            "--version",
-            stdin=asyncio.subprocess.DEVNULL,
-            stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.DEVNULL,
-        )
-    except OSError:
-        return False  # no dnsmasq: starting it says so
-    try:
-        async with asyncio.timeout(VERSION_TIMEOUT_S):
-            out, _ = await proc.communicate()
-    except TimeoutError:
-        proc.kill()
-        await proc.wait()
-        return False
-    return has_lua(out.decode(errors="replace"))
+        async with asyncio.timeout(VERSION_TIMEOUT_S):  # a timeout cancels: the child is killed
+            status, out, _ = await children.run(["dnsmasq", "--version"])
+    except (OSError, TimeoutError):
+        return False  # no dnsmasq, or a stuck one: starting it says so
+    return status == 0 and has_lua(out.decode(errors="replace"))
 
 
 class DnsmasqService(Service):
@@ -251,7 +240,7 @@ class DnsmasqService(Service):
     async def _hook(self) -> Hook:
         """The Lua hook when dnsmasq runs Lua, else the exec hook (with a warning)."""
         true = shutil.which("true")
-        if true is not None and await dnsmasq_has_lua():
+        if true is not None and await dnsmasq_has_lua(self._ctx.children):
             _log.info("dhcp_hook", kind="lua")
             return Hook(script=Path(true), lua=write_lua_hook(self.paths.lua_hook))
         _log.warning(
