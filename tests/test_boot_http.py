@@ -189,6 +189,9 @@ async def test_nodes_fetch_their_own_boot_files_and_report_booted(lab: Lab) -> N
     await lab.run([*tftp, "-r", f"nodes/{hexhyp_a}/start.ipxe", str(lab.server_ip)], netns=a.netns)
     assert got.read_text() == "#!ipxe\necho image A\n"
     got.unlink()
+    # dnsmasq's hook reports the finished transfer (its file as dnsmasq resolved it)
+    sent = await wait_record(waltd, is_event("tftp_transfer", ip=str(ip_a)))
+    assert sent["file"].endswith("/start.ipxe") and sent["size"] == len("#!ipxe\necho image A\n")
     escape = f"nodes/{hexhyp_a}/../../../nodes/{a.mac}/fs/etc/hostname"
     with pytest.raises(LabError, match="Permission denied"):  # dnsmasq refuses any `..`
         await lab.run([*tftp, "-r", escape, str(lab.server_ip)], netns=a.netns)
