@@ -12,6 +12,9 @@ timed). Everything runs in the lab's server namespace, beside the registry. Per 
 - **ref**: the reference behaviour, one pull per node in sequence: 50 `skopeo copy` into a
   new storage (an image held already costs its manifest and a skipped layer).
 
+Each run also reads the CPU-seconds the whole machine spent (`/proc/stat`): on a machine of
+few CPUs, the floor's downloads keep them busy, and whatever else a storm costs shows there.
+
 After one untimed run of ours and the floor, `RUNS` rounds, the order rotating from round to
 round (the disk's write-back weighs on whichever goes first), each run after a `sync`; the
 figures are medians. Then a new daemon takes `KNOWN_NODES` new nodes at once, as spool files
@@ -83,9 +86,10 @@ class Storm:
     """One storm's figures, seconds from the first DHCP request."""
 
     ready_s: float  # the last node ready
-    detected_s: float  # the last node detected (dnsmasq's hook, one lease at a time)
+    detected_s: float  # the last node detected
     fetched_s: float  # the last default image in the repository
     downloads: int  # layers the registry served
+    cpu_s: float  # CPU-seconds the whole machine spent from the first DHCP to the last ready
 
 
 async def _ours(lab: Lab, registry: Registry, nodes: Sequence[StormNode], name: str) -> Storm:
@@ -95,11 +99,15 @@ async def _ours(lab: Lab, registry: Registry, nodes: Sequence[StormNode], name: 
     log = await _start_waltd(lab, folder, registry, f"waltd-{name}")
     try:
         macs = {n.node.mac for n in nodes}
+        cpu = _busy_s()
         began = time.time()
         await dhcp_storm(lab, nodes)
         await log.until(
             lambda: {r.get("mac") for r in log.named("node.ready")} >= macs, "every node ready"
         )
+        # read once the last ready record is seen: the log's polling pause is counted too,
+        # at about one tenth of a CPU-second per second
+        cpu = _busy_s() - cpu
     finally:
         await lab.stop(log.proc, grace_s=15)
         remove_run_folder(folder)
@@ -112,7 +120,15 @@ async def _ours(lab: Lab, registry: Registry, nodes: Sequence[StormNode], name: 
         last("node.detected"),
         last("image.fetch.done"),
         _downloads(lab, registry) - before,
+        round(cpu, 2),
     )
+
+
+def _busy_s() -> float:
+    """CPU-seconds the machine has spent so far, all CPUs, idle and I/O wait left out."""
+    fields = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    user, nice, system, _idle, _iowait, irq, softirq = fields[:7]
+    return (user + nice + system + irq + softirq) / os.sysconf("SC_CLK_TCK")
 
 
 def _fresh_storage(folder: Path) -> dict[str, str]:
@@ -132,8 +148,9 @@ async def _copy(lab: Lab, env: dict[str, str], registry: Registry, model: str) -
     await lab.run(argv, netns=lab.server_netns, env=env, timeout_s=600)
 
 
-async def _floor(lab: Lab, registry: Registry, name: str) -> float:
-    """The 5 images by skopeo into a new storage, CONCURRENCY at a time; its seconds."""
+async def _floor(lab: Lab, registry: Registry, name: str) -> tuple[float, float]:
+    """The 5 images by skopeo into a new storage, CONCURRENCY at a time; its seconds and the
+    CPU-seconds the machine spent meanwhile."""
     folder = lab.root / name
     env = _fresh_storage(folder)
     gate = asyncio.Semaphore(CONCURRENCY)
@@ -143,9 +160,10 @@ async def _floor(lab: Lab, registry: Registry, name: str) -> float:
             await _copy(lab, env, registry, model)
 
     try:
+        cpu = _busy_s()
         began = time.monotonic()
         await gather_all(one(model) for model in MODELS)
-        return time.monotonic() - began
+        return time.monotonic() - began, _busy_s() - cpu
     finally:
         remove_run_folder(folder)
 
@@ -265,13 +283,16 @@ async def _measure(lab: Lab) -> dict[str, Any]:
     await _floor(lab, registry, "warm-floor")
     storms: list[Storm] = []
     floor: list[float] = []
+    floor_cpu: list[float] = []
     ref: list[float] = []
 
     async def run_ours(name: str) -> None:
         storms.append(await _ours(lab, registry, nodes, name))
 
     async def run_floor(name: str) -> None:
-        floor.append(await _floor(lab, registry, name))
+        seconds, cpu = await _floor(lab, registry, name)
+        floor.append(seconds)
+        floor_cpu.append(cpu)
 
     async def run_ref(name: str) -> None:
         ref.append(await _ref(lab, registry, nodes, name))
@@ -285,7 +306,8 @@ async def _measure(lab: Lab) -> dict[str, Any]:
         print(
             f"run {run + 1}: ours {storm.ready_s:.2f} s (last node detected at "
             f"{storm.detected_s:.2f} s, last image at {storm.fetched_s:.2f} s, "
-            f"{storm.downloads} downloads), floor {floor[-1]:.2f} s, ref {ref[-1]:.2f} s",
+            f"{storm.downloads} downloads, {storm.cpu_s:.2f} CPU-s), floor {floor[-1]:.2f} s "
+            f"({floor_cpu[-1]:.2f} CPU-s), ref {ref[-1]:.2f} s",
             flush=True,
         )
     known = await _known_nodes(lab, registry)
@@ -308,6 +330,8 @@ async def _measure(lab: Lab) -> dict[str, Any]:
         "ours_detected_s": round(statistics.median(s.detected_s for s in storms), 3),
         "ours_fetched_s": round(statistics.median(s.fetched_s for s in storms), 3),
         "downloads_per_run": downloads,
+        "ours_cpu_s": round(statistics.median(s.cpu_s for s in storms), 2),
+        "floor_cpu_s": round(statistics.median(floor_cpu), 2),
         "image_mb": IMAGE_MB,
         "new_node_events_per_s": known["new_node_events_per_s"],
         "rss_mb_after_hook_events": known["rss_mb_after_hook_events"],
