@@ -356,78 +356,52 @@ class Database:
 
         return await self._run(work)
 
-    async def get_node(self, mac: str) -> Node | None:
-        """Return node ``mac``, or None if unknown. Raises ValueError for an invalid MAC."""
-        mac = normalise_mac(mac)
+    async def _nodes(self, where: str, args: tuple[Any, ...] = ()) -> list[Node]:
+        """The nodes a query selects: `where` is the SQL after `FROM nodes` (a constant of
+        this module, values as `?` in `args`)."""
 
-        def work(conn: sqlite3.Connection) -> Node | None:
-            row = conn.execute(
-                f"SELECT {_NODE_COLUMNS} FROM nodes WHERE mac = ?", (mac,)
-            ).fetchone()
-            return None if row is None else _node(row)
+        def work(conn: sqlite3.Connection) -> list[Node]:
+            rows = conn.execute(f"SELECT {_NODE_COLUMNS} FROM nodes {where}", args).fetchall()
+            return [_node(row) for row in rows]
 
         return await self._run(work)
+
+    async def _one_node(self, where: str, args: tuple[Any, ...]) -> Node | None:
+        """The first node `_nodes(where, args)` would give, or None (`where` ends with
+        LIMIT 1 when it may select several)."""
+        found = await self._nodes(where, args)
+        return found[0] if found else None
+
+    async def get_node(self, mac: str) -> Node | None:
+        """Return node ``mac``, or None if unknown. Raises ValueError for an invalid MAC."""
+        return await self._one_node("WHERE mac = ?", (normalise_mac(mac),))
 
     async def node_by_ip(self, ip: str) -> Node | None:
         """The node (a model known) whose address is `ip`, or None; when a stale entry still
         holds the address too, the one seen last."""
-
-        def work(conn: sqlite3.Connection) -> Node | None:
-            row = conn.execute(
-                f"SELECT {_NODE_COLUMNS} FROM nodes WHERE ip = ? AND model IS NOT NULL"
-                " ORDER BY last_seen DESC LIMIT 1",
-                (ip,),
-            ).fetchone()
-            return None if row is None else _node(row)
-
-        return await self._run(work)
+        return await self._one_node(
+            "WHERE ip = ? AND model IS NOT NULL ORDER BY last_seen DESC LIMIT 1", (ip,)
+        )
 
     async def node_by_name(self, name: str) -> Node | None:
         """The node (a model known) named `name`, or None."""
-
-        def work(conn: sqlite3.Connection) -> Node | None:
-            row = conn.execute(
-                f"SELECT {_NODE_COLUMNS} FROM nodes WHERE name = ? AND model IS NOT NULL"
-                " ORDER BY last_seen DESC LIMIT 1",
-                (name,),
-            ).fetchone()
-            return None if row is None else _node(row)
-
-        return await self._run(work)
+        return await self._one_node(
+            "WHERE name = ? AND model IS NOT NULL ORDER BY last_seen DESC LIMIT 1", (name,)
+        )
 
     async def list_nodes(self) -> list[Node]:
         """Return every node, ordered by MAC."""
-
-        def work(conn: sqlite3.Connection) -> list[Node]:
-            rows = conn.execute(f"SELECT {_NODE_COLUMNS} FROM nodes ORDER BY mac").fetchall()
-            return [_node(row) for row in rows]
-
-        return await self._run(work)
+        return await self._nodes("ORDER BY mac")
 
     async def nodes_using_image(self, image: str) -> list[Node]:
         """The nodes whose image is `image` (its full name), ordered by name."""
-
-        def work(conn: sqlite3.Connection) -> list[Node]:
-            rows = conn.execute(
-                f"SELECT {_NODE_COLUMNS} FROM nodes WHERE image = ? ORDER BY name", (image,)
-            ).fetchall()
-            return [_node(row) for row in rows]
-
-        return await self._run(work)
+        return await self._nodes("WHERE image = ? ORDER BY name", (image,))
 
     async def unannounced_nodes(self) -> list[Node]:
         """Nodes recorded whose first sighting was not announced (an interruption came
         between the commit and the announcement), oldest first; unknown devices are not
         nodes to announce."""
-
-        def work(conn: sqlite3.Connection) -> list[Node]:
-            rows = conn.execute(
-                f"SELECT {_NODE_COLUMNS} FROM nodes WHERE NOT announced AND model IS NOT NULL"
-                " ORDER BY first_seen"
-            ).fetchall()
-            return [_node(row) for row in rows]
-
-        return await self._run(work)
+        return await self._nodes("WHERE NOT announced AND model IS NOT NULL ORDER BY first_seen")
 
     async def mark_announced(self, mac: str) -> None:
         """Record that node ``mac``'s first sighting was announced."""
@@ -486,16 +460,10 @@ class Database:
 
     async def nodes_in_state(self, state: str, model: str | None = None) -> list[Node]:
         """The nodes in `state` (of `model` when given), oldest first."""
-
-        def work(conn: sqlite3.Connection) -> list[Node]:
-            rows = conn.execute(
-                f"SELECT {_NODE_COLUMNS} FROM nodes WHERE state = ?"
-                " AND (? IS NULL OR model = ?) ORDER BY first_seen, mac",
-                (state, model, model),
-            ).fetchall()
-            return [_node(row) for row in rows]
-
-        return await self._run(work)
+        return await self._nodes(
+            "WHERE state = ? AND (? IS NULL OR model = ?) ORDER BY first_seen, mac",
+            (state, model, model),
+        )
 
     async def set_node_state(
         self, mac: str, state: str, *, image: str | None = None, expect: str | None = None

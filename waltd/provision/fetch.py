@@ -91,17 +91,13 @@ def retry_policy(images: configuration.Images) -> RetryPolicy:
     return RetryPolicy(min_s=images.retry_min_s, max_s=images.retry_max_s)
 
 
-def short(error: BaseException | str) -> str:
+def short(error: BaseException) -> str:
     """An error as one bounded line for records and statuses."""
-    text = str(error) if not isinstance(error, BaseException) else _describe(error)
-    text = " ".join(text.split())
-    return text if len(text) <= _ERROR_MAX else text[: _ERROR_MAX - 3] + "..."
-
-
-def _describe(error: BaseException) -> str:
     if isinstance(error, TimeoutError) and not str(error):
-        return "timed out"
-    return str(error) or type(error).__name__
+        text = "timed out"
+    else:
+        text = " ".join((str(error) or type(error).__name__).split())
+    return text if len(text) <= _ERROR_MAX else text[: _ERROR_MAX - 3] + "..."
 
 
 class SourceFailed(Exception):

@@ -41,8 +41,8 @@ class TftpEvent:
     size: int | None
 
 
-def _text(data: dict[str, Any], key: str, limit: int = 255, required: bool = False) -> str | None:
-    value = data.get(key)
+def _text(key: str, value: Any, limit: int = 255, required: bool = False) -> str | None:
+    """Field `key`'s `value`: a bounded printable string, or None when absent."""
     if value is None or value == "":
         if required:
             raise ValueError(f"field {key!r} is missing")
@@ -80,12 +80,12 @@ def parse_message(raw: bytes) -> LeaseEvent | TftpEvent:
         raise ValueError(f"not JSON: {str(err)[:80]}") from None
     if not isinstance(data, dict):
         raise ValueError("not a JSON object")
-    action = _text(data, "action", 16, required=True)
+    action = _text("action", data.get("action"), 16, required=True)
     if action == "tftp":
         size = data.get("size")
         return TftpEvent(
-            ip=_ip(_text(data, "ip")),
-            file=_text(data, "file", 1024, required=True) or "",
+            ip=_ip(_text("ip", data.get("ip"))),
+            file=_text("file", data.get("file"), 1024, required=True) or "",
             size=int(size) if isinstance(size, str) and size.isdigit() and len(size) < 20 else None,
         )
     if action not in LEASE_ACTIONS:
@@ -94,7 +94,7 @@ def parse_message(raw: bytes) -> LeaseEvent | TftpEvent:
 
     def optional(key: str, value: Any, limit: int = 255) -> str | None:
         try:
-            return _text({key: value}, key, limit)
+            return _text(key, value, limit)
         except ValueError as err:
             dropped.append(str(err))
             return None
@@ -106,8 +106,8 @@ def parse_message(raw: bytes) -> LeaseEvent | TftpEvent:
     user_classes = [optional("user_classes", c) for c in classes[:16]]
     return LeaseEvent(
         action=action,
-        mac=normalise_mac(_text(data, "mac", 64, required=True) or ""),
-        ip=_ip(_text(data, "ip")),
+        mac=normalise_mac(_text("mac", data.get("mac"), 64, required=True) or ""),
+        ip=_ip(_text("ip", data.get("ip"))),
         hostname=optional("hostname", data.get("hostname")),
         vendor_class=optional("vendor_class", data.get("vendor_class")),
         user_classes=tuple(c for c in user_classes if c),

@@ -66,6 +66,17 @@ def _is_ipv6(line: str) -> bool:
     return fields[0] == "duid" or (len(fields) > 2 and ":" in fields[2])
 
 
+def _line(raw: bytes) -> Lease | None:
+    """The IPv4 lease of one line, None for a blank or IPv6 line; ValueError when malformed."""
+    try:
+        line = raw.decode().strip()
+    except UnicodeDecodeError:
+        raise ValueError("not UTF-8") from None
+    if not line or _is_ipv6(line):
+        return None
+    return _lease(line)
+
+
 def parse_leases(data: bytes, now: float, *, truncated: bool = False) -> LeaseFile:
     """The leases of `data` (the file's bytes) still in force at `now`, last one for a MAC
     winning; a malformed line is skipped and counted. `truncated` says the bytes are only
@@ -82,25 +93,14 @@ def parse_leases(data: bytes, now: float, *, truncated: bool = False) -> LeaseFi
     first_problem: str | None = None
     for number, raw in enumerate(lines, start=1):
         try:
-            line = raw.decode().strip()
-        except UnicodeDecodeError:
-            line, problem = "", "not UTF-8"
-        else:
-            problem = None
-        if problem is None:
-            if not line or _is_ipv6(line):
-                continue
-            try:
-                lease = _lease(line)
-            except ValueError as err:
-                problem = str(err)
-            else:
-                if lease.expires == 0 or lease.expires > now:
-                    found[lease.mac] = lease
-                continue
-        malformed += 1
-        if first_problem is None:
-            first_problem = f"line {number}: {problem}"
+            lease = _line(raw)
+        except ValueError as err:
+            malformed += 1
+            if first_problem is None:
+                first_problem = f"line {number}: {err}"
+            continue
+        if lease is not None and (lease.expires == 0 or lease.expires > now):
+            found[lease.mac] = lease
     return LeaseFile(tuple(found.values()), malformed, first_problem, truncated)
 
 

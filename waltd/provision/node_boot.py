@@ -118,11 +118,12 @@ async def boot_nodes(
         switched = await ctx.db.set_node_state(node.mac, nodes.READY, image=chosen[node.mac])
         if switched is None:
             continue  # forgotten meanwhile
-        emit(ctx.nodes, nodes.state_event(switched))
+        event = nodes.state_event(switched)
+        emit(ctx.nodes, event)
         virtual = ctx.vnodes.is_virtual(node.mac)
         if virtual:
             await ctx.vnodes.reset(node.mac)
-        shown = nodes.state_event(switched).image or chosen[node.mac]
+        shown = event.image or chosen[node.mac]
         done.append(Switched(node.name, shown, "reset" if virtual else "reboot"))
         _log.info("node_image_switched", name=node.name, mac=node.mac, image=shown)
     return done

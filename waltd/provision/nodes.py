@@ -17,6 +17,7 @@ A model's default image (`waltplatform/<model>-default:latest`) has its own stat
 from __future__ import annotations
 
 from waltd.db import Node
+from waltd.images.ownership import PLATFORM_USER
 from waltd.images.store import LocalRef, shown
 from waltd.node_events import NodeState
 
@@ -25,15 +26,12 @@ WAITING = "waiting"
 READY = "ready"
 BOOTED = "booted"
 DOWN = "down"
-NODE_STATES = (UNKNOWN, WAITING, READY, BOOTED, DOWN)
 
 # The status of a model's default image.
 MISSING = "missing"
 FETCHING = "fetching"
 FAILED = "failed"
 IMAGE_READY = "ready"
-
-PLATFORM_USER = "waltplatform"
 
 
 def default_image(model: str) -> LocalRef:

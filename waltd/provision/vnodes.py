@@ -672,11 +672,7 @@ class VirtualNodes:
         await self._stop(live)
         self._live.pop(vnode.name, None)
         live.console.end()
-        node = await self._db.get_node(vnode.mac)
-        if node is not None and node.state != nodes.DOWN:
-            down = await self._db.set_node_state(vnode.mac, nodes.DOWN)
-            if down is not None:
-                emit(self._events, nodes.state_event(down))
+        await self._mark_down(vnode.mac)
         await self._db.remove_vnode(vnode.name)
         await self._db.remove_node(vnode.mac)
         emit(self._events, NodeRemoved(vnode.mac, vnode.name))
@@ -728,17 +724,21 @@ class VirtualNodes:
             await asyncio.sleep(delay)
             delay = min(delay * 2, RESTART_MAX_S)
 
-    async def _node_down(self, vnode: VNode) -> None:
-        try:
-            node = await self._db.get_node(vnode.mac)
-            if node is None or node.state == nodes.DOWN:
-                return
-            down = await self._db.set_node_state(vnode.mac, nodes.DOWN)
-        except (StateError, RuntimeError) as err:
-            _log.warning("vnode.state_not_written", name=vnode.name, error=str(err))
+    async def _mark_down(self, mac: str) -> None:
+        """Node `mac` goes `down` (its event), unless it is down already or unknown."""
+        node = await self._db.get_node(mac)
+        if node is None or node.state == nodes.DOWN:
             return
+        down = await self._db.set_node_state(mac, nodes.DOWN)
         if down is not None:
             emit(self._events, nodes.state_event(down))
+
+    async def _node_down(self, vnode: VNode) -> None:
+        """`_mark_down` for a QEMU that died (a database failure is logged: it restarts)."""
+        try:
+            await self._mark_down(vnode.mac)
+        except (StateError, RuntimeError) as err:
+            _log.warning("vnode.state_not_written", name=vnode.name, error=str(err))
 
     async def _run_qemu(self, live: _Live) -> int:
         """One life of QEMU: its tap made afresh, QEMU started, its console read until it
