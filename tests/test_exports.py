@@ -20,10 +20,9 @@ import pytest
 from lab.images import build_image, push_image
 from lab.lab import Lab, LabProcess, Node
 from tests.support.daemon import is_event, walt
-from tests.support.lab_daemon import lab_config, records, start_waltd, wait_record
+from tests.support.lab_daemon import hub_config, records, start_waltd, wait_record
 from tests.support.labs import running_lab
 from tests.support.store_images import release_storage
-from tests.support.transfer import hub_entry
 from waltd.provision import boot
 from waltd.provision.mounts import parse_mounts
 
@@ -87,16 +86,8 @@ async def test_nodes_are_exported_switched_and_released(lab: Lab) -> None:
     await push_image(lab, DEFAULT, hub)
     await build_image(lab, OTHER, [PC], _tree(lab.root / "tree-other", "other image"))
     await push_image(lab, OTHER, hub, "root/other:latest")
-    folder = lab.root / "waltd"
-    folder.mkdir()
-    entry = hub_entry(hub.url)
-    config = lab_config(
-        lab,
-        folder,
-        registries=[entry],
-        images={"docker-socket": str(folder / "no-docker.sock")},
-        exports={"unmount-grace-s": 1},
-    )
+    config = hub_config(lab, hub.url, exports={"unmount-grace-s": 1})
+    folder = config.parent
     root = folder / "exports"
     waltd = await start_waltd(lab, config)
     try:

@@ -149,10 +149,6 @@ def _mount_by_hand(lower: str, relative: Path, point: Path) -> None:
     )
 
 
-def _stat(path: Path) -> os.stat_result:
-    return os.stat(path)
-
-
 def _real(path: Path) -> Path:
     return Path(os.path.realpath(path))
 
@@ -192,7 +188,7 @@ async def test_an_image_is_mounted_once_read_only_and_held(setup: Setup) -> None
     # the overlay's root shows the image's top layer's (buildah's 0555 here), not the
     # daemon's umask on the upper folder
     lower, relative = await layers.layer_dirs(setup.repo, image)
-    top = _stat(relative / lower.split(":")[0])
+    top = os.stat(relative / lower.split(":")[0])
     assert (first.stat().st_mode, first.stat().st_uid) == (top.st_mode, top.st_uid)
     assert top.st_mode & 0o005
     with pytest.raises(OSError) as written:

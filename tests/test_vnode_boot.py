@@ -24,9 +24,8 @@ from lab.images import build_image, push_image
 from lab.lab import Lab
 from lab.pc_image import build_pc_image
 from tests.support.daemon import is_event, walt
-from tests.support.lab_daemon import lab_config, records, start_waltd, wait_record
+from tests.support.lab_daemon import hub_config, records, start_waltd, wait_record
 from tests.support.labs import running_lab
-from tests.support.transfer import hub_entry
 
 pytestmark = pytest.mark.lab
 
@@ -43,14 +42,9 @@ async def lab() -> AsyncIterator[Lab]:
 async def test_a_virtual_node_boots_from_waltd(lab: Lab, package_cache: Path) -> None:
     hub = await lab.start_registry("hub")
     await publish(lab, await build_pc_image(lab, package_cache), hub)
-    folder = lab.root / "waltd"
-    folder.mkdir()
-    entry = hub_entry(hub.url)
-    config = lab_config(
-        lab, folder, registries=[entry], images={"docker-socket": str(folder / "no.sock")}
-    )
+    config = hub_config(lab, hub.url)
     waltd = await start_waltd(lab, config)
-    sock = folder / "api.sock"
+    sock = config.parent / "api.sock"
     try:
         await wait_record(waltd, is_event("daemon_ready"))
         began = time.monotonic()
@@ -97,18 +91,9 @@ async def test_a_virtual_node_that_does_not_boot_is_reset_then_left(lab: Lab) ->
     files = {"boot/pc-x86-64/start.ipxe": "#!ipxe\necho this image never boots\nsleep 3600\n"}
     await build_image(lab, stuck, ["pc-x86-64"], files)
     await push_image(lab, stuck, hub)
-    folder = lab.root / "waltd"
-    folder.mkdir()
-    entry = hub_entry(hub.url)
-    config = lab_config(
-        lab,
-        folder,
-        registries=[entry],
-        images={"docker-socket": str(folder / "no.sock")},
-        boot={"timeout-s": 4, "retries": 1},
-    )
+    config = hub_config(lab, hub.url, boot={"timeout-s": 4, "retries": 1})
     waltd = await start_waltd(lab, config)
-    sock = folder / "api.sock"
+    sock = config.parent / "api.sock"
     try:
         await wait_record(waltd, is_event("daemon_ready"))
         created = await asyncio.to_thread(walt, sock, "node", "create", "stuck1")

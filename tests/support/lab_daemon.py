@@ -9,6 +9,7 @@ from typing import Any
 
 from lab.lab import Lab, LabProcess
 from tests.support.daemon import ROOT, find_record, read_records, write_config
+from tests.support.transfer import hub_entry
 from tests.support.wait import until
 
 
@@ -25,6 +26,18 @@ def lab_config(lab: Lab, folder: Path, **sections: Any) -> Path:
     }
     daemon = {"shutdown-budget-s": 5, **sections.pop("daemon", {})}
     return write_config(folder, network={"walt-net": net}, daemon=daemon, **sections)
+
+
+def hub_config(lab: Lab, hub_url: str, **sections: Any) -> Path:
+    """`lab_config` in a new folder <lab>/waltd (the result's parent): the registry at
+    `hub_url` as Docker Hub's, no docker daemon (a socket path nothing listens on).
+
+    `sections` as `lab_config` takes them (`images` keys are merged with these).
+    """
+    folder = lab.root / "waltd"
+    folder.mkdir()
+    images = {"docker-socket": str(folder / "no-docker.sock"), **sections.pop("images", {})}
+    return lab_config(lab, folder, registries=[hub_entry(hub_url)], images=images, **sections)
 
 
 async def start_waltd(lab: Lab, config: Path, name: str = "waltd") -> LabProcess:

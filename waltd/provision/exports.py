@@ -211,8 +211,8 @@ class ExportsService(NodeEventService):
                 )
         await self._layout(boot.set_node_links, node, image_id=image_id, model=node.model)
         before = self._exported.get(node.mac)
-        self._exported[node.mac] = Exported(image_id, node.model, node.ip)
-        if before is None or before != self._exported[node.mac]:
+        self._exported[node.mac] = now = Exported(image_id, node.model, node.ip)
+        if before != now:
             self._dirty = True
             self._announced[node.mac] = {
                 "name": node.name,
@@ -304,8 +304,8 @@ class ExportsService(NodeEventService):
             except MountError as err:
                 _log.warning("image_unmount_failed", image=image_id[:12], error=str(err))
                 return
+            # ImageMounts logs the unmount (`image_unmounted`)
             await asyncio.to_thread(boot.remove_boot_copies, self._root, image_id)
-            _log.info("image_unmounted", image=image_id[:12])
 
     # ---- booted in time? --------------------------------------------------------------
 
@@ -370,13 +370,6 @@ class ExportsService(NodeEventService):
                 await asyncio.to_thread(boot.clear_partial_copies, folder)
             self._aliases.clear()
             self._aliases.update(await asyncio.to_thread(boot.alias_index, self._root))
-        if done.unmounted or done.busy:
-            _log.info(
-                "mounts_reconciled",
-                kept=len(done.kept),
-                unmounted=len(done.unmounted),
-                busy=len(done.busy),
-            )
         for node in listed:
             if node.model is not None:
                 await self._set(node.mac)

@@ -43,7 +43,6 @@ from waltd.supervisor import RunningConfig, Service
 
 _log = log.get("nfs")
 
-NFS_PORT = 2049
 RPCBIND_SOCKET = Path("/run/rpcbind.sock")
 KERNEL_EXPORTS = Path("/etc/exports.d/walt.exports")
 # ganesha's line (level EVENT) once a SIGHUP has re-read the exports, and once it serves.
@@ -306,11 +305,6 @@ class GaneshaExporter:
     def exports_file(self) -> Path:
         """The `%include`d exports file."""
         return self.folder / "exports.conf"
-
-    @property
-    def pid(self) -> int | None:
-        """ganesha's PID while it runs."""
-        return self._ganesha.pid if self._ganesha and self._ganesha.returncode is None else None
 
     async def __aenter__(self) -> Self:
         try:
