@@ -46,6 +46,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+from bench import run_as_root, within
 from bench.clone import remove_run_folder
 from bench.lab_waltd import Log, Record, stamp, start_waltd, write_config
 from lab import Lab, LabError, Registry
@@ -458,11 +459,8 @@ async def _run() -> int:
     print("boot bench: starting the lab", flush=True)
     began = time.monotonic()
     async with Lab() as lab:
-        try:
-            async with asyncio.timeout(TIME_LIMIT_S):
-                figures = await _measure(lab, began + WARM_VNODES_UNTIL_S)
-        except TimeoutError:
-            print(f"boot bench FAILED: no result after {TIME_LIMIT_S} s", file=sys.stderr)
+        figures = await within("boot", TIME_LIMIT_S, _measure(lab, began + WARM_VNODES_UNTIL_S))
+        if figures is None:
             return 1
     print(json.dumps(figures), flush=True)
     return 0
@@ -470,9 +468,7 @@ async def _run() -> int:
 
 def main() -> None:
     """Entry point of `bench/boot`; refuses to run without root."""
-    if os.geteuid() != 0:
-        sys.exit("bench/boot: run it as root (the lab uses network namespaces)")
-    sys.exit(asyncio.run(_run()))
+    run_as_root("boot", _run)
 
 
 if __name__ == "__main__":

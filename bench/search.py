@@ -10,11 +10,10 @@ is removed at the end, also on failure or Ctrl-C.
 from __future__ import annotations
 
 import asyncio
-import os
 import sys
 from pathlib import Path
 
-from bench import wan_proxy
+from bench import run_as_root, wan_proxy, within
 from lab import Lab, LabProcess
 
 RTT_MS = 20
@@ -60,19 +59,13 @@ async def _run() -> int:
         measure = await lab.spawn(
             "search-run", argv, netns=lab.server_netns, env=lab.containers_env, cwd=_REPO
         )
-        try:
-            async with asyncio.timeout(TIME_LIMIT_S):
-                return await _relay(measure)
-        except TimeoutError:
-            print(f"search bench FAILED: no result after {TIME_LIMIT_S} s", file=sys.stderr)
-            return 1
+        status = await within("search", TIME_LIMIT_S, _relay(measure))
+        return 1 if status is None else status
 
 
 def main() -> None:
     """Entry point of `bench/search`; refuses to run without root."""
-    if os.geteuid() != 0:
-        sys.exit("bench/search: run it as root (the lab uses network namespaces)")
-    sys.exit(asyncio.run(_run()))
+    run_as_root("search", _run)
 
 
 if __name__ == "__main__":

@@ -30,13 +30,13 @@ import ipaddress
 import json
 import os
 import statistics
-import sys
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
+from bench import run_as_root, within
 from bench.clone import remove_run_folder
 from bench.lab_waltd import Log, stamp, start_waltd, write_config
 from lab import Lab, Registry
@@ -349,11 +349,8 @@ async def _measure(lab: Lab) -> dict[str, Any]:
 async def _run() -> int:
     print("storm bench: starting the lab", flush=True)
     async with Lab() as lab:
-        try:
-            async with asyncio.timeout(TIME_LIMIT_S):
-                figures = await _measure(lab)
-        except TimeoutError:
-            print(f"storm bench FAILED: no result after {TIME_LIMIT_S} s", file=sys.stderr)
+        figures = await within("storm", TIME_LIMIT_S, _measure(lab))
+        if figures is None:
             return 1
     print(json.dumps(figures), flush=True)
     return 0
@@ -361,9 +358,7 @@ async def _run() -> int:
 
 def main() -> None:
     """Entry point of `bench/storm`; refuses to run without root."""
-    if os.geteuid() != 0:
-        sys.exit("bench/storm: run it as root (the lab uses network namespaces)")
-    sys.exit(asyncio.run(_run()))
+    run_as_root("storm", _run)
 
 
 if __name__ == "__main__":

@@ -5,16 +5,17 @@ from __future__ import annotations
 import contextlib
 import secrets
 import shutil
-from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import asynccontextmanager
+from dataclasses import replace
 from pathlib import Path
-from typing import Any
 
 from lab.lab import Lab, LabError, Registry
-from waltd.images import tools
-from waltd.images.storage import Storage
+from waltd import config
+from waltd.images.repository import Repository
 from waltd.provision.mounts import ImageMounts, MountError
 from waltd.registries.base import Credentials, authfile
+from waltd.supervisor import RunningConfig
 
 FileContent = bytes | str | Path
 
@@ -155,32 +156,14 @@ async def _copy(
         await lab.run(argv, env=lab.containers_env)
 
 
-class LabRepository:
-    """The lab's container storage as waltd's repository tools see it (same files as
-    `Lab.containers_env`), so that the lab mounts images with waltd's own code."""
-
-    def __init__(self, lab: Lab) -> None:
-        self._lab = lab
-
-    @property
-    def storage(self) -> Storage:
-        """The lab's storage and its configuration folder."""
-        return Storage(self._lab.graphroot, self._lab.root / "containers")
-
-    async def run(
-        self, argv: Sequence[str], *, input: bytes | None = None, secrets: Iterable[str] = ()
-    ) -> bytes:
-        """One tool command's stdout; ToolError when it fails."""
-        return await tools.run(self._lab.children, self.storage, argv, input=input, secrets=secrets)
-
-    async def run_json(self, argv: Sequence[str], *, secrets: Iterable[str] = ()) -> Any:
-        """One tool command's JSON output."""
-        return await tools.run_json(self._lab.children, self.storage, argv, secrets=secrets)
-
-
 def image_mounts(lab: Lab) -> ImageMounts:
     """waltd's image mounts over the lab's storage, under `<lab root>/images/`."""
-    return ImageMounts(lab.root, LabRepository(lab), lab.children)
+    # waltd's repository with the lab's root as state folder: its tools' configuration is
+    # `<root>/containers`, the files `Lab.containers_env` names
+    defaults = config.default_config()
+    daemon = replace(defaults.daemon, state_dir=lab.root, image_storage=lab.graphroot)
+    running = RunningConfig(replace(defaults, daemon=daemon), None)
+    return ImageMounts(lab.root, Repository(lab.children, running), lab.children)
 
 
 @asynccontextmanager

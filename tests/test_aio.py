@@ -8,7 +8,7 @@ from collections.abc import Iterable
 
 import pytest
 
-from waltd.aio import Job, RetryPolicy, SingleFlight, gather_all, run_jobs
+from waltd.aio import Job, RetryPolicy, SingleFlight, completed, gather_all, run_jobs
 from waltd.registries.base import RegistryError
 
 
@@ -217,3 +217,25 @@ async def test_single_flight_can_end_a_run_nobody_waits_for() -> None:
     second.cancel()
     await asyncio.gather(second, return_exceptions=True)
     assert cleaned.is_set()
+
+
+async def test_completed_work_ends_before_its_cancelled_caller_does() -> None:
+    """The caller cancelled mid-way: the work goes on to its end, then the caller sees its
+    cancellation; not cancelled, the caller gets the work's result."""
+    started, release = asyncio.Event(), asyncio.Event()
+    finished: list[str] = []
+
+    async def work() -> str:
+        started.set()
+        await release.wait()
+        finished.append("done")
+        return "done"
+
+    caller = asyncio.create_task(completed(work()))
+    await started.wait()
+    caller.cancel()
+    release.set()
+    with pytest.raises(asyncio.CancelledError):
+        await caller
+    assert finished == ["done"]
+    assert await completed(work()) == "done"

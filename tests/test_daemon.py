@@ -106,15 +106,20 @@ def test_status_and_events_over_the_socket(daemon: Daemon) -> None:
     assert not daemon.socket.exists()
 
 
-def test_log_follow_streams_new_events(daemon: Daemon) -> None:
-    daemon.start()
+def _log_follower(daemon: Daemon) -> subprocess.Popen[str]:
+    """`walt log show --follow --json` on `daemon`, its output on a pipe."""
     env = {**os.environ, "WALT_SOCKET": str(daemon.socket), "PYTHONPATH": str(ROOT)}
-    follower = subprocess.Popen(
+    return subprocess.Popen(
         [sys.executable, "-m", "waltd.cli.walt", "log", "show", "--follow", "--json"],
         stdout=subprocess.PIPE,
         text=True,
         env=env,
     )
+
+
+def test_log_follow_streams_new_events(daemon: Daemon) -> None:
+    daemon.start()
+    follower = _log_follower(daemon)
     try:
         assert follower.stdout is not None
         # the backlog's first record: the follower is connected, later records reach it
@@ -143,13 +148,7 @@ def test_a_follower_leaving_is_no_error(daemon: Daemon) -> None:
     """A `walt log show --follow` killed mid-stream: the daemon's next write finds the
     connection closed, which is no failure of the request."""
     daemon.start()
-    env = {**os.environ, "WALT_SOCKET": str(daemon.socket), "PYTHONPATH": str(ROOT)}
-    follower = subprocess.Popen(
-        [sys.executable, "-m", "waltd.cli.walt", "log", "show", "--follow", "--json"],
-        stdout=subprocess.PIPE,
-        text=True,
-        env=env,
-    )
+    follower = _log_follower(daemon)
     assert follower.stdout is not None
     follower.stdout.readline()  # connected and streaming
     follower.kill()

@@ -21,11 +21,11 @@ import pytest
 import pytest_asyncio
 
 from lab import Lab, Registry, build_image, push_image
-from tests.support.daemon import Daemon, is_event, remove, run_hook, short_dir, write_config
+from tests.support.daemon import Daemon, is_event, run_hook, write_config
 from tests.support.dockerd import dockerd, load_image
 from tests.support.labs import running_lab
 from tests.support.registry_images import put_list
-from tests.support.store_images import release_storage
+from tests.support.store_images import storage_folder
 from tests.support.transfer import hub_entry, registry_entry, run
 from waltd import config as configuration
 from waltd import credentials
@@ -113,10 +113,8 @@ def _config(folder: Path, setup: Setup, **images: Any) -> Path:
 
 @pytest.fixture
 def folder() -> Iterator[Path]:
-    path = short_dir()
-    yield path
-    release_storage(path / "images")
-    remove(path)
+    with storage_folder() as path:
+        yield path
 
 
 def _lease(d: Daemon, mac: str, ip: str, model: str) -> None:

@@ -1,8 +1,9 @@
 """Generic async helpers: merged concurrent calls, bounded job runs, and retry decisions.
 
 `SingleFlight` runs one call per key however many callers wait for it; `gather_all` and
-`run_jobs` run work concurrently, `run_jobs` with a fixed number of workers; `RetryPolicy`
-decides (purely) whether a failure is worth another attempt and how long to wait first.
+`run_jobs` run work concurrently, `run_jobs` with a fixed number of workers; `completed`
+runs work to its end even when its caller is cancelled; `RetryPolicy` decides (purely)
+whether a failure is worth another attempt and how long to wait first.
 Nothing here knows about registries or images.
 """
 
@@ -86,6 +87,18 @@ async def gather_all(aws: Iterable[Awaitable[T]]) -> list[T]:
     except BaseExceptionGroup as errors:
         raise _first_error(errors) from None
     return [task.result() for task in tasks]
+
+
+async def completed(work: Awaitable[T]) -> T:
+    """The result of `work`, run to its end even when the caller is cancelled meanwhile (the
+    cancellation goes on once it is done): a clean-up or a change never left half done."""
+    task = asyncio.ensure_future(work)
+    try:
+        return await asyncio.shield(task)
+    except asyncio.CancelledError:
+        if not task.done():
+            await task
+        raise
 
 
 # A piece of work that returns the pieces it found to do (a repository: one per tag).

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.support.daemon import Daemon, remove, short_dir, walt, write_config
-from tests.support.store_images import build, release_storage, repository_at
+from tests.support.daemon import Daemon, walt, write_config
+from tests.support.store_images import build, repository_at, storage_folder
 from waltd.images import store
 from waltd.images.store import LocalRef
 from waltd.names import InvalidName
@@ -43,10 +43,8 @@ def test_the_grammar_says_what_is_allowed(name: str, says: str) -> None:
 
 @pytest.fixture
 def folder() -> Iterator[Path]:
-    path = short_dir()
-    yield path
-    release_storage(path / "images")
-    remove(path)
+    with storage_folder() as path:
+        yield path
 
 
 async def test_the_daemon_refuses_hostile_names_and_goes_on(folder: Path) -> None:

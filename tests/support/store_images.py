@@ -6,10 +6,13 @@ from __future__ import annotations
 import asyncio
 import subprocess
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import replace
 from pathlib import Path
 
 from tests.conftest import require_tool
+from tests.support.daemon import remove, short_dir
 from waltd import config as configuration
 from waltd.images.repository import Repository
 from waltd.images.store import LocalRef
@@ -39,6 +42,18 @@ def release_storage(graphroot: Path) -> None:
         points = [line.split()[4] for line in table]
     for point in sorted({p for p in points if p == root or p.startswith(root + "/")}, reverse=True):
         subprocess.run(["umount", point], check=True, capture_output=True)
+
+
+@contextmanager
+def storage_folder() -> Iterator[Path]:
+    """A fresh test folder (`short_dir`) for a daemon whose image storage is its `images`:
+    the storage released, then the folder removed, at the end."""
+    path = short_dir()
+    try:
+        yield path
+    finally:
+        release_storage(path / "images")
+        remove(path)
 
 
 async def build(

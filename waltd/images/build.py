@@ -449,9 +449,8 @@ async def build(
     the previous image of that name untouched. An image nodes use is replaced only with
     `force`, and only by one supporting their models. BuildError for the user otherwise."""
     shown = ref.local if ref.user == caller else ref.display
-    check_replace(
-        shown, await db.nodes_using_image(ref.full), None, force
-    )  # early: no build in vain
+    # early: no build in vain
+    check_replace(shown, await db.nodes_using_image(ref.full), None, force)
     containerfile = await _resolved_containerfile(repo, context, work, caller)
     lines = LineSplitter(on_line)
     async with store.staging(repo, ref) as staged:

@@ -18,13 +18,12 @@ A refusal is a `Refused` (ValueError, a conflict the user can resolve), a Permis
 
 from __future__ import annotations
 
-import asyncio
 import secrets
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TypeVar
 
 from waltd import log
+from waltd.aio import completed
 from waltd.db import Database, Node
 from waltd.images import replacing, store
 from waltd.images.locks import NameLocks
@@ -32,7 +31,6 @@ from waltd.images.ownership import PLATFORM_USER, may_change, may_read
 from waltd.images.store import LocalRef, Repository, StoredImage
 
 _log = log.get("images")
-_T = TypeVar("_T")
 Progress = Callable[[str], None]
 
 
@@ -95,18 +93,6 @@ async def _nodes_by_image(db: Database) -> dict[str, list[Node]]:
         if node.image:
             using.setdefault(node.image, []).append(node)
     return using
-
-
-async def _completed(work: Awaitable[_T]) -> _T:
-    """Run `work` to its end even if the caller is cancelled meanwhile (then re-raise): a
-    change of storage and database is never left half done."""
-    task = asyncio.ensure_future(work)
-    try:
-        return await asyncio.shield(task)
-    except asyncio.CancelledError:
-        if not task.done():
-            await task
-        raise
 
 
 def _check_may_change(actor: Actor, ref: LocalRef) -> None:
@@ -181,7 +167,7 @@ async def rename(
         if await store.get(handles.repo, new) is not None:
             nodes = await handles.db.nodes_using_image(new.full)
             _check_replace(actor, new, nodes, image.models, force, command)
-        return await _completed(_rename(handles, actor, image, new))
+        return await completed(_rename(handles, actor, image, new))
 
 
 async def _rename(handles: Handles, actor: Actor, image: StoredImage, new: LocalRef) -> Outcome:
@@ -233,7 +219,7 @@ async def duplicate(
         nodes = await handles.db.nodes_using_image(new.full)
         if await store.get(handles.repo, new) is not None:
             _check_replace(actor, new, nodes, image.models, force, command)
-        return await _completed(_duplicate(handles, actor, image, new, nodes))
+        return await completed(_duplicate(handles, actor, image, new, nodes))
 
 
 async def _duplicate(
@@ -266,7 +252,7 @@ async def remove(handles: Handles, actor: Actor, text: str, force: bool) -> Outc
                 f"remove it anyway, leaving them without an image: walt image remove --force "
                 f"{actor.shown(ref)}"
             )
-        return await _completed(_remove(handles, actor, image))
+        return await completed(_remove(handles, actor, image))
 
 
 async def _remove(handles: Handles, actor: Actor, image: StoredImage) -> Outcome:
@@ -321,7 +307,7 @@ async def squash(
                     "the image is unchanged"
                 )
             progress(f"installing the squashed {shown}")
-            await _completed(store.install(repo, staged, ref))
+            await completed(store.install(repo, staged, ref))
     _log.info("image_squashed", image=ref.display, layers=image.layers)
     return Outcome(
         shown,

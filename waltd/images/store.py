@@ -14,11 +14,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import secrets
-from collections.abc import AsyncIterator, Coroutine, Iterable, Mapping, Sequence
+from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
 from waltd import log
+from waltd.aio import completed
 from waltd.images.storage import Storage
 from waltd.images.tools import ToolError
 from waltd.names import DEFAULT_TAG, InvalidName, parse_owned_local
@@ -322,18 +323,7 @@ async def _remove_name(repo: Repository, name: str) -> None:
             if not _absent(err):
                 raise
 
-    await _finished(untag())
-
-
-async def _finished(work: Coroutine[Any, Any, None]) -> None:
-    """Run a clean-up to its end even when the caller is cancelled meanwhile (the cancellation
-    goes on once it is done)."""
-    task = asyncio.ensure_future(work)
-    try:
-        await asyncio.shield(task)
-    except asyncio.CancelledError:
-        await task
-        raise
+    await completed(untag())
 
 
 async def image_ids(repo: Repository) -> set[str]:
@@ -357,7 +347,7 @@ async def drop_dangling(repo: Repository, keep: set[str]) -> None:
         except ToolError as err:
             _log.info("image_kept", images=[i[:12] for i in left], reason=err.message)
 
-    await _finished(drop())
+    await completed(drop())
 
 
 @contextlib.asynccontextmanager
