@@ -15,7 +15,7 @@ import subprocess
 import sys
 import uuid
 from collections.abc import AsyncIterator, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -35,8 +35,9 @@ from tests.support.users import unix_user
 from waltd.api.wire import CloneRequest, CopyProgress, Login, PublishRequest
 from waltd.cli.images_transfer import ProgressView
 from waltd.db import Database
-from waltd.images.copy import Progress, ProgressParser, pinned
+from waltd.images.copy import Progress, ProgressParser, checked_copy, pinned
 from waltd.images.store import LocalRef
+from waltd.registries.base import ImageInfo
 
 pytestmark = [pytest.mark.lab, pytest.mark.asyncio(loop_scope="module")]
 
@@ -356,6 +357,22 @@ async def test_a_copy_is_pinned_to_the_digest_checked() -> None:
     # only a registry reference ending with its tag
     assert pinned("docker-daemon:alice/pc-img:v1", "v1", digest) == "docker-daemon:alice/pc-img:v1"
     assert pinned(ref, "v2", digest) == ref
+
+
+async def test_a_checked_single_image_is_known_before_its_copy() -> None:
+    digest, config = "sha256:" + "ab" * 32, "sha256:" + "cd" * 32
+    ref = "docker://127.0.0.1:5000/alice/pc-img:v1"
+    info = ImageInfo("local", "registry", "alice", "pc-img", "v1", digest, {})
+    at = f"docker://127.0.0.1:5000/alice/pc-img@{digest}"
+    assert checked_copy(ref, "v1", replace(info, config_digest=config)) == (at, "cd" * 32)
+    # a list (skopeo may choose another platform), no config digest, no check: no id
+    listed = replace(info, config_digest=config, platforms=("linux/amd64", "linux/arm64"))
+    assert checked_copy(ref, "v1", listed) == (at, None)
+    assert checked_copy(ref, "v1", info) == (at, None)
+    assert checked_copy(ref, "v1", None) == (ref, None)
+    # not pinned (not a registry reference): the id is not trusted either
+    daemon = "docker-daemon:alice/pc-img:v1"
+    assert checked_copy(daemon, "v1", replace(info, config_digest=config)) == (daemon, None)
 
 
 async def test_the_clients_progress_line() -> None:

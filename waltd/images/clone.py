@@ -31,7 +31,7 @@ from waltd.aio import SingleFlight
 from waltd.context import Context
 from waltd.db import Node
 from waltd.images import ownership, replacing, store
-from waltd.images.copy import Progress, Side, copy, pinned
+from waltd.images.copy import Progress, Side, checked_copy, copy
 from waltd.images.store import LocalRef
 from waltd.registries.base import Credentials, ImageInfo, NotFound, RegistryError, Source
 from waltd.registries.docker_daemon import DockerDaemonSource
@@ -125,16 +125,8 @@ async def _source_side(ctx: Context, order: CloneOrder) -> tuple[Side, _Known | 
     if not isinstance(source, RegistryApiSource):
         raise LookupError(f"no registry {url.location!r} is configured on this server")
     info = await _precheck(source, order)
-    ref = source.transport(url.user, url.name, url.tag)
-    known = None
-    if info is not None and info.digest is not None:
-        # the copy takes the manifest checked, whatever the tag says by then
-        ref = pinned(ref, url.tag, info.digest)
-        pinned_ok = ref.endswith(f"@{info.digest}")
-        if pinned_ok and not info.platforms and info.config_digest is not None:
-            # one image (in a list skopeo may choose another platform than the check did):
-            # containers/image gives a schema 2 or OCI image its config's digest as id
-            known = _Known(info.config_digest.partition(":")[2], info.models)
+    ref, image_id = checked_copy(source.transport(url.user, url.name, url.tag), url.tag, info)
+    known = _Known(image_id, info.models) if info is not None and image_id is not None else None
     side = Side(
         ref,
         tls_verify=source.tls_verified,

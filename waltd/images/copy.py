@@ -20,7 +20,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from waltd.images.repository import Repository
-from waltd.registries.base import Credentials, authfile
+from waltd.registries.base import Credentials, ImageInfo, authfile
 
 # A copy that writes nothing on its terminal for this long is stalled (a registry that stopped
 # sending): it is ended. Committing a large layer into storage is silent for a while, hence
@@ -168,6 +168,19 @@ def pinned(ref: str, tag: str, digest: str) -> str:
     if not ref.startswith("docker://") or not ref.endswith(f":{tag}"):
         return ref
     return f"{ref[: -len(tag) - 1]}@{digest}"
+
+
+def checked_copy(ref: str, tag: str, info: ImageInfo | None) -> tuple[str, str | None]:
+    """What to copy once a registry's API checked the image (`info`; None: not checked): `ref`
+    pinned to the manifest checked (`pinned`), and the id of the image the copy makes when
+    that is known already: one image, not a list (in a list skopeo may choose another
+    platform than the check did), whose id containers/image makes its config's digest."""
+    if info is None or info.digest is None:
+        return ref, None
+    ref = pinned(ref, tag, info.digest)
+    if ref.endswith(f"@{info.digest}") and not info.platforms and info.config_digest:
+        return ref, info.config_digest.partition(":")[2] or None
+    return ref, None
 
 
 async def copy(

@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from waltd import log
+from waltd.aio import completed
 from waltd.images.store import Repository
 from waltd.images.tools import ToolError
 from waltd.names import check_image_id, is_image_id
@@ -99,15 +100,6 @@ async def layer_dirs(repo: Repository, image_id: str) -> tuple[str, Path]:
     return ":".join(names), overlay
 
 
-async def _finished(work: asyncio.Future[Any]) -> None:
-    """Wait for `work` even when the caller is cancelled meanwhile (then re-raise)."""
-    try:
-        await asyncio.shield(work)
-    except asyncio.CancelledError:
-        await work
-        raise
-
-
 def hold_name(image_id: str) -> str:
     """The name that keeps a mounted image in storage."""
     return f"{HOLD_PREFIX}{check_image_id(image_id)}:latest"
@@ -133,7 +125,7 @@ async def release(repo: Repository, image_id: str) -> None:
                 # the image stays held until the next start's reconciliation releases it
                 _log.warning("image_hold_kept", image=image_id[:12], error=err.message)
 
-    await _finished(asyncio.ensure_future(asyncio.wait_for(untag(), TOOL_TIMEOUT_S)))
+    await completed(asyncio.wait_for(untag(), TOOL_TIMEOUT_S))
 
 
 async def held(repo: Repository) -> set[str]:

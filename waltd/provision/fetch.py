@@ -36,7 +36,7 @@ from waltd.aio import RetryPolicy, SingleFlight
 from waltd.context import Context
 from waltd.db import ModelStatus
 from waltd.images import store
-from waltd.images.copy import Side, copy, pinned
+from waltd.images.copy import Side, checked_copy, copy
 from waltd.images.store import LocalRef
 from waltd.images.tools import ToolError
 from waltd.node_events import FetchDone, FetchFailed, FetchSourceFailed, FetchStarted, emit
@@ -241,14 +241,9 @@ class Fetcher:
         if isinstance(source, DockerDaemonSource):
             side = Side(source.transport(user, name, tag), daemon_host=source.socket)
         elif isinstance(source, RegistryApiSource):
-            ref = source.transport(user, name, tag)
-            if info.digest is not None:
-                # the copy takes the manifest checked, whatever the tag says by then
-                ref = pinned(ref, tag, info.digest)
-                if ref.endswith(f"@{info.digest}") and not info.platforms:
-                    # one image, its config (labels included) verified by that digest:
-                    # its id is the config's digest
-                    known = (info.config_digest or "").partition(":")[2] or None
+            # pinned to the manifest checked; one image's config (labels included) is
+            # verified by its digest, which is its id
+            ref, known = checked_copy(source.transport(user, name, tag), tag, info)
             side = Side(
                 ref,
                 tls_verify=source.tls_verified,
