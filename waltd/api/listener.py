@@ -25,6 +25,7 @@ from aiohttp import web
 
 from waltd import log
 from waltd.api.identity import peer_credentials
+from waltd.connections import Counted, KeyCounts
 
 _log = log.get("api")
 
@@ -78,41 +79,36 @@ class ConnectionCounts:
     """Connections held per uid; `admit` says why one more is refused."""
 
     def __init__(self) -> None:
-        self._by_uid: dict[int, int] = {}
-        self._total = 0
+        self._held: KeyCounts[int] = KeyCounts()
 
     def admit(self, uid: int, limits: ConnectionLimits) -> str | None:
         """Count one more connection of `uid`, or return why it is refused (uncounted)."""
-        if self._total >= limits.total:
+        held = self._held
+        if held.total >= limits.total:
             return f"the API holds its maximum of {limits.total} connections"
         if uid != ROOT_UID:
-            if self._by_uid.get(uid, 0) >= limits.per_user:
+            if held.held(uid) >= limits.per_user:
                 return f"your user holds {limits.per_user} connections, the most one user may"
-            if self._total - self._by_uid.get(ROOT_UID, 0) >= limits.non_root:
+            if held.total - held.held(ROOT_UID) >= limits.non_root:
                 return (
                     f"users hold {limits.non_root} connections, all the API gives to non-root users"
                 )
-        self._by_uid[uid] = self._by_uid.get(uid, 0) + 1
-        self._total += 1
+        held.add(uid)
         return None
 
     def release(self, uid: int) -> None:
         """One connection of `uid` ended."""
-        left = self._by_uid.get(uid, 0) - 1
-        if left > 0:
-            self._by_uid[uid] = left
-        else:
-            self._by_uid.pop(uid, None)
-        self._total -= 1
+        self._held.release(uid)
 
     @property
     def total(self) -> int:
         """Connections held now."""
-        return self._total
+        return self._held.total
 
 
 class _Slot:
-    """One admitted connection's place in the counts, given back exactly once."""
+    """One admitted connection's place in the counts, given back exactly once (by the
+    connection's end, or by a hand-over that failed before it began)."""
 
     def __init__(self, counts: ConnectionCounts, uid: int) -> None:
         self._counts = counts
@@ -122,35 +118,6 @@ class _Slot:
         if self._uid is not None:
             self._counts.release(self._uid)
             self._uid = None
-
-
-class _Counted(asyncio.Protocol):
-    """aiohttp's protocol for one connection, which gives its slot back when it ends."""
-
-    def __init__(self, inner: asyncio.Protocol, slot: _Slot) -> None:
-        self._inner = inner
-        self._slot = slot
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self._inner.connection_made(transport)
-
-    def data_received(self, data: bytes) -> None:
-        self._inner.data_received(data)
-
-    def eof_received(self) -> bool | None:
-        return self._inner.eof_received()
-
-    def pause_writing(self) -> None:
-        self._inner.pause_writing()
-
-    def resume_writing(self) -> None:
-        self._inner.resume_writing()
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        try:
-            self._inner.connection_lost(exc)
-        finally:
-            self._slot.release()
 
 
 def _refusal(reason: str) -> bytes:
@@ -265,7 +232,7 @@ class Listener:
         assert self._loop is not None
 
         def protocol() -> asyncio.Protocol:
-            return _Counted(self._server(), slot)
+            return Counted(self._server(), slot.release)
 
         try:
             await self._loop.connect_accepted_socket(protocol, conn)

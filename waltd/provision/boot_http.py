@@ -29,6 +29,7 @@ from aiohttp import web
 
 from waltd import log
 from waltd.config import Config
+from waltd.connections import Counted, KeyCounts
 from waltd.context import Context
 from waltd.db import Node
 from waltd.node_events import emit
@@ -69,38 +70,34 @@ class Admission:
     """Connections held per address; `admit` says why one more is refused."""
 
     def __init__(self) -> None:
-        self._by_address: dict[str, int] = {}
-        self.total = 0
+        self._held: KeyCounts[str] = KeyCounts()
+
+    @property
+    def total(self) -> int:
+        """Connections held now."""
+        return self._held.total
 
     def admit(self, address: str, limit: int) -> str | None:
         """Count one more connection from `address`, or return why it is refused."""
-        if self.total >= limit:
+        if self._held.total >= limit:
             return f"the boot server holds its maximum of {limit} connections"
-        if self._by_address.get(address, 0) >= MAX_CONNECTIONS_PER_ADDRESS:
+        if self._held.held(address) >= MAX_CONNECTIONS_PER_ADDRESS:
             return f"{address} holds {MAX_CONNECTIONS_PER_ADDRESS} connections, the most one may"
-        self._by_address[address] = self._by_address.get(address, 0) + 1
-        self.total += 1
+        self._held.add(address)
         return None
 
     def release(self, address: str) -> None:
         """One connection from `address` ended."""
-        left = self._by_address.get(address, 0) - 1
-        if left > 0:
-            self._by_address[address] = left
-        else:
-            self._by_address.pop(address, None)
-        self.total -= 1
+        self._held.release(address)
 
 
-class _Counted(asyncio.Protocol):
-    """A connection admitted or refused on arrival; admitted, aiohttp's protocol serves it
-    and its place is given back when it ends."""
+class _Admitting(asyncio.Protocol):
+    """A connection admitted or refused on arrival (its address is known only then);
+    admitted, aiohttp's protocol takes the transport over, counted until it ends."""
 
     def __init__(self, server: web.Server, admission: Admission) -> None:
         self._server = server
         self._admission = admission
-        self._inner: asyncio.Protocol | None = None
-        self._address: str | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         peer = transport.get_extra_info("peername")
@@ -110,33 +107,9 @@ class _Counted(asyncio.Protocol):
             _log.warning("boot_http_connection_refused", address=address, error=refusal)
             transport.abort()
             return
-        self._address = address
-        self._inner = self._server()
-        self._inner.connection_made(transport)
-
-    def data_received(self, data: bytes) -> None:
-        if self._inner is not None:
-            self._inner.data_received(data)
-
-    def eof_received(self) -> bool | None:
-        return self._inner.eof_received() if self._inner is not None else None
-
-    def pause_writing(self) -> None:
-        if self._inner is not None:
-            self._inner.pause_writing()
-
-    def resume_writing(self) -> None:
-        if self._inner is not None:
-            self._inner.resume_writing()
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        if self._inner is None or self._address is None:
-            return
-        try:
-            self._inner.connection_lost(exc)
-        finally:
-            self._admission.release(self._address)
-            self._address = None
+        counted = Counted(self._server(), lambda: self._admission.release(address))
+        transport.set_protocol(counted)
+        counted.connection_made(transport)
 
 
 def _not_found() -> web.Response:
@@ -234,7 +207,7 @@ class BootHttpService(Service):
         address = str(net.ip.ip)
         try:
             listening = await asyncio.get_running_loop().create_server(
-                lambda: _Counted(server, self.admission),
+                lambda: _Admitting(server, self.admission),
                 host=address,
                 port=port,
                 reuse_address=True,
