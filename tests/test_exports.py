@@ -5,7 +5,8 @@ after its grace time; a restart keeps serving without a second mount.
 Real components: waltd with its dnsmasq, ganesha and rpcbind in a lab's server namespace,
 a docker-registry standing in for the hub, images built with buildah, simulated nodes that
 lease with busybox udhcpc and read their root over NFS with nfs-cat (v3 and v4) and their boot
-files over HTTP, from their own namespaces.
+files over HTTP, from their own namespaces. The rebuild's forgetting of removed nodes is
+tested in the test's own loop.
 """
 
 from __future__ import annotations
@@ -13,17 +14,21 @@ from __future__ import annotations
 import asyncio
 import os
 from collections.abc import AsyncIterator
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 
 from lab.images import build_image, push_image
 from lab.lab import Lab, LabProcess, Node
+from tests.support.context import make_context
 from tests.support.daemon import is_event, walt
 from tests.support.lab_daemon import hub_config, records, start_waltd, wait_record
 from tests.support.labs import running_lab
 from tests.support.store_images import release_storage
+from waltd.config import default_config
 from waltd.provision import boot
+from waltd.provision.exports import ExportsService
 from waltd.provision.mounts import parse_mounts
 
 pytestmark = pytest.mark.lab
@@ -168,3 +173,28 @@ async def test_nodes_are_exported_switched_and_released(lab: Lab) -> None:
         for point in _image_mounts(root).values():
             await lab.run(["umount", str(point)])
         release_storage(folder / "images")
+
+
+async def test_a_rebuild_forgets_a_node_the_database_forgot(tmp_path: Path) -> None:
+    """A node removed while its NodeRemoved event was lost (the channel then says Resync), or
+    while the daemon was down: the rebuild takes it out of the layout. In the test's loop, a
+    waiting node (no image: no mount, no NFS server)."""
+    exports = replace(default_config().exports, root=tmp_path / "exports")
+    ctx = make_context(tmp_path / "state", replace(default_config(), exports=exports))
+    mac, other = "52:54:00:00:00:0a", "52:54:00:00:00:0b"
+    async with ctx.db as db:
+        for node in (mac, other):
+            await db.upsert_node(
+                node, ip="10.0.0.5" if node == mac else "10.0.0.6", model=PC, state="waiting"
+            )
+        service = ExportsService(ctx)
+        await service.rebuild()
+        folder = tmp_path / "exports" / "nodes"
+        assert (folder / mac).is_dir() and (folder / "by-ip" / "10.0.0.5").is_symlink()
+        await db.remove_node(mac)
+        await service.rebuild()  # a Resync
+        assert not (folder / mac).exists() and not (folder / "by-ip" / "10.0.0.5").exists()
+        assert (folder / other).is_dir()
+        await db.remove_node(other)
+        await ExportsService(ctx).rebuild()  # a new daemon: only the layout remembers it
+        assert not (folder / other).exists()

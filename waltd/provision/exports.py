@@ -373,6 +373,14 @@ class ExportsService(NodeEventService):
         for node in listed:
             if node.model is not None:
                 await self._set(node.mac)
+        # nodes the database forgot while their NodeRemoved was lost (a Resync), or while the
+        # daemon was down (their aliases are still in the layout)
+        known = {node.mac for node in listed}
+        for mac in (set(self._exported) | self._waiting | set(self._aliases)) - known:
+            try:
+                await self._remove(mac)
+            except (OSError, ValueError) as err:
+                _log.warning("node_layout_not_removed", mac=mac, error=str(err))
         await self._flush()
         for image_id in done.busy:
             self._release(image_id)  # exported by an earlier run, by no node now
