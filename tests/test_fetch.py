@@ -12,8 +12,9 @@ import asyncio
 import json
 import os
 import signal
+import time
 from collections.abc import AsyncIterator, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -21,15 +22,16 @@ import pytest
 import pytest_asyncio
 
 from lab import Lab, Registry, build_image, push_image
+from tests.support.context import make_context
 from tests.support.daemon import Daemon, is_event, run_hook, write_config
 from tests.support.dockerd import dockerd, load_image
 from tests.support.labs import running_lab
 from tests.support.registry_images import put_list
-from tests.support.store_images import storage_folder
+from tests.support.store_images import build, release_storage, repository_at, storage_folder
 from tests.support.transfer import hub_entry, registry_entry, run
 from waltd import config as configuration
 from waltd import credentials
-from waltd.provision.fetch import DOCKER, Attempt, plan, retry_policy
+from waltd.provision.fetch import DOCKER, AllSourcesFailed, Attempt, Fetcher, plan, retry_policy
 from waltd.registries.base import Credentials
 
 SECURE = ("fetch-user", "a server password, never shown")
@@ -277,3 +279,26 @@ async def test_the_docker_daemon_comes_after_every_registry(setup: Setup, folder
             assert done["source"] == "docker"
         finally:
             d.stop()
+
+
+async def test_a_default_image_of_other_models_fails_the_fetch_and_the_status_says_so(
+    tmp_path: Path,
+) -> None:
+    """An image under the default name that root put there for other models is never
+    replaced: the fetch fails as when no source gives it, with the same status and record."""
+    repo = repository_at(tmp_path)
+    try:
+        await build(repo, "docker.io/waltplatform/pc-x86-64-default:latest", models="rpi-4-b")
+        ctx = replace(make_context(tmp_path / "state"), repository=repo)
+        async with ctx.db as db:
+            with ctx.nodes.subscribe("test") as events:
+                with pytest.raises(AllSourcesFailed, match="does not list pc-x86-64"):
+                    await Fetcher(ctx).fetch("pc-x86-64")
+                emitted = [await events.get() for _ in range(events.pending())]
+            status = await db.get_model_status("pc-x86-64")
+    finally:
+        release_storage(repo.storage.graphroot)
+    assert [type(e).__name__ for e in emitted] == ["FetchFailed"]
+    assert status is not None and status.image_status == "failed"
+    assert status.last_error is not None and "does not list pc-x86-64" in status.last_error
+    assert status.next_retry is not None and status.next_retry > time.time()

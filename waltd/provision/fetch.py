@@ -29,6 +29,7 @@ import asyncio
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import NoReturn
 
 from waltd import config as configuration
 from waltd import log
@@ -154,9 +155,7 @@ class Fetcher:
             if held is not None:
                 # not this model's: fetching would replace what root put there on purpose
                 error = f"{image.display} does not list {model} in walt.node.models"
-                delay = retry_policy(ctx.config.images).delay(attempt + 1)
-                emit(ctx.nodes, FetchFailed(model, image.display, (("repository", error),), delay))
-                raise AllSourcesFailed(image.display, [("repository", error)], delay)
+                await self._give_up(model, image, [("repository", error)], attempt)
             async with self._gate:
                 await ctx.db.set_model_status(model, nodes.FETCHING, image=image.full)
                 return await self._download(model, image, attempt)
@@ -213,16 +212,23 @@ class Fetcher:
                         return status
                 errors.append((step.label, error))
                 emit(ctx.nodes, FetchSourceFailed(model, image.display, step.label, error))
-        delay = retry_policy(config.images).delay(attempt + 1)
+        await self._give_up(model, image, errors, attempt)
+
+    async def _give_up(
+        self, model: str, image: LocalRef, errors: list[tuple[str, str]], attempt: int
+    ) -> NoReturn:
+        """No source gave the image: the model's status says why and when the next try
+        comes, one record names each source's error; AllSourcesFailed."""
+        delay = retry_policy(self._ctx.config.images).delay(attempt + 1)
         failed = AllSourcesFailed(image.display, errors, delay)
-        await ctx.db.set_model_status(
+        await self._ctx.db.set_model_status(
             model,
             nodes.FAILED,
             last_error=short(failed),
             next_retry=time.time() + delay,
             image=image.full,
         )
-        emit(ctx.nodes, FetchFailed(model, image.display, tuple(errors), round(delay, 3)))
+        emit(self._ctx.nodes, FetchFailed(model, image.display, tuple(errors), round(delay, 3)))
         raise failed
 
     async def _from(self, source: Source, step: Attempt, model: str, image: LocalRef) -> str:
