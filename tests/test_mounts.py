@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import errno
+import json
 import os
 import subprocess
 from collections.abc import AsyncIterator, Iterable
@@ -12,12 +13,20 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from structlog.testing import capture_logs
 
 from tests.conftest import require_root, require_tool
 from tests.support.store_images import build, release_storage, repository_at
 from waltd.images import mounts as layers
 from waltd.images import store
-from waltd.images.mounts import LayersError, image_layers, short_name, unescape_mount_field
+from waltd.images.mounts import (
+    LayersError,
+    image_layers,
+    lower_links,
+    short_name,
+    top_layer,
+    unescape_mount_field,
+)
 from waltd.images.repository import Repository
 from waltd.images.store import LocalRef
 from waltd.process import Children
@@ -94,6 +103,28 @@ def test_a_layer_is_named_by_the_storages_short_link(tmp_path: Path) -> None:
     # no valid link (wrong target, none at all, another storage): the full path
     for layer in (overlay / "y" / "diff", overlay / "z" / "diff", tmp_path / "other" / "diff"):
         assert short_name(layer, overlay) == str(layer)
+
+
+def test_the_top_layer_comes_from_the_storages_image_records() -> None:
+    records = [{"id": ID_B, "layer": "c" * 64}, {"id": ID_A, "layer": "d" * 64, "names": []}]
+    assert top_layer(json.dumps(records).encode(), ID_A) == "d" * 64
+    for images, why in (
+        (b"[{", "not JSON"),
+        (json.dumps({"id": ID_A}).encode(), "hold no image"),
+        (json.dumps(records[:1]).encode(), "hold no image"),
+        (json.dumps([{"id": ID_A}]).encode(), "names no top layer"),
+        (json.dumps([{"id": ID_A, "layer": "../x"}]).encode(), "names no top layer"),
+    ):
+        with pytest.raises(LayersError, match=why):
+            top_layer(images, ID_A)
+
+
+def test_a_layers_lower_file_lists_short_links_only() -> None:
+    assert lower_links("l/ABC:l/DEF\n") == ["l/ABC", "l/DEF"]
+    assert lower_links("") == [] and lower_links("\n") == []
+    for bad in ("/abs/diff", "l/A:", "l/../x", "l/A,upperdir=/x", "l/" + "A" * 65):
+        with pytest.raises(LayersError, match="not a short link"):
+            lower_links(bad)
 
 
 def test_overlay_options_fit_in_a_page_or_say_what_to_do() -> None:
@@ -276,13 +307,26 @@ async def test_reconcile_of_a_storage_never_written_starts_no_tool(setup: Setup)
     assert list(setup.repo.storage.graphroot.iterdir()) == []
 
 
-async def test_the_layers_are_those_podmans_own_mount_shows(setup: Setup) -> None:
-    """The folders named from podman's inspect are, in order, those podman itself mounts
-    (its mount adds an empty folder under a one-layer image: overlay wants two layers when
-    there is no upper one)."""
-    for count in (1, 3):
-        image = await build(setup.repo, LocalRef("alice", f"layers-{count}"), layers=count)
+async def test_the_layers_are_those_podmans_own_mount_shows(
+    setup: Setup, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The folders named from the storage's records, with no podman start, are in order
+    those podman itself mounts (its mount adds an empty folder under a one-layer image:
+    overlay wants two layers when there is no upper one)."""
+    images = {
+        count: await build(setup.repo, LocalRef("alice", f"layers-{count}"), layers=count)
+        for count in (1, 3)
+    }
+    real_run_json = setup.repo.run_json
+
+    async def no_podman(argv: object, **_: object) -> None:
+        raise AssertionError(f"a tool started: {argv}")
+
+    for count, image in images.items():
+        monkeypatch.setattr(setup.repo, "run_json", no_podman)
         lower, relative = await layers.layer_dirs(setup.repo, image)
+        monkeypatch.setattr(setup.repo, "run_json", real_run_json)
+        assert all(name.startswith("l/") for name in lower.split(":"))
         ours = [_real(relative / name) for name in lower.split(":")]
         merged = (await setup.repo.run(["podman", "image", "mount", image])).decode().strip()
         try:
@@ -290,6 +334,28 @@ async def test_the_layers_are_those_podmans_own_mount_shows(setup: Setup) -> Non
         finally:
             await setup.repo.run(["podman", "image", "unmount", image])
         assert len(ours) == count and ours == [p for p in theirs if p.name != "empty"]
+
+
+async def test_layers_come_from_podman_when_the_records_do_not_give_them(
+    setup: Setup, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A storage whose records say nothing usable (a top layer's link file gone, as a
+    storage of another layout would have it): podman's inspect names the same folders, the
+    one without a short link by its full path, and the record says why."""
+    image = await build(setup.repo, LocalRef("alice", "fallback"), layers=2)
+    expected, relative = await layers.layer_dirs(setup.repo, image)
+    top = str(_real(relative / expected.split(":")[0]))
+    link_file = Path(top).parent / "link"
+    saved = link_file.read_bytes()
+    link_file.unlink()
+    try:
+        with capture_logs() as logs:
+            lower, relative = await layers.layer_dirs(setup.repo, image)
+    finally:
+        link_file.write_bytes(saved)
+    assert lower.split(":") == [top, *expected.split(":")[1:]]
+    (record,) = [r for r in logs if r["event"] == "image_layers_inspected"]
+    assert "leads to no layer" in record["reason"] and record["image"] == image[:12]
 
 
 def _lowerdir_of(point: str) -> str:
