@@ -74,7 +74,11 @@ def _config(folder: Path, port: int) -> Path:
     }
     data = {
         "api": {"socket": str(folder / "api.sock")},
-        "daemon": {"state-dir": str(folder / "state"), "image-storage": str(folder / "images")},
+        "daemon": {
+            "state-dir": str(folder / "state"),
+            "image-storage": str(folder / "images"),
+            "run-dir": str(folder / "run"),
+        },
         "exports": {"root": str(folder / "exports"), "nfs": "ganesha"},
         "registries": [registry],
         "images": {"docker-socket": str(folder / "no-docker.sock")},

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import subprocess
 import sys
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -77,8 +78,18 @@ def write_config(
     lab: Lab, folder: Path, registry: Registry, images: Mapping[str, object] | None = None
 ) -> Path:
     """server.conf: the lab's node network, `registry` as the hub, every path in `folder`
-    (made here); `images` adds keys to the images section."""
+    (made here); `images` adds keys to the images section.
+
+    The runtime folder is a memory file system, as /run is under systemd (the unit's
+    RuntimeDirectory): the daemon's files of one boot (lease events, dnsmasq's host
+    entries, its children's record) live where they would on a server.
+    """
     folder.mkdir()
+    run = folder / "run"
+    run.mkdir()
+    lab.track_mount(run)
+    argv = ["mount", "-t", "tmpfs", "-o", "mode=0711,size=64m", "waltd-run", str(run)]
+    subprocess.run(argv, check=True, capture_output=True)
     first, last = lab.dhcp_range
     net = {
         "interface": lab.bridge,
@@ -100,6 +111,7 @@ def write_config(
             "state-dir": str(folder / "state"),
             "image-storage": str(folder / "images"),
             "shutdown-budget-s": 10,
+            "run-dir": str(run),
         },
         "exports": {"root": str(folder / "exports"), "nfs": "ganesha"},
     }

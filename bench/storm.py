@@ -203,8 +203,8 @@ def _drop(folder: Path, events: Sequence[tuple[str, str, str, str]], bridge: str
     The files are written beside the spool first: what is timed is the daemon taking them,
     not their writing.
     """
-    state = folder / "state"
-    staging = folder / "drop"
+    spool = folder / "run" / "dhcp-spool"
+    staging = folder / "run" / "drop"  # beside the spool: a rename moves no data
     staging.mkdir(exist_ok=True)
     base = time.time_ns()
     names = []
@@ -214,7 +214,6 @@ def _drop(folder: Path, events: Sequence[tuple[str, str, str, str]], bridge: str
         name = f"{base + number:020d}-{os.getpid()}.json"
         (staging / name).write_bytes(data)
         names.append(name)
-    spool = state / "dhcp-spool"
     began = time.time()
     for name in names:
         os.rename(staging / name, spool / name)

@@ -98,6 +98,7 @@ def demo_config(lab: Lab, folder: Path, local: Registry, private: Registry) -> d
             "state-dir": str(folder / "state"),
             "shutdown-budget-s": 5,
             "image-storage": str(folder / "images"),
+            "run-dir": str(folder / "run"),
         },
         "exports": {"root": str(folder / "exports"), "nfs": "ganesha"},
     }

@@ -81,6 +81,7 @@ daemon:
     state-dir: /var/lib/walt/state
     shutdown-budget-s: 20
     image-storage: /var/lib/containers/storage
+    run-dir: /run/waltd
 """
 LABEL_RE = re.compile(r"[a-z0-9-]+")
 
@@ -680,6 +681,7 @@ def test_boot_is_reloaded_without_a_restart(tmp_path: Path) -> None:
         ("api", "socket", "api.sock", "must be an absolute path, e.g. /run/waltd/api.sock, not "),
         ("api", "socket", "/" + "s" * 107, "is 108 bytes long; a Unix socket path has at most 107"),
         ("daemon", "state-dir", "state", "must be an absolute path, e.g. /var/lib/walt/state, "),
+        ("daemon", "run-dir", "run/waltd", "must be an absolute path, e.g. /run/waltd, not "),
         ("daemon", "shutdown-budget-s", 0, "must be a number of seconds above 0 and at most 3600"),
         ("daemon", "shutdown-budget-s", 3601, "above 0 and at most 3600, not 3601"),
         ("daemon", "shutdown-budget-s", "20", "above 0 and at most 3600, not '20'"),
@@ -731,7 +733,7 @@ def test_section_values_accepted() -> None:
         ),
         ("exports", "root, nfs, unmount-grace-s"),
         ("api", "socket"),
-        ("daemon", "state-dir, shutdown-budget-s, image-storage"),
+        ("daemon", "state-dir, shutdown-budget-s, image-storage, run-dir"),
     ],
 )
 def test_sections_must_be_mappings(section: str, keys: str) -> None:

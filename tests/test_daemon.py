@@ -311,9 +311,9 @@ def test_sd_notify_protocol(folder: Path) -> None:
 def test_children_of_a_previous_run_are_killed_at_start(daemon: Daemon) -> None:
     stray = subprocess.Popen(["sleep", "600"], start_new_session=True)
     try:
-        state = daemon.folder / "state"
-        state.mkdir()
-        (state / "children.json").write_text(
+        run = daemon.folder / "run"  # the record of one boot's children
+        run.mkdir()
+        (run / "children.json").write_text(
             json.dumps(
                 [
                     {"pid": stray.pid, "start_time": start_time(stray.pid), "argv0": "sleep"},

@@ -31,6 +31,7 @@ from tests.support.daemon import (
     run_hook,
     running,
     short_dir,
+    spool_of,
     walt,
     write_config,
 )
@@ -177,14 +178,13 @@ def test_events_reach_the_daemon_and_bad_ones_are_refused(folder: Path) -> None:
     d = Daemon(folder, write_config(folder))
     try:
         d.start()
-        state = folder / "state"
-        run_hook(state, "add", MAC, "10.0.0.5", DNSMASQ_USER_CLASS0="walt.node.rpi-3-b")
+        run_hook(folder, "add", MAC, "10.0.0.5", DNSMASQ_USER_CLASS0="walt.node.rpi-3-b")
         d.wait_for(lambda e: e.get("event") == "node.detected")
         # dnsmasq repeats leases without classes after a restart: the model stays.
-        run_hook(state, "old", MAC, "10.0.0.5")
-        run_hook(state, "add", "02:00:00:00:00:01", "10.0.0.6", DNSMASQ_VENDOR_CLASS="udhcp 1.35")
-        run_hook(state, "tftp", "512", "10.0.0.5", "/tftp/nodes/x/start.ipxe")
-        dhcp_event.spool(b'{"action": "add", "mac": "zz"}', str(state / "dhcp-spool"))
+        run_hook(folder, "old", MAC, "10.0.0.5")
+        run_hook(folder, "add", "02:00:00:00:00:01", "10.0.0.6", DNSMASQ_VENDOR_CLASS="udhcp 1.35")
+        run_hook(folder, "tftp", "512", "10.0.0.5", "/tftp/nodes/x/start.ipxe")
+        dhcp_event.spool(b'{"action": "add", "mac": "zz"}', str(spool_of(folder)))
         d.wait_for(lambda e: e.get("event") == "dhcp_event_malformed")
         d.wait_for(lambda e: e.get("event") == "tftp_transfer")
         events = {e["event"]: e for e in _events(d)}
@@ -207,10 +207,9 @@ def test_events_reach_the_daemon_and_bad_ones_are_refused(folder: Path) -> None:
 
 
 def test_events_spooled_while_down_are_delivered_at_start(folder: Path) -> None:
-    state = folder / "state"
-    run_hook(state, "add", MAC, "10.0.0.5", DNSMASQ_VENDOR_CLASS="walt.node.pc-x86-64")
-    run_hook(state, "old", MAC, "10.0.0.5")
-    assert len(list((state / "dhcp-spool").iterdir())) == 2
+    run_hook(folder, "add", MAC, "10.0.0.5", DNSMASQ_VENDOR_CLASS="walt.node.pc-x86-64")
+    run_hook(folder, "old", MAC, "10.0.0.5")
+    assert len(list(spool_of(folder).iterdir())) == 2
     d = Daemon(folder, write_config(folder))
     try:
         d.start()
@@ -218,7 +217,7 @@ def test_events_spooled_while_down_are_delivered_at_start(folder: Path) -> None:
         events = [e for e in _events(d) if e.get("mac") == MAC]
         assert [e["event"] for e in events] == ["node.detected", "node_lease"]
         assert all(e["model"] == "pc-x86-64" for e in events)
-        assert list((state / "dhcp-spool").iterdir()) == []
+        assert list(spool_of(folder).iterdir()) == []
         assert d.stop() == 0
     finally:
         d.kill()
@@ -302,6 +301,33 @@ def _remove_database(db_path: Path) -> None:
         Path(f"{db_path}{suffix}").unlink(missing_ok=True)
 
 
+async def test_events_of_the_old_spool_move_to_the_runtime_folder(tmp_path: Path) -> None:
+    """The spool was in the state folder before it moved to the runtime one: what an earlier
+    daemon left there moves, in order and whole, and is recorded; nothing else remains."""
+    ctx, svc = _service(tmp_path)
+    old = tmp_path / detect.OLD_SPOOL
+    first = dhcp_event.spool(_message(), str(old))
+    second = dhcp_event.spool(_message(mac="52:54:00:00:00:02", ip="10.0.0.6"), str(old))
+    (old / ".half-written.tmp").write_bytes(b"{")  # a hook interrupted mid-write
+    with structlog.testing.capture_logs() as logs:
+        async with ctx.db as db, svc:
+            moved = sorted(svc.spool.iterdir())
+            assert [p.name for p in moved] == [Path(first).name, Path(second).name]
+            assert await svc.drain_spool() == 2
+            assert {n.mac for n in await db.list_nodes()} == {MAC, "52:54:00:00:00:02"}
+    assert not old.exists()
+    (record,) = [r for r in logs if r["event"] == "dhcp_spool_moved"]
+    assert record["count"] == 2
+
+
+def test_a_spool_is_never_moved_onto_itself(tmp_path: Path) -> None:
+    """A runtime folder configured as the state folder: the spool is the old one, and stays."""
+    spool = tmp_path / detect.OLD_SPOOL
+    event = dhcp_event.spool(_message(), str(spool))
+    assert detect.adopt_spool(spool, spool) == 0
+    assert [p.name for p in spool.iterdir()] == [Path(event).name]
+
+
 async def test_a_lease_waits_for_the_database(tmp_path: Path) -> None:
     ctx, svc = _service(tmp_path)
     async with svc:
@@ -371,14 +397,14 @@ def test_devices_pcs_booting_and_a_lease_end(folder: Path) -> None:
     d = Daemon(folder, write_config(folder)).start()
     try:
         state = folder / "state"
-        run_hook(state, "add", DEVICE, "10.0.0.6", DNSMASQ_VENDOR_CLASS="udhcp 1.35")
-        run_hook(state, "add", PC, "10.0.0.7", **PXE)
-        run_hook(state, "old", PC, "10.0.0.7", **PXE, DNSMASQ_USER_CLASS0="iPXE")
-        run_hook(state, "old", PC, "10.0.0.7", **PXE, DNSMASQ_USER_CLASS0="walt.node.pc-x86-64")
-        run_hook(state, "add", BAD, "10.0.0.8", DNSMASQ_USER_CLASS0="walt.node.../etc\u00e9")
+        run_hook(folder, "add", DEVICE, "10.0.0.6", DNSMASQ_VENDOR_CLASS="udhcp 1.35")
+        run_hook(folder, "add", PC, "10.0.0.7", **PXE)
+        run_hook(folder, "old", PC, "10.0.0.7", **PXE, DNSMASQ_USER_CLASS0="iPXE")
+        run_hook(folder, "old", PC, "10.0.0.7", **PXE, DNSMASQ_USER_CLASS0="walt.node.pc-x86-64")
+        run_hook(folder, "add", BAD, "10.0.0.8", DNSMASQ_USER_CLASS0="walt.node.../etc\u00e9")
         for _ in range(2):  # a second end changes nothing
-            run_hook(state, "del", PC, "10.0.0.7")
-        run_hook(state, "del", DEVICE, "10.0.0.6")
+            run_hook(folder, "del", PC, "10.0.0.7")
+        run_hook(folder, "del", DEVICE, "10.0.0.6")
         d.wait_for(is_event("unknown_device", mac=DEVICE, action="del"))
         records = [r for r in d.records() if r.get("mac") in (DEVICE, PC, BAD)]
         named = [(r["event"], r["mac"]) for r in records if r.get("component") == "detect"]
@@ -583,7 +609,7 @@ async def test_leases_repeated_after_restarts_announce_nothing_twice() -> None:
             await wait_record(waltd, is_event("node.detected", mac=node.mac))
         await wait_record(waltd, is_event("unknown_device", mac=other.mac))
 
-        dnsmasq_conf = folder / "state" / "dnsmasq" / "dnsmasq.conf"
+        dnsmasq_conf = folder / "run" / "dnsmasq" / "dnsmasq.conf"
         for pid in _dnsmasq_pids(dnsmasq_conf):
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
@@ -647,6 +673,6 @@ async def test_a_dnsmasq_without_lua_reports_leases_through_the_exec_hook() -> N
         assert await lab.stop(waltd) == 0
         (slow,) = [r for r in records(waltd) if r.get("event") == "dhcp_hook_slow"]
         assert slow["kind"] == "exec" and "dnsmasq-base-lua" in slow["hint"]
-        conf = (folder / "state" / "dnsmasq" / "dnsmasq.conf").read_text().splitlines()
-        assert f"dhcp-script={folder / 'state' / 'dnsmasq' / 'dhcp-hook'}" in conf
+        conf = (folder / "run" / "dnsmasq" / "dnsmasq.conf").read_text().splitlines()
+        assert f"dhcp-script={folder / 'run' / 'dnsmasq' / 'dhcp-hook'}" in conf
         assert not any(line.startswith("dhcp-luascript=") for line in conf)

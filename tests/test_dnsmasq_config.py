@@ -15,6 +15,7 @@ from waltd.provision.dnsmasq import (
     Hook,
     Paths,
     dnsmasq_has_lua,
+    forget_old_files,
     has_lua,
     host_entry,
     render_config,
@@ -29,9 +30,15 @@ NET = WaltNet(
 
 
 def _paths(tmp_path: Path) -> Paths:
-    paths = Paths(folder=tmp_path, tftp_root=tmp_path / "tftp", spool=tmp_path / "spool")
-    (tmp_path / "tftp").mkdir()
+    paths = Paths(
+        folder=tmp_path,
+        tftp_root=tmp_path / "tftp",
+        spool=tmp_path / "spool",
+        leases=tmp_path / "state" / "leases",
+    )
+    (tmp_path / "tftp").mkdir(parents=True)
     paths.hosts.mkdir()
+    paths.leases.parent.mkdir()
     return paths
 
 
@@ -93,3 +100,21 @@ async def test_the_installed_dnsmasq_runs_lua(tmp_path: Path) -> None:
     """The set-up installs a dnsmasq with Lua (Debian's dnsmasq-base-lua)."""
     require_tool("dnsmasq")
     assert await dnsmasq_has_lua(Children(tmp_path / "children.json"))
+
+
+def test_files_of_the_old_layout_go_and_the_leases_stay(tmp_path: Path) -> None:
+    """dnsmasq's configuration, hooks and host entries moved from the state folder to the
+    runtime one; the leases stayed. What an earlier daemon wrote there is removed, once."""
+    paths = _paths(tmp_path / "run")
+    old = paths.leases.parent
+    for name in ("dnsmasq.conf", "dhcp-hook", "dhcp-hook.lua"):
+        (old / name).write_text("old")
+    (old / "hosts.d").mkdir()
+    (old / "hosts.d" / "52-54-00-00-00-01").write_text("52:54:00:00:00:01,pc-000001\n")
+    paths.leases.write_text("lease\n")
+    forget_old_files(old, paths)
+    assert [p.name for p in old.iterdir()] == [paths.leases.name]
+    # the runtime folder being the old one: nothing is removed
+    (paths.hosts / "entry").write_text("x")
+    forget_old_files(paths.folder, paths)
+    assert (paths.hosts / "entry").exists()

@@ -120,7 +120,7 @@ def folder() -> Iterator[Path]:
 
 
 def _lease(d: Daemon, mac: str, ip: str, model: str) -> None:
-    run_hook(d.folder / "state", "add", mac, ip, DNSMASQ_VENDOR_CLASS=f"walt.node.{model}")
+    run_hook(d.folder, "add", mac, ip, DNSMASQ_VENDOR_CLASS=f"walt.node.{model}")
 
 
 def _podman(folder: Path, *args: str) -> Any:

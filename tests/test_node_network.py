@@ -18,7 +18,7 @@ import pytest
 import yaml
 
 from lab.lab import Lab
-from tests.support.daemon import is_event, running, walt
+from tests.support.daemon import is_event, running, spool_of, walt
 from tests.support.lab_daemon import lab_config, records, start_waltd, wait_record
 from tests.support.labs import running_lab
 from tests.support.wait import until
@@ -69,7 +69,7 @@ async def test_nodes_lease_and_reach_waltd_with_their_model(lab: Lab) -> None:
 
     # A detected node became a known host: dnsmasq read its file without a restart, and
     # the lease it gave earlier is still there.
-    hosts = folder / "state" / "dnsmasq" / "hosts.d"
+    hosts = folder / "run" / "dnsmasq" / "hosts.d"
     assert (hosts / pc.mac.replace(":", "-")).read_text() == f"{pc.mac},{det_pc['name']}\n"
     again = await lab.node_dhcp(pc, vendor_class="walt.node.pc-x86-64")
     assert again == ip_pc
@@ -147,7 +147,7 @@ async def test_dnsmasq_dies_with_a_killed_waltd(lab: Lab) -> None:
     folder.mkdir()
     waltd = await start_waltd(lab, lab_config(lab, folder))
     await wait_record(waltd, is_event("dnsmasq_started"))
-    conf = folder / "state" / "dnsmasq" / "dnsmasq.conf"
+    conf = folder / "run" / "dnsmasq" / "dnsmasq.conf"
     try:
         # The keeper starts first; dnsmasq itself and its drop to nobody follow shortly.
         await until(lambda: nobody_owns(_dnsmasq_pids(conf)), what="dnsmasq as nobody", timeout_s=5)
@@ -173,14 +173,13 @@ async def test_a_node_seen_while_dnsmasq_is_down_gets_its_host_entry(lab: Lab) -
     conf.write_text(yaml.safe_dump(data))
     waltd = await start_waltd(lab, conf)
     await wait_record(waltd, is_event("service_crashed", service="dnsmasq"))
-    state = folder / "state"
     mac = "52:54:00:aa:bb:01"
     event = dhcp_event.build_event(
         ["add", mac, str(lab.dhcp_range[0])], {"DNSMASQ_VENDOR_CLASS": "walt.node.pc-x86-64"}
     )
-    dhcp_event.spool(dhcp_event.encode(event), str(state / "dhcp-spool"))
+    dhcp_event.spool(dhcp_event.encode(event), str(spool_of(folder)))
     detected = await wait_record(waltd, is_event("node.detected", mac=mac))
-    entry = state / "dnsmasq" / "hosts.d" / mac.replace(":", "-")
+    entry = folder / "run" / "dnsmasq" / "hosts.d" / mac.replace(":", "-")
     # The restart delay doubles from 1 s (with jitter): the next start comes within ~5 s.
     await until(entry.exists, what=f"{entry}", timeout_s=10)
     assert entry.read_text() == f"{mac},{detected['name']}\n"

@@ -259,12 +259,11 @@ def test_walt_node_show_lists_the_nodes_and_devices_leases_made(folder: Path) ->
     try:
         d.start()
         assert walt(d.socket, "node", "show").stdout == f"{NO_NODES}\n"
-        state = folder / "state"
         pc, rpi, device = "52:54:00:00:00:0a", "52:54:00:00:00:0b", "02:00:00:00:00:01"
         # the spool is handled oldest first: the device is recorded once the nodes are
-        run_hook(state, "add", device, "10.0.0.12", DNSMASQ_VENDOR_CLASS="udhcp 1.35.0")
-        run_hook(state, "add", pc, "10.0.0.10", DNSMASQ_VENDOR_CLASS="walt.node.pc-x86-64")
-        run_hook(state, "add", rpi, "10.0.0.11", DNSMASQ_USER_CLASS0="walt.node.rpi-3-b")
+        run_hook(folder, "add", device, "10.0.0.12", DNSMASQ_VENDOR_CLASS="udhcp 1.35.0")
+        run_hook(folder, "add", pc, "10.0.0.10", DNSMASQ_VENDOR_CLASS="walt.node.pc-x86-64")
+        run_hook(folder, "add", rpi, "10.0.0.11", DNSMASQ_USER_CLASS0="walt.node.rpi-3-b")
         for mac in (pc, rpi):
             d.wait_for(is_event("node.detected", mac=mac))
         for model in ("pc-x86-64", "rpi-3-b"):

@@ -40,6 +40,10 @@ def test_notify_watchdog_and_restart_policy() -> None:
     usec = int(_seconds(svc["WatchdogSec"]) * 1_000_000)
     assert watchdog_interval({"WATCHDOG_USEC": str(usec)}) == _seconds(svc["WatchdogSec"]) / 2
     assert svc["StateDirectory"] and svc["RuntimeDirectory"] == "waltd"
+    # the spool and the children's record outlive a stop or a crash, until a reboot
+    assert svc["RuntimeDirectoryPreserve"] == "yes"
+    daemon = configuration.default_config().daemon
+    assert daemon.run_dir == Path("/run") / svc["RuntimeDirectory"]
     assert "--config /etc/walt/server.conf" in svc["ExecStart"]
 
 

@@ -76,5 +76,11 @@ class Context:
 
     @property
     def state_dir(self) -> Path:
-        """The folder for the database, the event spool, caches and records."""
+        """The folder for the database, dnsmasq's leases, caches and records."""
         return self.running.current.daemon.state_dir
+
+    @property
+    def run_dir(self) -> Path:
+        """The folder for what a reboot forgets: dnsmasq's configuration and host entries,
+        the lease-event spool, the record of child processes."""
+        return self.running.current.daemon.run_dir

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import resource
 import sys
@@ -100,21 +101,22 @@ async def run(
 ) -> int:
     """Run the daemon until SIGTERM/SIGINT; returns its exit status.
 
-    It holds the state folder's lock throughout. When another daemon holds it, this one
-    touches nothing of that daemon's (children, sockets) and returns 1.
+    It holds the locks of its state and runtime folders throughout. When another daemon
+    holds either, this one touches nothing of that daemon's (children, sockets) and
+    returns 1.
     """
-    state_dir = config.daemon.state_dir
     # What the daemon writes is its own unless made readable on purpose (dnsmasq's folder,
     # boot files, the API socket): the state holds nodes, users' traces and logins.
     os.umask(0o077)
     _raise_descriptor_limit()
-    try:
-        held = instance.lock(state_dir)
-    except instance.AlreadyRunning as err:
-        _log.error("daemon_already_running", state_dir=str(state_dir), pid=err.pid)
-        print(f"waltd: {err}", file=sys.stderr)
-        return 1
-    with held:
+    with contextlib.ExitStack() as held:
+        for folder in (config.daemon.state_dir, config.daemon.run_dir):
+            try:
+                held.enter_context(instance.lock(folder))
+            except instance.AlreadyRunning as err:
+                _log.error("daemon_already_running", folder=str(folder), pid=err.pid)
+                print(f"waltd: {err}", file=sys.stderr)
+                return 1
         return await _run(
             config, config_path=config_path, bus=bus, extra=extra, restart_min_s=restart_min_s
         )
@@ -128,11 +130,12 @@ async def _run(
     extra: Sequence[ServiceFactory],
     restart_min_s: float,
 ) -> int:
-    state_dir = config.daemon.state_dir
+    state_dir, run_dir = config.daemon.state_dir, config.daemon.run_dir
     # Traversable but not listable: dnsmasq, once it drops to `nobody`, reads its own
-    # folder inside.
+    # folders inside.
     state_dir.chmod(0o711)
-    records = state_dir / "children.json"
+    run_dir.chmod(0o711)
+    records = run_dir / "children.json"  # the PIDs of this boot
     await asyncio.to_thread(kill_recorded, records)
     running = RunningConfig(config, config_path)
     secrets = ServerSecrets(config_path)

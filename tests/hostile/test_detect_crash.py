@@ -14,7 +14,15 @@ from pathlib import Path
 import pytest
 
 from tests.support.context import make_context
-from tests.support.daemon import Daemon, remove, run_hook, short_dir, walt, write_config
+from tests.support.daemon import (
+    Daemon,
+    remove,
+    run_hook,
+    short_dir,
+    spool_of,
+    walt,
+    write_config,
+)
 from waltd import dhcp_event
 from waltd.node_events import NodeSeen
 from waltd.provision.detect import MAX_UNKNOWN_DEVICES, DetectionService
@@ -47,12 +55,11 @@ def _wait_nodes(d: Daemon, count: int, timeout: float = 60) -> None:
 def test_leases_handed_to_a_frozen_daemon_survive_its_sigkill(folder: Path) -> None:
     """Once the hook returned, the event is the daemon's: a SIGKILL loses none of them."""
     conf = write_config(folder)
-    state = folder / "state"
     first = Daemon(folder, conf).start()
     try:
         first.signal(signal.SIGSTOP)
         for i in range(5):
-            run_hook(state, "add", _mac(i), f"10.0.0.{i + 2}", DNSMASQ_VENDOR_CLASS="walt.node.x")
+            run_hook(folder, "add", _mac(i), f"10.0.0.{i + 2}", DNSMASQ_VENDOR_CLASS="walt.node.x")
         first.proc.kill()  # type: ignore[union-attr]
         first.proc.wait()  # type: ignore[union-attr]
     finally:
@@ -70,7 +77,6 @@ def test_leases_handed_to_a_frozen_daemon_survive_its_sigkill(folder: Path) -> N
 def test_a_flood_does_not_stretch_the_stop_beyond_its_budget(folder: Path) -> None:
     """Thousands of spooled leases: SIGTERM stops within the 3 s budget, nothing is lost."""
     conf = write_config(folder)
-    state = folder / "state"
     count = 1500
     d = Daemon(folder, conf).start()
     try:
@@ -79,7 +85,7 @@ def test_a_flood_does_not_stretch_the_stop_beyond_its_budget(folder: Path) -> No
             event = dhcp_event.build_event(
                 ["add", _mac(i), "10.0.1.1"], {"DNSMASQ_VENDOR_CLASS": "walt.node.x"}
             )
-            dhcp_event.spool(dhcp_event.encode(event), str(state / "dhcp-spool"))
+            dhcp_event.spool(dhcp_event.encode(event), str(spool_of(folder)))
         d.signal(signal.SIGCONT)
         d.wait_for(lambda e: e.get("event") == "node.detected")
         began = time.monotonic()
@@ -91,7 +97,7 @@ def test_a_flood_does_not_stretch_the_stop_beyond_its_budget(folder: Path) -> No
     again = Daemon(folder, conf).start()
     try:
         _wait_nodes(again, count)
-        assert list((state / "dhcp-spool").iterdir()) == []
+        assert list(spool_of(folder).iterdir()) == []
         detected = [r for r in before + again.records() if r.get("event") == "node.detected"]
         assert len(detected) == count == len({r["mac"] for r in detected})
         assert again.stop() == 0
@@ -106,7 +112,7 @@ def test_a_stray_byte_in_a_class_keeps_the_lease(folder: Path) -> None:
     try:
         # str values are encoded with surrogateescape: '\udcff' reaches the hook as byte 0xff
         run_hook(
-            folder / "state",
+            folder,
             "add",
             _mac(1),
             "10.0.0.9",
@@ -151,7 +157,7 @@ async def test_a_lease_interrupted_after_its_commit_is_announced_exactly_once(
                 event = dhcp_event.build_event(
                     ["add", mac, "10.0.0.2"], {"DNSMASQ_VENDOR_CLASS": "walt.node.x"}
                 )
-                dhcp_event.spool(dhcp_event.encode(event), str(tmp_path / "dhcp-spool"))
+                dhcp_event.spool(dhcp_event.encode(event), str(tmp_path / "run" / "dhcp-spool"))
                 async with DetectionService(ctx) as svc:
                     draining = asyncio.create_task(svc.drain_spool())
                     # polling is the point: cancel in the instant the commit is visible
@@ -194,11 +200,11 @@ def test_a_flood_of_made_up_devices_is_bounded(folder: Path) -> None:
     for i in range(count):
         mac = f"02:00:00:{i >> 16:02x}:{i >> 8 & 0xFF:02x}:{i & 0xFF:02x}"
         event = dhcp_event.build_event(["add", mac, "10.0.2.1"], {})
-        dhcp_event.spool(dhcp_event.encode(event), str(state / "dhcp-spool"))
+        dhcp_event.spool(dhcp_event.encode(event), str(spool_of(folder)))
     node = dhcp_event.build_event(
         ["add", _mac(1), "10.0.2.2"], {"DNSMASQ_VENDOR_CLASS": "walt.node.x"}
     )
-    dhcp_event.spool(dhcp_event.encode(node), str(state / "dhcp-spool"))
+    dhcp_event.spool(dhcp_event.encode(node), str(spool_of(folder)))
     d = Daemon(folder, conf).start()
     try:
         d.wait_for(lambda e: e.get("event") == "node.detected", timeout=120)

@@ -177,7 +177,7 @@ async def test_ctrl_c_of_the_client_ends_the_clone(setup: Setup, replacing: bool
 
 def _skopeo_children(setup: Setup) -> list[Any]:
     """The skopeo processes the daemon has recorded as its children."""
-    path = setup.folder / "state" / "children.json"
+    path = setup.folder / "run" / "children.json"
     try:
         records = json.loads(path.read_text())
     except (OSError, ValueError):

@@ -46,7 +46,7 @@ async def lease_and_wait(daemon: Daemon) -> None:
     # in a thread: the registry this test serves on its loop must keep answering meanwhile
     await asyncio.to_thread(
         run_hook,
-        daemon.folder / "state",
+        daemon.folder,
         "add",
         MAC,
         "10.0.0.7",

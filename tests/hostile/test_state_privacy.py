@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.support.daemon import ROOT, Daemon, remove, short_dir, walt, write_config
+from tests.support.daemon import ROOT, Daemon, remove, short_dir, spool_of, walt, write_config
 from waltd import dhcp_event
 
 
@@ -44,26 +44,28 @@ def test_no_state_file_is_readable_by_other_users(folder: Path) -> None:
     finally:
         os.umask(old)
     try:
-        state = folder / "state"
         event = dhcp_event.build_event(
             ["add", "52:54:00:00:00:01", "10.0.0.2"], {"DNSMASQ_VENDOR_CLASS": "walt.node.x"}
         )
-        dhcp_event.spool(dhcp_event.encode(event), str(state / "dhcp-spool"))
+        dhcp_event.spool(dhcp_event.encode(event), str(spool_of(folder)))
         d.wait_for(lambda e: e.get("event") == "node.detected")
         assert '"nodes": 1' in walt(d.socket, "status", "--json").stdout
-        assert stat.S_IMODE(state.stat().st_mode) == 0o711  # traversable, not listable
         exposed = []
         files = 0
-        for path in state.rglob("*"):
-            if path.is_relative_to(state / "dnsmasq") or not _reachable(path, state):
-                continue
-            files += 1
-            mode = stat.S_IMODE(path.lstat().st_mode)
-            if mode & 0o077 and not path.is_socket():
-                exposed.append(f"{path.relative_to(state)} {mode:o}")
-            if path.is_socket() and mode & 0o077:
-                exposed.append(f"{path.relative_to(state)} (socket) {mode:o}")
-        assert files >= 3  # the database, its journal, the spool folder at least
+        # the state folder and the runtime one (the spool, the children's record)
+        for top in (folder / "state", folder / "run"):
+            assert stat.S_IMODE(top.stat().st_mode) == 0o711  # traversable, not listable
+            for path in top.rglob("*"):
+                # dnsmasq's folders are readable on purpose: it reads them as `nobody`
+                if path.is_relative_to(top / "dnsmasq") or not _reachable(path, top):
+                    continue
+                files += 1
+                mode = stat.S_IMODE(path.lstat().st_mode)
+                if mode & 0o077 and not path.is_socket():
+                    exposed.append(f"{path.relative_to(folder)} {mode:o}")
+                if path.is_socket() and mode & 0o077:
+                    exposed.append(f"{path.relative_to(folder)} (socket) {mode:o}")
+        assert files >= 5  # the database, its journal, the spool, the children's record
         assert exposed == []
         assert d.stop() == 0
     finally:

@@ -19,11 +19,13 @@ from waltd.supervisor import RunningConfig
 
 
 def make_context(state_dir: Path, config: configuration.Config | None = None) -> Context:
-    """The real handles on `state_dir` (the database made, not opened), as daemon.py builds them."""
+    """The real handles on `state_dir` (the database made, not opened), as daemon.py builds
+    them; the runtime folder is `state_dir/run`."""
     config = config or configuration.default_config()
-    config = replace(config, daemon=replace(config.daemon, state_dir=state_dir))
+    daemon = replace(config.daemon, state_dir=state_dir, run_dir=state_dir / "run")
+    config = replace(config, daemon=daemon)
     running = RunningConfig(config, None)
-    children = Children(state_dir / "children.json")
+    children = Children(daemon.run_dir / "children.json")
     nodes = NodeEvents()
     db = Database(state_dir / "waltd.db")
     return Context(

@@ -35,6 +35,7 @@ def write_config(folder: Path, **sections: Any) -> Path:
             "state-dir": str(folder / "state"),
             "shutdown-budget-s": 3,
             "image-storage": str(folder / "images"),
+            "run-dir": str(folder / "run"),
         },
         "exports": {"root": str(folder / "exports"), "nfs": "ganesha"},
     }
@@ -199,13 +200,19 @@ def remove(folder: Path) -> None:
     shutil.rmtree(folder, ignore_errors=True)
 
 
-def run_hook(state: Path, *argv: str, **env: str) -> None:
-    """Run `waltd-dhcp-event ARGV` as dnsmasq would for the daemon of `state` (into its
-    spool, where its inotify watch sees the event); `env` adds dnsmasq's DNSMASQ_* variables."""
+def spool_of(folder: Path) -> Path:
+    """The lease-event spool of the daemon configured by `write_config(folder)`."""
+    return folder / "run" / "dhcp-spool"
+
+
+def run_hook(folder: Path, *argv: str, **env: str) -> None:
+    """Run `waltd-dhcp-event ARGV` as dnsmasq would for the daemon configured by
+    `write_config(folder)` (into its spool, where its inotify watch sees the event); `env`
+    adds dnsmasq's DNSMASQ_* variables."""
     environ = {
         **os.environ,
         "PYTHONPATH": str(ROOT),
-        dhcp_event.SPOOL_ENV: str(state / "dhcp-spool"),
+        dhcp_event.SPOOL_ENV: str(spool_of(folder)),
         **env,
     }
     subprocess.run(

@@ -135,12 +135,18 @@ class Boot:
 
 @dataclass(frozen=True)
 class Daemon:
-    """The daemon's own state folder, its image storage, and how long a shutdown may take."""
+    """The daemon's own state folder, its image storage, how long a shutdown may take, and
+    its runtime folder."""
 
     state_dir: Path = Path("/var/lib/walt/state")
     shutdown_budget_s: float = 20.0
     # The internal repository's podman storage (its graphroot).
     image_storage: Path = Path("/var/lib/containers/storage")
+    # What means nothing after a reboot and is remade at every start (dnsmasq's
+    # configuration and host entries, the lease-event spool, the record of child
+    # processes): a memory file system under systemd (RuntimeDirectory=waltd), so that
+    # the files made and removed at every DHCP event never reach the disk.
+    run_dir: Path = Path("/run/waltd")
 
 
 @dataclass(frozen=True)
@@ -240,5 +246,6 @@ def to_data(config: Config) -> dict[str, object]:
         "state-dir": str(config.daemon.state_dir),
         "shutdown-budget-s": _plain(config.daemon.shutdown_budget_s),
         "image-storage": str(config.daemon.image_storage),
+        "run-dir": str(config.daemon.run_dir),
     }
     return data

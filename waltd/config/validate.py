@@ -748,7 +748,9 @@ def _parse_boot(report: _Report, value: object) -> Boot:
 
 
 def _parse_daemon(report: _Report, value: object) -> Daemon:
-    daemon = _mapping(report, "daemon", value, ("state-dir", "shutdown-budget-s", "image-storage"))
+    daemon = _mapping(
+        report, "daemon", value, ("state-dir", "shutdown-budget-s", "image-storage", "run-dir")
+    )
     default = Daemon()
     if daemon is None:
         return default
@@ -776,9 +778,12 @@ def _parse_daemon(report: _Report, value: object) -> Daemon:
         _absolute_path("/var/lib/containers/storage"),
         default.image_storage,
     )
-    if state_dir is None or budget is None or storage is None:
+    run_dir = _field(
+        report, "daemon", daemon, "run-dir", _absolute_path("/run/waltd"), default.run_dir
+    )
+    if state_dir is None or budget is None or storage is None or run_dir is None:
         return default
-    return Daemon(state_dir, budget, storage)
+    return Daemon(state_dir, budget, storage, run_dir)
 
 
 def parse(data: object, source: str) -> Config:

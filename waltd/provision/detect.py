@@ -42,6 +42,8 @@ from waltd.provision.models import Classification, classify, shown_class
 from waltd.supervisor import Service
 
 _log = log.get("detect")
+# Where the spool was before it moved to the runtime folder (under the state folder).
+OLD_SPOOL = "dhcp-spool"
 # How often the spool is looked at while inotify says nothing (a watch lost with its folder).
 SPOOL_TICK_S = 2.0
 # Queued spool notices taken at once after a wake-up (the kernel queues 16384 by default).
@@ -59,6 +61,30 @@ WATCH_RETRY_MIN_S = 1.0
 WATCH_RETRY_MAX_S = 60.0
 # What observes the node network's neighbours and carrier (neighbours.watch, or a test's).
 Watch = Callable[[str], AsyncGenerator[neighbours.Neighbour | neighbours.Carrier, None]]
+
+
+def adopt_spool(old: Path, spool: Path) -> int:
+    """Move the events a daemon of an earlier layout left in `old` (its spool was in the
+    state folder) into `spool`, under their own names (they keep their order), then remove
+    `old`; how many moved. Each lands whole (a dot name, then a rename) before its old copy
+    goes: an interruption leaves it in one place or both, never lost."""
+    if os.path.realpath(old) == os.path.realpath(spool):
+        return 0  # the runtime folder is the state folder: nothing moved
+    try:
+        entries = sorted(e for e in old.iterdir() if e.is_file() and not e.is_symlink())
+    except FileNotFoundError:
+        return 0
+    moved = 0
+    for entry in entries:
+        if entry.name.endswith(".json") and not entry.name.startswith("."):
+            temp = spool / f".{entry.name}.moving"
+            temp.write_bytes(entry.read_bytes())
+            os.replace(temp, spool / entry.name)
+            moved += 1
+        entry.unlink()  # a hook's half-written dot file goes too: it was never an event
+    with contextlib.suppress(OSError):  # what is not the daemon's stays, and its folder
+        old.rmdir()
+    return moved
 
 
 class DetectionService(Service):
@@ -90,7 +116,10 @@ class DetectionService(Service):
 
     async def __aenter__(self) -> Self:
         self._intake = True
-        self.spool.mkdir(mode=0o700, exist_ok=True)
+        self.spool.mkdir(mode=0o700, parents=True, exist_ok=True)
+        moved = await asyncio.to_thread(adopt_spool, self._ctx.state_dir / OLD_SPOOL, self.spool)
+        if moved:
+            _log.info("dhcp_spool_moved", count=moved, to=str(self.spool))
         inotify = Inotify(sync_timeout=0)  # sync_get: what is queued, never a wait
         try:
             # the hooks rename each whole file into place

@@ -50,19 +50,17 @@ VERSION_TIMEOUT_S = 10.0
 
 @dataclass(frozen=True)
 class Paths:
-    """Where dnsmasq's files live: config, leases, host reservations, TFTP root."""
+    """Where dnsmasq's files live: config, hooks and host reservations (remade at every
+    start: the runtime folder), leases (kept across reboots: the state folder), TFTP root."""
 
     folder: Path
     tftp_root: Path
     spool: Path  # where the hook puts each event, one file each, for detection
+    leases: Path
 
     @property
     def conf(self) -> Path:
         return self.folder / "dnsmasq.conf"
-
-    @property
-    def leases(self) -> Path:
-        return self.folder / "leases"
 
     @property
     def hosts(self) -> Path:
@@ -80,10 +78,22 @@ class Paths:
 def dnsmasq_paths(ctx: Context) -> Paths:
     """Where the daemon of `ctx` keeps dnsmasq's files."""
     return Paths(
-        folder=ctx.state_dir / "dnsmasq",
+        folder=ctx.run_dir / "dnsmasq",
         tftp_root=ctx.config.exports.root / "tftp",
-        spool=ctx.state_dir / "dhcp-spool",
+        spool=ctx.run_dir / "dhcp-spool",
+        leases=ctx.state_dir / "dnsmasq" / "leases",
     )
+
+
+def forget_old_files(old: Path, paths: Paths) -> None:
+    """Remove what a daemon of an earlier layout wrote in `old` (the state folder's dnsmasq
+    folder, which now keeps the leases alone) and now writes in `paths.folder`: its
+    configuration, hooks and host entries, remade at every start."""
+    if os.path.realpath(old) == os.path.realpath(paths.folder):
+        return
+    for file in (paths.conf, paths.hook, paths.lua_hook):
+        (old / file.name).unlink(missing_ok=True)
+    shutil.rmtree(old / paths.hosts.name, ignore_errors=True)
 
 
 @dataclass(frozen=True)
@@ -200,10 +210,16 @@ class DnsmasqService(Service):
         net = self._ctx.config.walt_net
         assert net is not None, "dnsmasq runs only with a node network"
         # dnsmasq drops to `nobody` and must still read its hosts folder and TFTP files.
-        for folder in (self.paths.folder, self.paths.hosts, self.paths.tftp_root):
+        for folder in (
+            self.paths.folder,
+            self.paths.hosts,
+            self.paths.leases.parent,
+            self.paths.tftp_root,
+        ):
             public_folder(folder)
+        forget_old_files(self.paths.leases.parent, self.paths)
         self._install_boot_files(self._ctx.config)
-        self.paths.spool.mkdir(mode=0o700, exist_ok=True)
+        self.paths.spool.mkdir(mode=0o700, parents=True, exist_ok=True)
         hook = await self._hook()
         self.paths.conf.write_text(render_config(net, self.paths, hook))
         env = {
