@@ -21,6 +21,7 @@ from waltd.provision.boot import (
     CopyLimits,
     bootstrap_ipxe,
     copy_boot_files,
+    layout_in,
     node_boot_file,
     remove_node_links,
     set_node_links,
@@ -218,8 +219,14 @@ def test_a_new_copy_replaces_the_old_one_and_partials_are_cleared(tmp_path: Path
         boot.remove_boot_copies(tmp_path, "waiting")
 
 
-def test_node_links_as_the_contract_says(tmp_path: Path) -> None:
+@pytest.mark.parametrize("in_memory", [False, True], ids=["in R", "in the runtime folder"])
+def test_node_links_as_the_contract_says(tmp_path: Path, in_memory: bool) -> None:
+    """The same links lead to the same places whether the layout's changing folders are
+    R's own or links into the runtime folder (`layout_in`)."""
     root = tmp_path / "exports"
+    runtime = tmp_path / "run" / "layout"
+    if in_memory:
+        layout_in(root, runtime)
     paths = set_node_links(
         root, "52-54-00-12-34-56", image_id=ID_A, model=MODEL, ip="10.1.2.3", name="vnode1"
     )
@@ -240,6 +247,9 @@ def test_node_links_as_the_contract_says(tmp_path: Path) -> None:
     assert node_boot_file(root, MAC, "start.ipxe") == root / "boot" / ID_A / MODEL / "start.ipxe"
     for folder in (root / "tftp", root / "tftp" / "nodes", nodes, nodes / MAC, nodes / "by-ip"):
         assert stat.S_IMODE(folder.stat().st_mode) == 0o755  # dnsmasq reads as nobody
+    # kept where they were made: the runtime folder, or R
+    assert (runtime / "nodes" / MAC / "fs").is_symlink() == in_memory
+    assert (root / "nodes").is_symlink() == in_memory
 
     # A new IP and name: the stale aliases go; another node's stay.
     set_node_links(root, "02:00:00:00:00:01", image_id=ID_B, model=MODEL, ip="10.1.2.9", name="o")
@@ -262,6 +272,34 @@ def test_node_links_as_the_contract_says(tmp_path: Path) -> None:
         args = {"image_id": ID_A, "model": MODEL, "ip": None, "name": None, **bad}
         with pytest.raises(ValueError):
             set_node_links(root, MAC, **args)  # type: ignore[arg-type]
+
+
+def test_an_earlier_layout_in_R_moves_to_the_runtime_folder(tmp_path: Path) -> None:
+    """R's own changing folders (an earlier layout's, or a start with no runtime folder yet)
+    are emptied of their links and folders and replaced by links; the layout is then set
+    again there (the exports service rebuilds it from the database)."""
+    root, runtime = tmp_path / "exports", tmp_path / "run" / "layout"
+    set_node_links(root, MAC, image_id=ID_A, model=MODEL, ip="10.1.2.3", name="n")
+    layout_in(root, runtime)
+    assert os.readlink(root / "nodes") == str(runtime / "nodes")
+    assert os.readlink(root / "tftp" / "nodes") == str(runtime / "tftp" / "nodes")
+    assert list((runtime / "nodes").iterdir()) == []  # the old links are gone, not moved
+    set_node_links(root, MAC, image_id=ID_A, model=MODEL, ip="10.1.2.3", name="n")
+    layout_in(root, runtime)  # again (a restart after a crash): what it holds stays
+    assert os.readlink(runtime / "nodes" / MAC / "fs") == f"../../images/{ID_A}/fs"
+    # the runtime folder being R: nothing moves
+    layout_in(root, root)
+    assert (root / "nodes").is_symlink()
+
+
+def test_what_is_not_the_layouts_keeps_its_folder_and_says_so(tmp_path: Path) -> None:
+    root, runtime = tmp_path / "exports", tmp_path / "run" / "layout"
+    set_node_links(root, MAC, image_id=ID_A, model=MODEL, ip="10.1.2.3", name="n")
+    (root / "nodes" / MAC / "notes.txt").write_text("an operator's")
+    with pytest.raises(OSError, match="holds what is not the layout's"):
+        layout_in(root, runtime)
+    assert (root / "nodes" / MAC / "notes.txt").read_text() == "an operator's"
+    assert not (root / "nodes" / MAC / "fs").is_symlink()  # the layout's links went
 
 
 def test_known_aliases_replace_the_look_at_every_alias(tmp_path: Path) -> None:

@@ -82,5 +82,6 @@ class Context:
     @property
     def run_dir(self) -> Path:
         """The folder for what a reboot forgets: dnsmasq's configuration and host entries,
-        the lease-event spool, the record of child processes."""
+        the lease-event spool, the record of child processes, the node layout's changing
+        folders."""
         return self.running.current.daemon.run_dir

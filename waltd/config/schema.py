@@ -144,8 +144,9 @@ class Daemon:
     image_storage: Path = Path("/var/lib/containers/storage")
     # What means nothing after a reboot and is remade at every start (dnsmasq's
     # configuration and host entries, the lease-event spool, the record of child
-    # processes): a memory file system under systemd (RuntimeDirectory=waltd), so that
-    # the files made and removed at every DHCP event never reach the disk.
+    # processes, the node layout's changing folders): a memory file system under systemd
+    # (RuntimeDirectory=waltd), so that the files made and removed at every DHCP event
+    # never reach the disk.
     run_dir: Path = Path("/run/waltd")
 
 

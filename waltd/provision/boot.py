@@ -465,6 +465,53 @@ def clear_partial_copies(folder: Path) -> list[Path]:
 
 # ---- the per-node layout -------------------------------------------------------------------
 
+# The layout's folders that change at every node event; where they live (`layout_in`).
+_CHANGING = (Path("nodes"), Path("tftp") / "nodes")
+# What the layout's relative links lead to outside those folders.
+_LED_TO = ("images", "boot")
+
+
+def layout_in(root: Path, runtime: Path) -> None:
+    """Keep the folders of the layout that change at every node event (R/nodes,
+    R/tftp/nodes) in `runtime` (the daemon's runtime folder: a memory file system, remade
+    at every start as the layout is), R's own entries then being links to them.
+
+    `runtime` gets `images` and `boot` links back to R's, so that every relative link of the
+    layout (`../../images/<id>/fs`, `../../boot/<id>/<model>`, `../../nodes/<mac>/tftp`)
+    leads where it would in R. A real folder left in R by an earlier layout is emptied of
+    the links and folders it held (never descending into a mount) and replaced by its link.
+    """
+    if os.path.realpath(runtime) == os.path.realpath(root):
+        return  # the runtime folder is R itself: the layout is in place already
+    for changing in _CHANGING:
+        public_folder(runtime / changing)
+    for name in _LED_TO:
+        _switch_link(runtime / name, str(root / name))
+    for changing in _CHANGING:
+        place = root / changing
+        public_folder(place.parent)
+        if place.is_dir() and not place.is_symlink():
+            _clear_layout(place)
+        _switch_link(place, str(runtime / changing))
+
+
+def _clear_layout(folder: Path) -> None:
+    """Remove the links and folders of a layout in `folder`, then `folder`; what is neither
+    (a file, a mount and what it holds) stays, and OSError says so."""
+    with os.scandir(folder) as entries:
+        for entry in list(entries):
+            if entry.is_symlink():
+                os.unlink(entry.path)
+            elif entry.is_dir(follow_symlinks=False) and not os.path.ismount(entry.path):
+                with contextlib.suppress(OSError):  # kept: the final rmdir says so
+                    _clear_layout(Path(entry.path))
+    try:
+        os.rmdir(folder)
+    except OSError as err:
+        raise OSError(
+            err.errno, f"{folder} holds what is not the layout's ({err.strerror}): move it away"
+        ) from None
+
 
 @dataclass(frozen=True)
 class NodePaths:

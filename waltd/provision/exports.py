@@ -24,6 +24,7 @@ import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Self
 
 from waltd import config as configuration
 from waltd import log
@@ -40,6 +41,8 @@ from waltd.provision.nfs import NfsExport, NfsExports, fsid_of
 
 _log = log.get("exports")
 BOOTABLE = (nodes.READY, nodes.BOOTED)
+# The runtime folder's part holding the layout's changing folders (`boot.layout_in`).
+LAYOUT = "layout"
 
 
 @dataclass(frozen=True)
@@ -98,6 +101,11 @@ class ExportsService(NodeEventService):
         self._boot_watch: dict[str, asyncio.Task[None]] = {}
         self._resets: dict[str, int] = {}
         self._lock = asyncio.Lock()
+
+    async def __aenter__(self) -> Self:
+        # the layout changes at every node event: its changing folders are kept in memory
+        await asyncio.to_thread(boot.layout_in, self._root, self._ctx.run_dir / LAYOUT)
+        return await super().__aenter__()
 
     async def handle(self, event: NodeEvent) -> None:
         """A node's state or sighting: its folder and export set again when they change."""
