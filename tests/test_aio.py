@@ -8,7 +8,15 @@ from collections.abc import Iterable
 
 import pytest
 
-from waltd.aio import Job, RetryPolicy, SingleFlight, completed, gather_all, run_jobs
+from waltd.aio import (
+    Job,
+    RetryPolicy,
+    SingleFlight,
+    cancelled,
+    completed,
+    gather_all,
+    run_jobs,
+)
 from waltd.registries.base import RegistryError
 
 
@@ -239,3 +247,31 @@ async def test_completed_work_ends_before_its_cancelled_caller_does() -> None:
         await caller
     assert finished == ["done"]
     assert await completed(work()) == "done"
+
+
+async def test_cancelled_ends_a_task_and_drops_its_outcome() -> None:
+    """A task under way is cancelled and has ended when `cancelled` returns; one that fails
+    while ending has its error taken (never reported as unretrieved); the owner, not
+    cancelled itself, goes on."""
+    started = asyncio.Event()
+    ended: list[str] = []
+
+    async def waits(fail: bool) -> None:
+        started.set()
+        try:
+            await asyncio.Event().wait()
+        finally:
+            ended.append("waits")
+            if fail:
+                raise Busy()  # a clean-up that fails
+
+    running = asyncio.create_task(waits(fail=False))
+    await started.wait()
+    await cancelled(running)
+    assert running.cancelled() and ended == ["waits"]
+    started.clear()
+    failing = asyncio.create_task(waits(fail=True))
+    await started.wait()
+    await cancelled(failing)
+    assert getattr(failing, "_log_traceback", True) is False  # retrieved: no warning at exit
+    assert isinstance(failing.exception(), Busy)

@@ -41,6 +41,7 @@ from tests.support.registry_proxy import Fault, Proxy, when
 from tests.support.search_lab import reach_from_server
 from tests.support.store_images import release_storage
 from tests.support.transfer import hub_entry, registry_entry, run
+from tests.support.wait import until
 from waltd import credentials
 from waltd.db import default_name
 from waltd.images.storage import Storage
@@ -330,6 +331,36 @@ async def test_sigkill_during_a_download_leaves_no_staging_image_and_nodes_end_r
     assert {rows[n.node.mac]["state"] for n in nodes} == {"ready"}
     await lab.stop(again)
     assert again.process.returncode == 0
+
+
+async def test_a_model_waiting_for_its_download_turn_has_its_image_checked_meanwhile(
+    lab: Lab,
+) -> None:
+    """One download at a time: while the first model's layer downloads (held here), the
+    second model's image is checked at its source already (its manifest asked), so its copy
+    starts as soon as its turn comes; the bound holds all the same."""
+    second = "rpi-4-b"
+    hub = await lab.start_registry("hub", access_log=True)
+    images = await build_and_publish(lab, [PC, second], hub, payload_mb=2)
+    (layer,) = stored_layers(lab.registry_data(hub))[images[0].reference]
+    async with Proxy(hub.url) as proxy:
+        await reach_from_server(lab, proxy.port)
+        held, release = asyncio.Event(), asyncio.Event()
+        proxy.fault = when(rf"/v2/.+/blobs/{layer}", hold_layer(held, release))
+        waltd = await start(lab, configure(lab, [hub_entry(proxy.url)], **{"fetch-concurrency": 1}))
+        first, other = await add_nodes(lab, 2, [PC, second])
+        await dhcp_storm(lab, [first])
+        await asyncio.wait_for(held.wait(), 30)  # the first image is downloading
+        await dhcp_storm(lab, [other])
+        manifest = ("GET", f"/v2/{default_image(second).user}/{second}-default/manifests/latest")
+        await until(lambda: manifest in proxy.requests, what="the second image checked")
+        assert not named(waltd, "image.fetch.started", model=second)  # its turn has not come
+        release.set()
+        await all_ready(waltd, [first, other], timeout_s=60)
+    assert most_at_once(records(waltd)) == 1
+    assert count_downloads(lab, hub) == {image.reference: 1 for image in images}
+    # asked once: the copy was pinned to the answer given while it waited
+    assert proxy.requests.count(manifest) == 1
 
 
 async def test_restart_with_leases_recognises_the_nodes_and_fetches_nothing(lab: Lab) -> None:

@@ -101,6 +101,15 @@ async def completed(work: Awaitable[T]) -> T:
         raise
 
 
+async def cancelled(task: asyncio.Task[Any]) -> None:
+    """Cancel `task` (nothing when it is done), wait until it has ended and drop its outcome:
+    for an owner that no longer wants the task's work."""
+    task.cancel()
+    await asyncio.wait([task])
+    if not task.cancelled():
+        task.exception()  # an error it ended with is retrieved: its owner does not want it
+
+
 # A piece of work that returns the pieces it found to do (a repository: one per tag).
 Job = Callable[[], Awaitable[Iterable["Job"]]]
 

@@ -7,6 +7,8 @@ repository:
 
 - one download per image however many callers ask (`aio.SingleFlight` keyed by image);
 - at most `images.fetch-concurrency` downloads at once, so several models come in parallel;
+  one waiting for its turn has its first source asked already (the check below, an HTTP
+  exchange, no download), and copies as soon as its turn comes;
 - an image already in the repository (a restart, a crash after the install) is adopted,
   not fetched again;
 - sources in configuration order, then the docker daemon, each within
@@ -27,13 +29,13 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Awaitable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import NoReturn
 
 from waltd import config as configuration
 from waltd import log
-from waltd.aio import RetryPolicy, SingleFlight
+from waltd.aio import RetryPolicy, SingleFlight, cancelled
 from waltd.context import Context
 from waltd.db import ModelStatus
 from waltd.images import store
@@ -42,7 +44,7 @@ from waltd.images.store import LocalRef
 from waltd.images.tools import ToolError
 from waltd.node_events import FetchDone, FetchFailed, FetchSourceFailed, FetchStarted, emit
 from waltd.provision import nodes
-from waltd.registries.base import Credentials, NotFound, RegistryError, Source
+from waltd.registries.base import Credentials, ImageInfo, NotFound, RegistryError, Source
 from waltd.registries.docker_daemon import DockerDaemonSource
 from waltd.registries.v2.source import RegistryApiSource
 
@@ -156,9 +158,21 @@ class Fetcher:
                 # not this model's: fetching would replace what root put there on purpose
                 error = f"{image.display} does not list {model} in walt.node.models"
                 await self._give_up(model, image, [("repository", error)], attempt)
-            async with self._gate:
-                await ctx.db.set_model_status(model, nodes.FETCHING, image=image.full)
-                return await self._download(model, image, attempt)
+            async with ctx.registries.using() as sources:
+                by_label = {source.label: source for source in sources}
+                attempts = plan(ctx.config.registries, ctx.secrets.logins, DOCKER in by_label)
+                # while the download bound keeps this one waiting, its first source is asked
+                # already: the answer is there when its turn comes
+                early = self._early_check(attempts, by_label, model, image)
+                try:
+                    async with self._gate:
+                        await ctx.db.set_model_status(model, nodes.FETCHING, image=image.full)
+                        return await self._download(
+                            model, image, attempt, attempts, by_label, early
+                        )
+                finally:
+                    if early is not None:
+                        await cancelled(early)
 
     async def _pin(self, model: str, image: LocalRef, image_id: str, source: str) -> ModelStatus:
         status = await self._ctx.db.get_model_status(model)
@@ -176,42 +190,65 @@ class Fetcher:
             model, nodes.IMAGE_READY, image=image.full, image_id=image_id, source=source
         )
 
-    async def _download(self, model: str, image: LocalRef, attempt: int) -> ModelStatus:
+    def _early_check(
+        self,
+        attempts: Sequence[Attempt],
+        by_label: Mapping[str, Source],
+        model: str,
+        image: LocalRef,
+    ) -> asyncio.Task[ImageInfo] | None:
+        """The first source's answer, asked now when the download bound is reached (the
+        caller owns the task: it takes its result or cancels it); None when there is no
+        wait or no source to ask."""
+        if not self._gate.locked():
+            return None
+        for step in attempts:
+            source = by_label.get(step.label)
+            if step.skip is None and source is not None:
+                check = self._resolve(source, step, model, image)
+                return asyncio.create_task(check, name=f"fetch:check:{model}")
+        return None
+
+    @staticmethod
+    def _resolve(
+        source: Source, step: Attempt, model: str, image: LocalRef
+    ) -> Awaitable[ImageInfo]:
+        return source.resolve(image.user, image.name, image.tag, step.creds, models=(model,))
+
+    async def _download(
+        self,
+        model: str,
+        image: LocalRef,
+        attempt: int,
+        attempts: Sequence[Attempt],
+        by_label: Mapping[str, Source],
+        early: asyncio.Task[ImageInfo] | None,
+    ) -> ModelStatus:
         ctx = self._ctx
-        config = ctx.config
         errors: list[tuple[str, str]] = []
-        async with ctx.registries.using() as sources:
-            by_label = {source.label: source for source in sources}
-            attempts = plan(config.registries, ctx.secrets.logins, DOCKER in by_label)
-            for step in attempts:
-                source = by_label.get(step.label)
-                if step.skip is not None or source is None:
-                    error = step.skip or "not available"
+        for step in attempts:
+            source = by_label.get(step.label)
+            if step.skip is not None or source is None:
+                error = step.skip or "not available"
+            else:
+                emit(ctx.nodes, FetchStarted(model, image.display, step.label))
+                started = time.monotonic()
+                # the first source's answer may be asked already (`_early_check`)
+                check, early = early or self._resolve(source, step, model, image), None
+                try:
+                    async with asyncio.timeout(ctx.config.images.fetch_timeout_s):
+                        image_id = await self._from(source, step, model, image, check)
+                except (SourceFailed, RegistryError, ToolError, OSError, TimeoutError) as err:
+                    error = short(err)
+                except ValueError as err:  # too many layers, a malformed answer
+                    error = short(err)
                 else:
-                    emit(ctx.nodes, FetchStarted(model, image.display, step.label))
-                    started = time.monotonic()
-                    try:
-                        async with asyncio.timeout(config.images.fetch_timeout_s):
-                            image_id = await self._from(source, step, model, image)
-                    except (SourceFailed, RegistryError, ToolError, OSError, TimeoutError) as err:
-                        error = short(err)
-                    except ValueError as err:  # too many layers, a malformed answer
-                        error = short(err)
-                    else:
-                        status = await self._pin(model, image, image_id, step.label)
-                        emit(
-                            ctx.nodes,
-                            FetchDone(
-                                model,
-                                image.display,
-                                step.label,
-                                image_id,
-                                round(time.monotonic() - started, 3),
-                            ),
-                        )
-                        return status
-                errors.append((step.label, error))
-                emit(ctx.nodes, FetchSourceFailed(model, image.display, step.label, error))
+                    status = await self._pin(model, image, image_id, step.label)
+                    seconds = round(time.monotonic() - started, 3)
+                    emit(ctx.nodes, FetchDone(model, image.display, step.label, image_id, seconds))
+                    return status
+            errors.append((step.label, error))
+            emit(ctx.nodes, FetchSourceFailed(model, image.display, step.label, error))
         await self._give_up(model, image, errors, attempt)
 
     async def _give_up(
@@ -231,13 +268,21 @@ class Fetcher:
         emit(self._ctx.nodes, FetchFailed(model, image.display, tuple(errors), round(delay, 3)))
         raise failed
 
-    async def _from(self, source: Source, step: Attempt, model: str, image: LocalRef) -> str:
-        """Copy `image` from one source into the repository; its image id. SourceFailed (or
-        the source's own error) when this source cannot give it."""
+    async def _from(
+        self,
+        source: Source,
+        step: Attempt,
+        model: str,
+        image: LocalRef,
+        check: Awaitable[ImageInfo],
+    ) -> str:
+        """Copy `image` from one source into the repository once `check` (the source's answer
+        about it) allows; its image id. SourceFailed (or the source's own error) when this
+        source cannot give it."""
         repo = self._ctx.repository
         user, name, tag = image.user, image.name, image.tag
         try:
-            info = await source.resolve(user, name, tag, step.creds, models=(model,))
+            info = await check
         except NotFound as err:
             raise SourceFailed(f"no image {user}/{name}:{tag} there ({err})") from None
         if model not in info.models:
