@@ -19,8 +19,8 @@ from lab import Lab, LabProcess, Registry
 
 WAIT_S = 300.0  # for one awaited state of a daemon
 # The figures come from the records' own times: polling more often only takes CPU from what
-# is measured.
-_POLL_S = 0.1
+# is measured (the floor's runs poll nothing).
+_POLL_S = 0.25
 _REPO = Path(__file__).resolve().parents[1]
 
 Record = dict[str, Any]
