@@ -89,6 +89,11 @@ def plan(
     return attempts
 
 
+def _source_of(step: Attempt, by_label: Mapping[str, Source]) -> Source | None:
+    """The source `step` tries; None when it is skipped or not available."""
+    return by_label.get(step.label) if step.skip is None else None
+
+
 def retry_policy(images: configuration.Images) -> RetryPolicy:
     """When a default image is tried again after every source failed."""
     return RetryPolicy(min_s=images.retry_min_s, max_s=images.retry_max_s)
@@ -203,8 +208,8 @@ class Fetcher:
         if not self._gate.locked():
             return None
         for step in attempts:
-            source = by_label.get(step.label)
-            if step.skip is None and source is not None:
+            source = _source_of(step, by_label)
+            if source is not None:
                 check = self._resolve(source, step, model, image)
                 return asyncio.create_task(check, name=f"fetch:check:{model}")
         return None
@@ -227,14 +232,15 @@ class Fetcher:
         ctx = self._ctx
         errors: list[tuple[str, str]] = []
         for step in attempts:
-            source = by_label.get(step.label)
-            if step.skip is not None or source is None:
+            source = _source_of(step, by_label)
+            if source is None:
                 error = step.skip or "not available"
             else:
                 emit(ctx.nodes, FetchStarted(model, image.display, step.label))
                 started = time.monotonic()
-                # the first source's answer may be asked already (`_early_check`)
-                check, early = early or self._resolve(source, step, model, image), None
+                # the first source tried may have its answer asked already (`_early_check`)
+                check = early or self._resolve(source, step, model, image)
+                early = None
                 try:
                     async with asyncio.timeout(ctx.config.images.fetch_timeout_s):
                         image_id = await self._from(source, step, model, image, check)
