@@ -73,15 +73,15 @@ _REPO = Path(__file__).resolve().parents[1]
 PACKAGE_CACHE = _REPO / ".pytest_cache" / "d" / "pc-image-packages"  # the tests' cache
 
 
-def _config(lab: Lab, folder: Path, registry: Registry) -> Path:
-    return write_config(lab, folder, registry)
+async def _config(lab: Lab, folder: Path, registry: Registry) -> Path:
+    return await write_config(lab, folder, registry)
 
 
 async def _start_waltd(lab: Lab, folder: Path, registry: Registry, name: str) -> Log:
     """waltd on `folder` (made here) in the server namespace, once it serves DHCP, HTTP
     and NFS."""
     ready = ("daemon_ready", "dnsmasq_started", "boot_http_listening", "nfs_ready")
-    return await start_waltd(lab, _config(lab, folder, registry), name, ready)
+    return await start_waltd(lab, await _config(lab, folder, registry), name, ready)
 
 
 async def _walt(lab: Lab, folder: Path, *args: str) -> None:
@@ -324,14 +324,12 @@ async def _with_daemon(
 
     scratch = lab.root / "scratch"
     await asyncio.to_thread(scratch.mkdir)
-    lab.track_mount(scratch)
-    await lab.run(["mount", "-t", "tmpfs", "-o", "mode=0755", "tmpfs", str(scratch)])
+    await lab.mount_tmpfs(scratch, "mode=0755")
     try:
         figures = await _rounds(lab, nodes[:NODES], server, boot, per_node, scratch)
         failures, storm_s = await _storms(lab, log, nodes, server, boot, scratch, sizes)
     finally:
-        await lab.run(["umount", str(scratch)])
-        lab.untrack_mount(scratch)
+        await lab.unmount(scratch)
         await lab.stop(proc)
 
     warm = []

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import subprocess
 import sys
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -74,7 +73,7 @@ def stamp(record: Record) -> float:
     return datetime.fromisoformat(record["timestamp"]).timestamp()
 
 
-def write_config(
+async def write_config(
     lab: Lab, folder: Path, registry: Registry, images: Mapping[str, object] | None = None
 ) -> Path:
     """server.conf: the lab's node network, `registry` as the hub, every path in `folder`
@@ -84,12 +83,10 @@ def write_config(
     RuntimeDirectory): the daemon's files of one boot (lease events, dnsmasq's host
     entries, its children's record) live where they would on a server.
     """
-    folder.mkdir()
     run = folder / "run"
-    run.mkdir()
-    lab.track_mount(run)
-    argv = ["mount", "-t", "tmpfs", "-o", "mode=0711,size=64m", "waltd-run", str(run)]
-    subprocess.run(argv, check=True, capture_output=True)
+    await asyncio.to_thread(folder.mkdir)
+    await asyncio.to_thread(run.mkdir)
+    await lab.mount_tmpfs(run, "mode=0711,size=64m")
     first, last = lab.dhcp_range
     net = {
         "interface": lab.bridge,

@@ -67,14 +67,14 @@ _REPO = Path(__file__).resolve().parents[1]
 _KNOWN_NET = ipaddress.IPv4Network("172.31.0.0/16")
 
 
-def _config(lab: Lab, folder: Path, registry: Registry) -> Path:
-    return write_config(lab, folder, registry, {"fetch-concurrency": CONCURRENCY})
+async def _config(lab: Lab, folder: Path, registry: Registry) -> Path:
+    return await write_config(lab, folder, registry, {"fetch-concurrency": CONCURRENCY})
 
 
 async def _start_waltd(lab: Lab, folder: Path, registry: Registry, name: str) -> Log:
     """A waltd on `folder`, in the server namespace, once it serves DHCP."""
     ready = ("daemon_ready", "dnsmasq_started")
-    return await start_waltd(lab, _config(lab, folder, registry), name, ready)
+    return await start_waltd(lab, await _config(lab, folder, registry), name, ready)
 
 
 def _downloads(lab: Lab, registry: Registry) -> int:

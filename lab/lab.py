@@ -591,6 +591,17 @@ class Lab:
             self.record.mounts.remove(str(path))
             self.record.save()
 
+    async def mount_tmpfs(self, path: Path, options: str) -> None:
+        """A memory file system at `path` (an existing folder) with mount `options`, tracked:
+        a stale lab unmounts it."""
+        self.track_mount(path)
+        await self.run(["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(path)])
+
+    async def unmount(self, path: Path) -> None:
+        """Unmount what `mount_tmpfs` mounted at `path`, and forget it."""
+        await self.run(["umount", str(path)])
+        self.untrack_mount(path)
+
 
 def _open_log(path: Path) -> BinaryIO:
     # a local file, opened once per process start: not worth a thread
