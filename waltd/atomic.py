@@ -23,7 +23,11 @@ def write_atomic(path: Path, data: bytes, mode: int | None = None, *, durable: b
     entry is only a miss, can skip it); on failure the old file is intact and no temporary file
     remains.
     """
-    path = Path(os.path.realpath(path))
+    if os.path.islink(path):
+        # the link stays; its target is replaced. A link among the folders above changes
+        # nothing: the temporary file is made and renamed in the same folder either way, and
+        # resolving every component costs a look at each (a storm of nodes writes many files)
+        path = Path(os.path.realpath(path))
     try:
         old = os.stat(path)
     except FileNotFoundError:
