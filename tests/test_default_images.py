@@ -34,7 +34,7 @@ from lab.default_images import (
     stored_layers,
     vendor_class,
 )
-from tests.support.daemon import is_event, walt
+from tests.support.daemon import is_event, is_lease, walt
 from tests.support.lab_daemon import lab_config, records, start_waltd, wait_record
 from tests.support.labs import running_lab
 from tests.support.registry_proxy import Fault, Proxy, when
@@ -88,9 +88,9 @@ def configure(lab: Lab, registries: list[dict[str, Any]], **images: Any) -> Path
     return lab_config(lab, folder, registries=registries, images={**no_docker, **images})
 
 
-async def start(lab: Lab, config: Path, name: str = "waltd") -> LabProcess:
+async def start(lab: Lab, config: Path, name: str = "waltd", log_level: str = "info") -> LabProcess:
     """waltd, once it serves DHCP."""
-    waltd = await start_waltd(lab, config, name)
+    waltd = await start_waltd(lab, config, name, log_level)
     await wait_record(waltd, is_event("daemon_ready"), timeout_s=30)
     await wait_record(waltd, is_event("dnsmasq_started"))
     return waltd
@@ -377,11 +377,11 @@ async def test_restart_with_leases_recognises_the_nodes_and_fetches_nothing(lab:
     await lab.stop(waltd)
     assert waltd.process.returncode == 0
 
-    again = await start(lab, config, "waltd-2")
+    again = await start(lab, config, "waltd-2", log_level="debug")
     # the nodes renew their leases: known, same addresses, ready at once
     assert await dhcp_storm(lab, nodes) == ips
     for n in nodes:
-        lease = await wait_record(again, is_event("node_lease", mac=n.node.mac))
+        lease = await wait_record(again, is_lease(n.node.mac))
         assert lease["model"] == n.model
     rows = node_rows(lab)
     assert {rows[n.node.mac]["state"] for n in nodes} == {"ready"}

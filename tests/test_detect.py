@@ -27,6 +27,7 @@ from tests.support.daemon import (
     ROOT,
     Daemon,
     is_event,
+    is_lease,
     remove,
     run_hook,
     running,
@@ -42,13 +43,13 @@ from waltd import config as configuration
 from waltd import dhcp_event
 from waltd.config import WaltNet
 from waltd.context import Context
-from waltd.db import Database
+from waltd.db import Database, Node
 from waltd.node_events import NodeEvent, Resync, Subscription
 from waltd.provision import detect
 from waltd.provision.detect import DetectionService
 from waltd.provision.lease_events import LeaseEvent, TftpEvent, parse_message
 from waltd.provision.neighbours import Carrier, Neighbour, WatchError
-from waltd.provision.nodes import lease_state
+from waltd.provision.nodes import REPEAT_S, is_repeat, lease_state
 
 MAC = "52:54:00:12:34:56"
 
@@ -174,8 +175,15 @@ def _events(d: Daemon) -> list[dict[str, object]]:
     return [json.loads(line) for line in res.stdout.splitlines()]
 
 
+def _debug_daemon(folder: Path) -> Daemon:
+    """A daemon on `folder` whose log has debug records too (a repeated lease's)."""
+    config = write_config(folder)
+    argv = [sys.executable, "-m", "waltd", "--config", str(config), "--log-level", "debug"]
+    return Daemon(folder, config, argv)
+
+
 def test_events_reach_the_daemon_and_bad_ones_are_refused(folder: Path) -> None:
-    d = Daemon(folder, write_config(folder))
+    d = _debug_daemon(folder)
     try:
         d.start()
         run_hook(folder, "add", MAC, "10.0.0.5", DNSMASQ_USER_CLASS0="walt.node.rpi-3-b")
@@ -195,7 +203,7 @@ def test_events_reach_the_daemon_and_bad_ones_are_refused(folder: Path) -> None:
             "rpi-3-b",
             "rpi-3-b-123456",
         )
-        assert events["node_lease"]["model"] == "rpi-3-b"
+        assert events["node_lease_repeated"]["model"] == "rpi-3-b"
         assert events["unknown_device"]["mac"] == "02:00:00:00:00:01"
         assert "invalid MAC address" in str(events["dhcp_event_malformed"]["error"])
         status = json.loads(walt(d.socket, "status", "--json").stdout)
@@ -210,12 +218,13 @@ def test_events_spooled_while_down_are_delivered_at_start(folder: Path) -> None:
     run_hook(folder, "add", MAC, "10.0.0.5", DNSMASQ_VENDOR_CLASS="walt.node.pc-x86-64")
     run_hook(folder, "old", MAC, "10.0.0.5")
     assert len(list(spool_of(folder).iterdir())) == 2
-    d = Daemon(folder, write_config(folder))
+    d = _debug_daemon(folder)
     try:
         d.start()
         d.wait_for(lambda e: e.get("event") == "dhcp_spool_drained")
         events = [e for e in _events(d) if e.get("mac") == MAC]
-        assert [e["event"] for e in events] == ["node.detected", "node_lease"]
+        # the `old` right after repeats what the `add` recorded
+        assert [e["event"] for e in events] == ["node.detected", "node_lease_repeated"]
         assert all(e["model"] == "pc-x86-64" for e in events)
         assert list(spool_of(folder).iterdir()) == []
         assert d.stop() == 0
@@ -372,6 +381,75 @@ def test_an_old_lease_keeps_a_node_ready_or_booted() -> None:
     assert lease_state("old", None, "pc") == "waiting"
     assert lease_state("add", "unknown", "pc") == "waiting"
     assert lease_state("add", None, None) == "unknown"
+
+
+def _recorded(**fields: object) -> Node:
+    base: dict[str, object] = {
+        "mac": MAC,
+        "ip": "10.0.0.5",
+        "name": "pc-x86-64-123456",
+        "model": "pc-x86-64",
+        "image": None,
+        "state": "waiting",
+        "first_seen": 1000.0,
+        "last_seen": 1000.0,
+        "announced": True,
+    }
+    return Node(**(base | fields))  # type: ignore[arg-type]
+
+
+def test_a_lease_repeating_what_is_recorded_soon_after_is_a_repeat() -> None:
+    """Only an `old` lease of an announced node, same address, model and state, within
+    REPEAT_S of its last sighting (a clock that went back is no repeat)."""
+    node = _recorded()
+    soon = 1000.0 + REPEAT_S - 0.5
+    assert is_repeat("old", node, ip="10.0.0.5", model="pc-x86-64", now=soon)
+    assert is_repeat("old", _recorded(state="ready"), ip="10.0.0.5", model="pc-x86-64", now=soon)
+    assert not is_repeat("add", node, ip="10.0.0.5", model="pc-x86-64", now=soon)
+    assert not is_repeat("old", node, ip="10.0.0.6", model="pc-x86-64", now=soon)
+    assert not is_repeat("old", node, ip="10.0.0.5", model="rpi-4-b", now=soon)
+    assert not is_repeat("old", node, ip="10.0.0.5", model="pc-x86-64", now=1000.0 + REPEAT_S)
+    assert not is_repeat("old", node, ip="10.0.0.5", model="pc-x86-64", now=999.0)
+    assert not is_repeat(
+        "old", _recorded(announced=False), ip="10.0.0.5", model="pc-x86-64", now=soon
+    )
+    # a lease brings a node that was down back to waiting: news
+    assert not is_repeat("old", _recorded(state="down"), ip="10.0.0.5", model="pc-x86-64", now=soon)
+
+
+async def test_a_repeated_lease_is_no_news_and_a_later_one_is(tmp_path: Path) -> None:
+    """dnsmasq's `old` just after a node's first lease (its host entry names it) writes
+    nothing and tells no service; the same lease once REPEAT_S passed, or with a new
+    address, is a sighting: recorded and told."""
+    ctx = make_context(tmp_path)
+    async with ctx.db as db:
+        with ctx.nodes.subscribe("test") as sub:
+            async with DetectionService(ctx) as svc:
+                _spool_lease(svc, MAC, "10.0.0.5")
+                assert await svc.drain_spool() == 1
+                assert [_shape(e) for e in await _node_events(sub)] == [("NodeSeen", MAC, True)]
+                first = await db.get_node(MAC)
+                assert first is not None
+                with structlog.testing.capture_logs() as logs:
+                    _spool_lease(svc, MAC, "10.0.0.5", action="old", vendor_class=None)
+                    assert await svc.drain_spool() == 1
+                assert await _node_events(sub) == []
+                assert await db.get_node(MAC) == first
+                (repeat,) = [r for r in logs if r.get("mac") == MAC]
+                assert (repeat["event"], repeat["model"]) == ("node_lease_repeated", "pc-x86-64")
+
+                await db.upsert_node(MAC, now=time.time() - REPEAT_S - 1)
+                _spool_lease(svc, MAC, "10.0.0.5", action="old")
+                assert await svc.drain_spool() == 1
+                assert [_shape(e) for e in await _node_events(sub)] == [("NodeSeen", MAC, False)]
+                later = await db.get_node(MAC)
+                assert later is not None and later.last_seen > first.last_seen
+
+                _spool_lease(svc, MAC, "10.0.0.6", action="old")
+                assert await svc.drain_spool() == 1
+                assert [_shape(e) for e in await _node_events(sub)] == [("NodeSeen", MAC, False)]
+                moved = await db.get_node(MAC)
+                assert moved is not None and moved.ip == "10.0.0.6"
 
 
 DEVICE = "02:00:00:00:00:01"
@@ -591,12 +669,16 @@ def _dnsmasq_pids(conf: Path) -> list[int]:
 async def test_leases_repeated_after_restarts_announce_nothing_twice() -> None:
     """Real dnsmasq and nodes: dnsmasq killed and restarted by waltd repeats every lease
     (`old`, without classes), then waltd restarts and reads the lease file as well; each node
-    is announced once in all, keeps its model, and the unknown device is never a node."""
+    is announced once in all, keeps its model, and the unknown device is never a node.
+
+    A repetition within REPEAT_S of the node's last sighting is recorded as a repeat (a
+    debug record), a later one as a lease: the machine's speed decides which."""
+
     async with running_lab("dnsmasq") as lab:
         folder = lab.root / "waltd"
         folder.mkdir()
         conf = lab_config(lab, folder)
-        waltd = await start_waltd(lab, conf)
+        waltd = await start_waltd(lab, conf, log_level="debug")
         await wait_record(waltd, is_event("dnsmasq_started"))
         b, c = lab.subnet.network_address.packed[1:3]
         pc = await lab.add_node()
@@ -615,15 +697,16 @@ async def test_leases_repeated_after_restarts_announce_nothing_twice() -> None:
                 os.kill(pid, signal.SIGKILL)
         await wait_record(waltd, is_event("dnsmasq_started"), after=1, timeout_s=20)
         for node, model in ((pc, "pc-x86-64"), (rpi, "rpi-unknown")):
-            repeated = await wait_record(waltd, is_event("node_lease", mac=node.mac, action="old"))
-            assert repeated["model"] == model
+            assert (await wait_record(waltd, is_lease(node.mac, action="old")))["model"] == model
         await wait_record(waltd, is_event("unknown_device", mac=other.mac, action="old"))
         assert await lab.stop(waltd) == 0
 
-        again = await start_waltd(lab, conf, "waltd-again")
+        again = await start_waltd(lab, conf, "waltd-again", log_level="debug")
         await wait_record(again, is_event("dnsmasq_started"))
-        for node in (pc, rpi):  # the lease file and dnsmasq's own repetition
-            await wait_record(again, is_event("node_lease", mac=node.mac, action="old"), after=1)
+        for node, model in ((pc, "pc-x86-64"), (rpi, "rpi-unknown")):
+            # the lease file and dnsmasq's own repetition
+            lease = await wait_record(again, is_lease(node.mac, action="old"), after=1)
+            assert lease["model"] == model
         await wait_record(again, is_event("unknown_device", mac=other.mac, action="old"), after=1)
         assert await lab.stop(again) == 0
         runs = (records(waltd), records(again))

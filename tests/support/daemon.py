@@ -132,6 +132,18 @@ def is_event(name: str, **keys: object) -> Callable[[dict[str, Any]], bool]:
     return lambda r: r.get("event") == name and all(r.get(k) == v for k, v in keys.items())
 
 
+def is_lease(mac: str, **keys: object) -> Callable[[dict[str, Any]], bool]:
+    """A match for a lease of node `mac` with these values: `node_lease`, or
+    `node_lease_repeated` when it repeated what was recorded (a debug record: only a daemon
+    logging at debug level writes it)."""
+    events = ("node_lease", "node_lease_repeated")
+    return lambda r: (
+        r.get("event") in events
+        and r.get("mac") == mac
+        and all(r.get(k) == v for k, v in keys.items())
+    )
+
+
 def find_record(
     records: list[dict[str, Any]], match: Callable[[dict[str, Any]], bool], after: int = 0
 ) -> dict[str, Any] | None:

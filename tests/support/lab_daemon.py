@@ -40,10 +40,12 @@ def hub_config(lab: Lab, hub_url: str, **sections: Any) -> Path:
     return lab_config(lab, folder, registries=[hub_entry(hub_url)], images=images, **sections)
 
 
-async def start_waltd(lab: Lab, config: Path, name: str = "waltd") -> LabProcess:
+async def start_waltd(
+    lab: Lab, config: Path, name: str = "waltd", log_level: str = "info"
+) -> LabProcess:
     """Start waltd in the server namespace (nsenter --net: it shares the host's mounts);
     its log is `<lab>/logs/<name>.log` (another `name` for a restart: a log of its own)."""
-    argv = [sys.executable, "-m", "waltd", "--config", str(config)]
+    argv = [sys.executable, "-m", "waltd", "--config", str(config), "--log-level", log_level]
     return await lab.spawn(name, argv, netns=lab.server_netns, env={"PYTHONPATH": str(ROOT)})
 
 

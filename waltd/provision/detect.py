@@ -9,7 +9,9 @@ losing it. A node's first sighting as a node is announced (the `node.detected` r
 NodeSeen event) once, after the commit: the database remembers which nodes were announced,
 so a replay or a restart announces those an interruption left out. Devices of no model are
 recorded too (state `unknown`, never announced, at most MAX_UNKNOWN_DEVICES of them) and
-announced when they first say their model.
+announced when they first say their model. An `old` lease repeating what is recorded
+soon after the node's last sighting (`nodes.is_repeat`) is no news: nothing is written or
+told.
 
 At start the service also reads dnsmasq's lease file (nodes holding leases from before are
 told to the services again) and, on the node network, follows the kernel's neighbour table
@@ -272,6 +274,11 @@ class DetectionService(Service):
         model = found.model or (known.model if known else None)
         if model is None:
             await self._device(ev, found, known, subject)
+            return
+        if known is not None and nodes.is_repeat(
+            ev.action, known, ip=ev.ip, model=model, now=time.time()
+        ):
+            _log.debug("node_lease_repeated", name=known.name, model=model, **subject)
             return
         was = known.state if known else None
         state = nodes.lease_state(ev.action, was, model)

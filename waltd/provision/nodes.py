@@ -33,6 +33,12 @@ FETCHING = "fetching"
 FAILED = "failed"
 IMAGE_READY = "ready"
 
+# A lease event that repeats what is recorded this soon after the node's last sighting is no
+# news: dnsmasq reports a lease again once the node's host entry gives it its name (just after
+# the node's first lease), and every lease at its restart. A renewal comes much later (at half
+# the lease time), and a lease that changes anything is never a repeat.
+REPEAT_S = 10.0
+
 
 def default_image(model: str) -> LocalRef:
     """The default image of node model `model`: `waltplatform/<model>-default:latest`."""
@@ -69,3 +75,17 @@ def lease_state(action: str, known_state: str | None, model: str | None) -> str:
     if action == "old" and model is not None and known_state in (READY, BOOTED):
         return known_state
     return state_on_lease(known_state, model)
+
+
+def is_repeat(action: str, known: Node, *, ip: str, model: str, now: float) -> bool:
+    """Whether lease event `action` of known node `known` (its address `ip`, its model
+    `model`) repeats what is recorded, within REPEAT_S of its last sighting: nothing to
+    record or tell (`lease_state` would leave its state as it is)."""
+    return (
+        action == "old"
+        and known.announced
+        and known.ip == ip
+        and known.model == model
+        and lease_state(action, known.state, model) == known.state
+        and 0 <= now - known.last_seen < REPEAT_S
+    )
