@@ -30,6 +30,7 @@ from waltd.images.mounts import (
 from waltd.images.repository import Repository
 from waltd.images.store import LocalRef
 from waltd.process import Children
+from waltd.provision import mounts as mounts_module
 from waltd.provision.mounts import (
     MAX_OPTIONS_BYTES,
     ImageMounts,
@@ -205,6 +206,10 @@ async def _names(repo: Repository, image_id: str) -> set[str]:
     return set(data.names) if data else set()
 
 
+def _no_table() -> str:
+    raise AssertionError("the mount table was read")
+
+
 async def test_an_image_is_mounted_once_read_only_and_held(setup: Setup) -> None:
     ref = LocalRef("alice", "one")
     image = await build(setup.repo, ref, layers=2, content="hello")
@@ -216,6 +221,11 @@ async def test_an_image_is_mounted_once_read_only_and_held(setup: Setup) -> None
     assert _overlays_at(first) == 1
     assert mounts.mounted() == {image: first}
     assert (first / "layer-1").read_text() == "docker.io/alice/one:latest 1 hello\n"
+    # mounted already: its mount point, found without reading the mount table
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(mounts_module, "_mount_table", _no_table)
+        assert await mounts.mount(image) == first
+    assert _overlays_at(first) == 1
     # the overlay's root shows the image's top layer's (buildah's 0555 here), not the
     # daemon's umask on the upper folder
     lower, relative = await layers.layer_dirs(setup.repo, image)

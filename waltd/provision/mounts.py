@@ -126,10 +126,20 @@ class ImageMounts:
         that is no id)."""
         check_image_id(image_id)
         async with self._locks.hold(image_id):
-            point = (await asyncio.to_thread(self.mounted)).get(image_id)
+            point = await asyncio.to_thread(self._mounted_at, image_id)
             if point is not None:
                 return point
             return await self._mount(image_id)
+
+    def _mounted_at(self, image_id: str) -> Path | None:
+        """The image's mount point when something is mounted there, else None.
+
+        Only this class mounts at `<root>/images/<id>/fs` (a start reconciles what a crash
+        left there), so a mount point there is the image's: one look at the folder instead
+        of reading the whole mount table at every node exported.
+        """
+        point = self.images / image_id / "fs"
+        return point if os.path.ismount(point) else None
 
     async def _mount(self, image_id: str) -> Path:
         images = self.images
