@@ -26,8 +26,9 @@ from tests.support.daemon import is_event, walt
 from tests.support.lab_daemon import lab_config, records, start_waltd, wait_record
 from tests.support.labs import running_lab
 from tests.support.wait import until
-from waltd.provision.boot import WAITING_IPXE, copy_boot_files, set_node_links, set_node_waiting
+from waltd.provision.boot import WAITING_IPXE, copy_boot_files
 from waltd.provision.boot_http import MAX_CONNECTIONS_PER_ADDRESS
+from waltd.provision.layout import set_node_links, set_node_waiting
 
 pytestmark = pytest.mark.lab
 

@@ -27,7 +27,7 @@ from tests.support.lab_daemon import hub_config, records, start_waltd, wait_reco
 from tests.support.labs import running_lab
 from tests.support.store_images import release_storage
 from waltd.config import default_config
-from waltd.provision import boot
+from waltd.provision import layout
 from waltd.provision.exports import ExportsService
 from waltd.provision.mounts import parse_mounts
 
@@ -157,7 +157,7 @@ async def test_nodes_are_exported_switched_and_released(lab: Lab) -> None:
             root / "nodes" / "by-ip" / str(first_a["ip"]),
             root / "nodes" / "by-name" / name_a,
         )
-        assert boot.alias_index(root)[a.mac] == aliases
+        assert layout.alias_index(root)[a.mac] == aliases
         status, text = await _nfs_cat(lab, a, f"{root}/nodes/{a.mac}/fs/etc/marker", 4)
         assert (status, text) == (0, "other image\n")
         # a crash (SIGKILL): the next run finds the mount, keeps it, never mounts it twice

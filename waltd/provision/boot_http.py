@@ -34,7 +34,7 @@ from waltd.context import Context
 from waltd.db import Node
 from waltd.node_events import emit
 from waltd.provision import nodes as states
-from waltd.provision.boot import boot_path, node_boot_file
+from waltd.provision.layout import boot_path, node_boot_file
 from waltd.supervisor import Service
 
 _log = log.get("boot_http")

@@ -5,10 +5,10 @@ For each node whose image is there (state `ready` or `booted`), the exports serv
 1. mounts its image once, the exportable way (`mounts.ImageMounts`: R/images/<id>/fs);
 2. copies the image's `/boot/<model>/` into R/boot/<id>/<model> once per image and model
    (`boot.copy_boot_files`: server-owned regular files, links resolved inside the image);
-3. points the node's folder at both (`boot.set_node_links`, each link switched atomically);
+3. points the node's folder at both (`layout.set_node_links`, each link switched atomically);
 4. exports the image to that node alone over NFS (the exporter of `exports.nfs`).
 
-A node without an image ready gets the "wait and retry" boot script (`boot.set_node_waiting`).
+A node without an image ready gets the "wait and retry" boot script (`layout.set_node_waiting`).
 An image no node uses any longer is unexported at once and unmounted after
 `exports.unmount-grace-s` (a node switching back meanwhile keeps it). A node that does not
 report booted within `boot.timeout-s` is logged; a virtual node is then reset, at most
@@ -34,14 +34,14 @@ from waltd.images import store
 from waltd.images.store import LocalRef
 from waltd.images.tools import ToolError
 from waltd.node_events import NodeEvent, NodeRemoved, NodeSeen, NodeState
-from waltd.provision import boot, nodes
+from waltd.provision import boot, layout, nodes
 from waltd.provision.following import NodeEventService
 from waltd.provision.mounts import ImageMounts, MountError
 from waltd.provision.nfs import NfsExport, NfsExports, fsid_of
 
 _log = log.get("exports")
 BOOTABLE = (nodes.READY, nodes.BOOTED)
-# The runtime folder's part holding the layout's changing folders (`boot.layout_in`).
+# The runtime folder's part holding the layout's changing folders (`layout.layout_in`).
 LAYOUT = "layout"
 
 
@@ -89,7 +89,7 @@ class ExportsService(NodeEventService):
         self._exporter: NfsExports = ctx.exporter
         self._exported: dict[str, Exported] = {}
         self._waiting: set[str] = set()  # nodes given the "wait and retry" script
-        # mac -> the alias links that lead to the node (boot.alias_index at rebuild, then
+        # mac -> the alias links that lead to the node (layout.alias_index at rebuild, then
         # as each set leaves them; None: unknown, a set looks at every alias); a node absent
         # has none
         self._aliases: dict[str, tuple[Path, ...] | None] = {}
@@ -104,7 +104,7 @@ class ExportsService(NodeEventService):
 
     async def __aenter__(self) -> Self:
         # the layout changes at every node event: its changing folders are kept in memory
-        await asyncio.to_thread(boot.layout_in, self._root, self._ctx.run_dir / LAYOUT)
+        await asyncio.to_thread(layout.layout_in, self._root, self._ctx.run_dir / LAYOUT)
         return await super().__aenter__()
 
     async def handle(self, event: NodeEvent) -> None:
@@ -166,14 +166,14 @@ class ExportsService(NodeEventService):
             if done:
                 self._waiting.discard(node.mac)
             else:
-                await self._layout(boot.set_node_waiting, node)
+                await self._layout(layout.set_node_waiting, node)
                 self._waiting.add(node.mac)
                 await self._forget(node.mac)
 
     async def _layout(
-        self, set_node: Callable[..., boot.NodePaths], node: Node, **args: str
+        self, set_node: Callable[..., layout.NodePaths], node: Node, **args: str
     ) -> None:
-        """Node's links set by `set_node` (boot.set_node_links or set_node_waiting) in a
+        """Node's links set by `set_node` (layout.set_node_links or set_node_waiting) in a
         thread, its alias links kept track of."""
         known = self._aliases.get(node.mac, ())
         self._aliases[node.mac] = None  # unknown until the set is through
@@ -186,7 +186,7 @@ class ExportsService(NodeEventService):
         """A node the database forgot (a virtual node removed): out of the layout and the
         exports."""
         async with self._lock:
-            await asyncio.to_thread(boot.remove_node_links, self._root, mac)
+            await asyncio.to_thread(layout.remove_node_links, self._root, mac)
             self._aliases.pop(mac, None)
             self._waiting.discard(mac)
             await self._forget(mac)
@@ -217,7 +217,7 @@ class ExportsService(NodeEventService):
                     files=report.files,
                     skipped=len(report.skipped),
                 )
-        await self._layout(boot.set_node_links, node, image_id=image_id, model=node.model)
+        await self._layout(layout.set_node_links, node, image_id=image_id, model=node.model)
         before = self._exported.get(node.mac)
         self._exported[node.mac] = now = Exported(image_id, node.model, node.ip)
         if before != now:
@@ -377,7 +377,7 @@ class ExportsService(NodeEventService):
             for folder in folders:
                 await asyncio.to_thread(boot.clear_partial_copies, folder)
             self._aliases.clear()
-            self._aliases.update(await asyncio.to_thread(boot.alias_index, self._root))
+            self._aliases.update(await asyncio.to_thread(layout.alias_index, self._root))
         for node in listed:
             if node.model is not None:
                 await self._set(node.mac)
