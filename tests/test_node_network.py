@@ -18,7 +18,7 @@ import pytest
 import yaml
 
 from lab.lab import Lab
-from tests.support.daemon import is_event, running, spool_of, walt
+from tests.support.daemon import is_event, is_lease, running, spool_of, walt
 from tests.support.lab_daemon import lab_config, records, start_waltd, wait_record
 from tests.support.labs import running_lab
 from tests.support.wait import until
@@ -36,7 +36,8 @@ async def lab() -> AsyncIterator[Lab]:
 async def test_nodes_lease_and_reach_waltd_with_their_model(lab: Lab) -> None:
     folder = lab.root / "waltd"
     folder.mkdir()
-    waltd = await start_waltd(lab, lab_config(lab, folder))
+    # debug: the renewal below, soon after the first lease, is a repeat (a debug record)
+    waltd = await start_waltd(lab, lab_config(lab, folder), log_level="debug")
     await wait_record(waltd, is_event("daemon_ready"))
     await wait_record(waltd, is_event("dnsmasq_started"))
 
@@ -73,7 +74,7 @@ async def test_nodes_lease_and_reach_waltd_with_their_model(lab: Lab) -> None:
     assert (hosts / pc.mac.replace(":", "-")).read_text() == f"{pc.mac},{det_pc['name']}\n"
     again = await lab.node_dhcp(pc, vendor_class="walt.node.pc-x86-64")
     assert again == ip_pc
-    renewed = await wait_record(waltd, is_event("node_lease", mac=pc.mac))
+    renewed = await wait_record(waltd, is_lease(pc.mac))
     assert renewed["model"] == "pc-x86-64"
     leases = (folder / "state" / "dnsmasq" / "leases").read_text()
     assert all(n.mac in leases for n in (pc, rpi, other))
