@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import os
@@ -9,13 +10,14 @@ import pwd
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
 from tests.conftest import require_root
 from tests.support.daemon import ROOT, process_group
 from tests.support.wait import until, until_sync
-from waltd.process import Children, kill_recorded, start_time
+from waltd.process import Children, kill_recorded, pidfd_child_watcher, start_time
 
 
 def _gone(pid: int) -> bool:
@@ -36,6 +38,27 @@ async def test_spawn_records_and_run_collects_output(tmp_path: Path) -> None:
     assert json.loads(record.read_text()) == []
     status, out, err = await children.run(["sh", "-c", "echo hi; echo oops >&2; exit 3"])
     assert (status, out, err) == (3, b"hi\n", b"oops\n")
+
+
+async def test_children_exits_come_through_pidfds_without_a_thread_each(tmp_path: Path) -> None:
+    """Under the daemon's watcher a child's start makes no thread (each start would wait for
+    one to run) and its exit status arrives; the watcher before it is back afterwards."""
+    # Python 3.12 picks pidfds by itself (and deprecates watchers): only 3.11 swaps them
+    swapped = sys.version_info < (3, 12)
+    before = asyncio.get_child_watcher() if swapped else None
+    children = Children(tmp_path / "children.json")
+    with pidfd_child_watcher() as in_use:
+        assert in_use  # this machine's kernel has pidfds
+        threads = threading.active_count()
+        status, out, _ = await children.run(["sh", "-c", "echo hi; exit 3"])
+        procs = [await children.spawn(["sleep", "0.1"]) for _ in range(5)]
+        assert threading.active_count() == threads
+        assert [await children.wait(p) for p in procs] == [0] * 5
+    assert (status, out) == (3, b"hi\n")
+    if swapped:
+        assert asyncio.get_child_watcher() is before
+    status, _, _ = await children.run(["true"])  # the watcher put back works
+    assert status == 0
 
 
 async def test_stop_kills_a_group_that_ignores_sigterm(tmp_path: Path) -> None:

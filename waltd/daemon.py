@@ -20,7 +20,7 @@ from waltd.events import EventBus
 from waltd.images.locks import NameLocks
 from waltd.images.repository import Repository, RepositoryService
 from waltd.node_events import NodeEvents
-from waltd.process import Children, kill_recorded
+from waltd.process import Children, kill_recorded, pidfd_child_watcher
 from waltd.provision.boot_http import BootHttpService
 from waltd.provision.detect import DetectionService
 from waltd.provision.dnsmasq import DnsmasqService
@@ -117,6 +117,7 @@ async def run(
                 _log.error("daemon_already_running", folder=str(folder), pid=err.pid)
                 print(f"waltd: {err}", file=sys.stderr)
                 return 1
+        held.enter_context(pidfd_child_watcher())
         return await _run(
             config, config_path=config_path, bus=bus, extra=extra, restart_min_s=restart_min_s
         )

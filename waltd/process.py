@@ -9,6 +9,9 @@ left behind, and the start time keeps it from killing an unrelated process that 
 PDEATHSIG does not survive a change of uid: a child that drops privileges (dnsmasq becomes
 `nobody`) is started under a small root keeper shell instead, which holds the death signal and
 kills the child when it fires.
+
+The daemon learns of its children's exits through pidfds polled by its event loop
+(`pidfd_child_watcher`), not through a thread per child.
 """
 
 from __future__ import annotations
@@ -18,7 +21,8 @@ import contextlib
 import json
 import os
 import signal
-from collections.abc import Sequence
+import sys
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 from waltd import log
@@ -35,6 +39,41 @@ _KEEPER = (
     '[ -n "$term" ] && kill -KILL "$pid"; '
     'wait "$pid"'
 )
+
+
+@contextlib.contextmanager
+def pidfd_child_watcher() -> Iterator[bool]:
+    """Within this block (entered with the event loop running), asyncio learns of its
+    children's exits through pidfds that loop polls; whether it does (False on a kernel
+    before 5.3, which has no pidfd: the default watcher stays).
+
+    Python 3.11's default watcher starts a thread per child and waits, event loop blocked,
+    until that thread runs: on a busy machine (a storm of nodes and their image downloads)
+    each start holds the loop for milliseconds. Python 3.12 picks pidfds by itself. The
+    watcher there before is put back at the end.
+    """
+    if sys.version_info >= (3, 12):
+        yield _has_pidfd()
+        return
+    if not _has_pidfd():
+        yield False
+        return
+    previous = asyncio.get_child_watcher()
+    watcher = asyncio.PidfdChildWatcher()
+    watcher.attach_loop(asyncio.get_running_loop())
+    asyncio.set_child_watcher(watcher)
+    try:
+        yield True
+    finally:
+        asyncio.set_child_watcher(previous)  # closes ours
+
+
+def _has_pidfd() -> bool:
+    try:
+        os.close(os.pidfd_open(os.getpid()))
+    except (AttributeError, OSError):
+        return False
+    return True
 
 
 def proc_state(pid: int) -> tuple[str, int] | None:
