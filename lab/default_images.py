@@ -190,14 +190,17 @@ async def add_nodes(lab: Lab, count: int, models: Sequence[str]) -> list[StormNo
     return [StormNode(await lab.add_node(), models[i % len(models)]) for i in range(count)]
 
 
-async def dhcp_storm(lab: Lab, nodes: Sequence[StormNode]) -> list[IPv4Address]:
+async def dhcp_storm(
+    lab: Lab, nodes: Sequence[StormNode], *, configure: bool = True
+) -> list[IPv4Address]:
     """Every node of `nodes` asks for a lease at once, with its model's vendor class; the
-    addresses they got, in the same order. The first node that gets none ends the others'
-    requests and raises its LabError.
+    addresses they got, in the same order, set on their interfaces unless not `configure`.
+    The first node that gets none ends the others' requests and raises its LabError.
 
     The lab's in-process client (`dhcp_client.lease`), not one udhcpc per node: a storm
     benchmark charges the clients' CPU to the server it measures.
     """
     return await gather_all(
-        dhcp_client.lease(lab, n.node, vendor_class=vendor_class(n.model)) for n in nodes
+        dhcp_client.lease(lab, n.node, vendor_class=vendor_class(n.model), configure=configure)
+        for n in nodes
     )

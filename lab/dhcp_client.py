@@ -284,15 +284,17 @@ def xid_filter(xid: int) -> bytes:
 
 @dataclass
 class _Endpoint:
-    """A node's DHCP socket and netlink socket (both of its namespace), its interface index."""
+    """A node's DHCP socket and netlink socket (both of its namespace; no netlink socket for
+    a node that leaves its address unset), its interface index."""
 
     udp: socket.socket
-    netlink: socket.socket
+    netlink: socket.socket | None
     ifindex: int
 
     def close(self) -> None:
         self.udp.close()
-        self.netlink.close()
+        if self.netlink is not None:
+            self.netlink.close()
 
 
 def attach_xid_filter(sock: socket.socket, xid: int) -> None:
@@ -314,8 +316,9 @@ def _enter_netns(path: str) -> None:
         os.close(fd)
 
 
-def _open_endpoint(netns_path: str, ifname: str, xid: int) -> _Endpoint:
-    """The sockets of a node's exchange; run in a thread of its own (it enters the namespace).
+def _open_endpoint(netns_path: str, ifname: str, xid: int, netlink: bool = True) -> _Endpoint:
+    """The sockets of a node's exchange (the netlink one only when `netlink`); run in a thread
+    of its own (it enters the namespace).
 
     A socket stays in the namespace it was made in, whichever thread uses it later.
     """
@@ -330,11 +333,13 @@ def _open_endpoint(netns_path: str, ifname: str, xid: int) -> _Endpoint:
         attach_xid_filter(udp, xid)
         udp.bind(("0.0.0.0", _CLIENT_PORT))  # the namespace's own port 68
         udp.setblocking(False)
-        netlink = socket.socket(socket.AF_NETLINK, socket.SOCK_DGRAM, NETLINK_ROUTE)
+        route = None
+        if netlink:
+            route = socket.socket(socket.AF_NETLINK, socket.SOCK_DGRAM, NETLINK_ROUTE)
     except BaseException:
         udp.close()
         raise
-    return _Endpoint(udp, netlink, ifindex)
+    return _Endpoint(udp, route, ifindex)
 
 
 async def _in_thread(make: Callable[[], _Endpoint]) -> _Endpoint:
@@ -429,6 +434,7 @@ async def _exchange(
 async def _set_address(endpoint: _Endpoint, leased: IPv4Interface) -> None:
     """What udhcpc.sh does when bound: the interface's other IPv4 addresses go, the leased
     one is added (no route: the node network is the prefix's)."""
+    assert endpoint.netlink is not None
     async with AsyncIPRoute(use_socket=endpoint.netlink) as ipr:
         present = set()
         async for msg in await ipr.addr("dump", index=endpoint.ifindex, family=socket.AF_INET):
@@ -455,9 +461,11 @@ async def lease(
     user_class: str | None = None,
     tries: int = 5,
     timeout_s: float = 1.0,
+    configure: bool = True,
 ) -> IPv4Address:
     """Have `node` get a lease as `busybox udhcpc -t TRIES -T TIMEOUT` would, set it on its
-    interface as udhcpc.sh does, and return it (also in `node.ip`).
+    interface as udhcpc.sh does (unless not `configure`: the server sees nothing of it), and
+    return it (also in `node.ip`).
 
     A lost packet is sent again after `timeout_s`; LabError naming the node when `tries`
     waits brought no lease, or when its namespace or interface cannot be used. No class is
@@ -475,7 +483,9 @@ async def lease(
 
     netns_path = lab.netns_path(node.netns)
     try:
-        endpoint = await _in_thread(lambda: _open_endpoint(netns_path, node.ifname, xid))
+        endpoint = await _in_thread(
+            lambda: _open_endpoint(netns_path, node.ifname, xid, netlink=configure)
+        )
     except OSError as err:
         raise LabError(
             f"{node.name}: no DHCP socket on {node.ifname} in {node.netns}: {err}"
@@ -488,7 +498,8 @@ async def lease(
         if ack is None:
             raise LabError(f"{node.name} got no DHCP lease after {tries} tries")
         try:
-            await _set_address(endpoint, ack.interface)
+            if configure:
+                await _set_address(endpoint, ack.interface)
         except (OSError, NetlinkError) as err:
             raise LabError(f"{node.name}: {ack.interface} not set on {node.ifname}: {err}") from err
     finally:

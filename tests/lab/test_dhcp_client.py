@@ -286,3 +286,15 @@ async def test_a_storm_gives_every_node_its_own_lease(lab: Lab, dnsmasq: Dnsmasq
         assert await _addresses(lab, storm_node.node.netns, "eth0") == [f"{ip}/24"]
         event = await dnsmasq.wait_event("add", storm_node.node.mac)
         assert _model_seen(event) == storm_node.model
+
+
+@in_module_loop
+async def test_a_storm_can_leave_the_addresses_unset(lab: Lab, dnsmasq: Dnsmasq) -> None:
+    """Without `configure` the nodes get their leases and set nothing on their interfaces."""
+    nodes = await add_nodes(lab, 4, ["pc-x86-64"])
+    ips = await dhcp_storm(lab, nodes, configure=False)
+    assert len(set(ips)) == 4
+    for storm_node, ip in zip(nodes, ips, strict=True):
+        assert storm_node.node.ip == ip
+        assert await _addresses(lab, storm_node.node.netns, "eth0") == []
+        await dnsmasq.wait_event("add", storm_node.node.mac)
