@@ -10,7 +10,8 @@ requests find.
 Every link is replaced atomically (a new link under a temporary name in the same folder,
 then a rename over the old one), so a reader (dnsmasq, the HTTP server, NFS) sees the old
 target or the new one, never none. The folders that change at every node event may live in
-the daemon's runtime folder (`layout_in`). Blocking file work: the daemon runs it in a
+the daemon's runtime folder (`layout_in`). `node_boot_file` finds a node's boot file
+through its links, for the HTTP boot server. Blocking file work: the daemon runs it in a
 thread (`asyncio.to_thread`); nothing here holds daemon state.
 """
 
