@@ -112,6 +112,10 @@ class SourceFailed(Exception):
     """One source could not give the image (the message says why)."""
 
 
+# How a source fails: the next one is tried (ValueError: too many layers, a malformed answer).
+_SOURCE_ERRORS = (SourceFailed, RegistryError, ToolError, OSError, TimeoutError, ValueError)
+
+
 class AllSourcesFailed(Exception):
     """Every source failed: `errors` pairs each source with its error; the next try is
     `retry_in_s` away."""
@@ -244,9 +248,7 @@ class Fetcher:
                 try:
                     async with asyncio.timeout(ctx.config.images.fetch_timeout_s):
                         image_id = await self._from(source, step, model, image, check)
-                except (SourceFailed, RegistryError, ToolError, OSError, TimeoutError) as err:
-                    error = short(err)
-                except ValueError as err:  # too many layers, a malformed answer
+                except _SOURCE_ERRORS as err:
                     error = short(err)
                 else:
                     status = await self._pin(model, image, image_id, step.label)
