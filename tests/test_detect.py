@@ -175,15 +175,8 @@ def _events(d: Daemon) -> list[dict[str, object]]:
     return [json.loads(line) for line in res.stdout.splitlines()]
 
 
-def _debug_daemon(folder: Path) -> Daemon:
-    """A daemon on `folder` whose log has debug records too (a repeated lease's)."""
-    config = write_config(folder)
-    argv = [sys.executable, "-m", "waltd", "--config", str(config), "--log-level", "debug"]
-    return Daemon(folder, config, argv)
-
-
 def test_events_reach_the_daemon_and_bad_ones_are_refused(folder: Path) -> None:
-    d = _debug_daemon(folder)
+    d = Daemon(folder, write_config(folder), log_level="debug")  # a repeat's record
     try:
         d.start()
         run_hook(folder, "add", MAC, "10.0.0.5", DNSMASQ_USER_CLASS0="walt.node.rpi-3-b")
@@ -218,7 +211,7 @@ def test_events_spooled_while_down_are_delivered_at_start(folder: Path) -> None:
     run_hook(folder, "add", MAC, "10.0.0.5", DNSMASQ_VENDOR_CLASS="walt.node.pc-x86-64")
     run_hook(folder, "old", MAC, "10.0.0.5")
     assert len(list(spool_of(folder).iterdir())) == 2
-    d = _debug_daemon(folder)
+    d = Daemon(folder, write_config(folder), log_level="debug")  # a repeat's record
     try:
         d.start()
         d.wait_for(lambda e: e.get("event") == "dhcp_spool_drained")

@@ -57,12 +57,16 @@ class Daemon:
         config: Path,
         argv: list[str] | None = None,
         env: dict[str, str] | None = None,
+        log_level: str = "info",
     ) -> None:
         self.folder = folder
         self.config = config
         self.socket = folder / "api.sock"
         self.log_path = folder / "waltd.log"
-        self._argv = argv or [sys.executable, "-m", "waltd", "--config", str(config)]
+        self._argv = argv or [
+            *(sys.executable, "-m", "waltd", "--config", str(config)),
+            *("--log-level", log_level),
+        ]
         self._env = {**os.environ, "PYTHONPATH": str(ROOT), **(env or {})}
         self.proc: subprocess.Popen[bytes] | None = None
 
