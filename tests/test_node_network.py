@@ -76,6 +76,9 @@ async def test_nodes_lease_and_reach_waltd_with_their_model(lab: Lab) -> None:
     assert again == ip_pc
     renewed = await wait_record(waltd, is_lease(pc.mac))
     assert renewed["model"] == "pc-x86-64"
+    # at debug level dnsmasq's line for each DHCP message is relayed
+    acks = [r["line"] for r in records(waltd) if r.get("event") == "dnsmasq_output"]
+    assert any("DHCPACK" in line and pc.mac in line for line in acks)
     leases = (folder / "state" / "dnsmasq" / "leases").read_text()
     assert all(n.mac in leases for n in (pc, rpi, other))
     assert next(s for s in status["services"] if s["name"] == "dnsmasq")["restarts"] == 0
@@ -149,6 +152,8 @@ async def test_dnsmasq_dies_with_a_killed_waltd(lab: Lab) -> None:
     waltd = await start_waltd(lab, lab_config(lab, folder))
     await wait_record(waltd, is_event("dnsmasq_started"))
     conf = folder / "run" / "dnsmasq" / "dnsmasq.conf"
+    # at info level dnsmasq writes no line per DHCP message (they would be relayed for nothing)
+    assert "quiet-dhcp" in conf.read_text().splitlines()
     try:
         # The keeper starts first; dnsmasq itself and its drop to nobody follow shortly.
         await until(lambda: nobody_owns(_dnsmasq_pids(conf)), what="dnsmasq as nobody", timeout_s=5)

@@ -15,6 +15,7 @@ change and finished TFTP transfer as one file in the spool that detection drains
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import shutil
 import sys
@@ -117,8 +118,9 @@ def has_lua(version: str) -> bool:
     return False
 
 
-def render_config(net: WaltNet, paths: Paths, hook: Hook) -> str:
-    """dnsmasq.conf for the node network `net`."""
+def render_config(net: WaltNet, paths: Paths, hook: Hook, *, dhcp_lines: bool = False) -> str:
+    """dnsmasq.conf for the node network `net`; `dhcp_lines`: dnsmasq writes a line per
+    DHCP message (the daemon relays them as debug records), else none (`quiet-dhcp`)."""
     first, last = net.dhcp_range
     lines = [
         "# Written by waltd; changes are overwritten.",
@@ -155,6 +157,9 @@ def render_config(net: WaltNet, paths: Paths, hook: Hook) -> str:
         f"tftp-root={paths.tftp_root}",
         f"tftp-max={TFTP_MAX}",
         "log-facility=-",
+        # a line per DHCP message is four per node booting: only worth writing (and relaying)
+        # when the daemon logs at debug level
+        *([] if dhcp_lines else ["quiet-dhcp"]),
     ]
     return "\n".join(lines) + "\n"
 
@@ -221,7 +226,8 @@ class DnsmasqService(Service):
         self._install_boot_files(self._ctx.config)
         self.paths.spool.mkdir(mode=0o700, parents=True, exist_ok=True)
         hook = await self._hook()
-        self.paths.conf.write_text(render_config(net, self.paths, hook))
+        dhcp_lines = _log.is_enabled_for(logging.DEBUG)
+        self.paths.conf.write_text(render_config(net, self.paths, hook, dhcp_lines=dhcp_lines))
         env = {
             **os.environ,
             dhcp_event.SPOOL_ENV: str(self.paths.spool),
