@@ -43,11 +43,13 @@ class SecretRedactor:
 
     def __init__(self) -> None:
         self._values: dict[str, int] = {}
+        self._longest_first: tuple[str, ...] = ()  # a value inside another goes after it
 
     def register(self, value: str) -> None:
         """Redact `value` wherever it appears in a record from now on."""
         if len(value) >= 3:  # shorter strings would blank out ordinary words
             self._values[value] = self._values.get(value, 0) + 1
+            self._sort()
 
     def forget(self, value: str) -> None:
         """Stop redacting `value` (one registration less)."""
@@ -56,11 +58,18 @@ class SecretRedactor:
             self._values[value] = count
         else:
             self._values.pop(value, None)
+        self._sort()
+
+    def _sort(self) -> None:
+        self._longest_first = tuple(sorted(self._values, key=len, reverse=True))
 
     def scrub(self, text: str) -> str:
         """`text` with every known secret and URL password replaced."""
-        for value in sorted(self._values, key=len, reverse=True):
+        for value in self._longest_first:
             text = text.replace(value, REDACTED)
+        # every record's every text comes here: the pattern only where it can match
+        if "@" not in text:
+            return text
         return _URL_CREDENTIALS.sub(rf"\g<scheme>\g<user>:{REDACTED}@", text)
 
     def _clean(self, value: Any) -> Any:
