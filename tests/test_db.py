@@ -386,3 +386,64 @@ async def test_node_by_ip_is_the_node_seen_last_at_that_address(path: Path) -> N
         assert found is not None and found.mac == "02:00:00:00:00:02"
         assert await database.node_by_ip("10.0.0.6") is None  # an unknown device is no node
         assert await database.node_by_ip("10.0.0.7") is None
+
+
+async def _as_on_disk(database: Database) -> None:
+    """Every node and model status answered from memory is what SQLite holds."""
+    for node in await database.list_nodes():
+        assert await database.get_node(node.mac) == node
+    for status in await database.list_models():
+        assert await database.get_model_status(status.model) == status
+
+
+async def test_nodes_and_models_in_memory_follow_every_write(path: Path) -> None:
+    """get_node and get_model_status answer from memory: each kind of write keeps it as on
+    disk, and a database opened again starts from what it holds."""
+    macs = [f"00:11:22:aa:bb:0{i}" for i in range(4)]
+    async with Database(path) as database:
+        assert await database.get_node(macs[0]) is None
+        for i, mac in enumerate(macs):
+            await database.upsert_node(mac, ip=f"10.0.0.{i}", model="pc", state="waiting")
+        await _as_on_disk(database)
+        await database.mark_announced(macs[0])
+        await database.set_node_state(macs[1], "booted", image="docker.io/u/x:latest")
+        await database.move_nodes("pc", "waiting", "ready", image="docker.io/u/y:latest")
+        await database.replace_node_image("docker.io/u/y:latest", "docker.io/u/z:latest")
+        assert await database.remove_node(macs[3])
+        await database.set_model_status("pc", "ready", image="docker.io/u/z:latest", image_id="1")
+        await database.set_model_status("rpi", "failed", last_error="down", next_retry=5.0)
+        await _as_on_disk(database)
+        assert await database.get_node(macs[3]) is None
+        node = await database.get_node(macs[2].upper())
+        assert node is not None and (node.state, node.image) == ("ready", "docker.io/u/z:latest")
+        before = {mac: await database.get_node(mac) for mac in macs}
+    async with Database(path) as again:
+        assert {mac: await again.get_node(mac) for mac in macs} == before
+        await _as_on_disk(again)
+        failed = await again.get_model_status("rpi")
+        assert failed is not None
+        assert (failed.image_status, failed.last_error) == ("failed", "down")
+        assert failed.next_retry == 5.0
+    with pytest.raises(RuntimeError, match="not open"):
+        await again.get_node(macs[0])
+
+
+async def test_a_failed_write_leaves_memory_as_on_disk(
+    path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(db, "BUSY_TIMEOUT_S", 0.05)
+    async with Database(path) as database:
+        recorded = await database.upsert_node(MAC, ip="10.0.0.1", model="pc")
+        other = sqlite3.connect(path, isolation_level=None)
+        try:
+            other.execute("BEGIN IMMEDIATE")  # the lock the writes wait for, past their timeout
+            with pytest.raises(StateError, match="locked"):
+                await database.upsert_node(MAC, ip="10.0.0.2")
+            with pytest.raises(StateError, match="locked"):
+                await database.set_node_state(MAC, "ready")
+            # a read does not wait for the lock: it answers what was committed
+            assert await database.get_node(MAC) == recorded
+        finally:
+            other.execute("ROLLBACK")
+            other.close()
+        await _as_on_disk(database)

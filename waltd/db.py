@@ -3,6 +3,12 @@
 One connection, owned by one worker thread: the event loop never waits on the disk and every
 call is serialised, so no call sees another's half-done write. The schema evolves through
 numbered migrations recorded in ``PRAGMA user_version``.
+
+The daemon is the database's only writer, so it also keeps every node and model status as
+last committed in memory (the worker updates them after each commit): `get_node` and
+`get_model_status`, asked for every lease event and node event, answer at once, with no
+thread hand-off. A read never sees a write before it is committed, and a caller sees its own
+writes once their call returned.
 """
 
 from __future__ import annotations
@@ -194,6 +200,9 @@ class Database:
         self.path = path
         self._executor: ThreadPoolExecutor | None = None
         self._conn: sqlite3.Connection | None = None
+        # as last committed; written by the worker thread alone (see the module docstring)
+        self._node_rows: dict[str, Node] = {}
+        self._model_rows: dict[str, ModelStatus] = {}
 
     @property
     def is_open(self) -> bool:
@@ -271,22 +280,36 @@ class Database:
             conn.execute("PRAGMA synchronous = NORMAL")
             conn.execute("PRAGMA foreign_keys = ON")
             _migrate(conn, version, self.path)
+            nodes = conn.execute(f"SELECT {_NODE_COLUMNS} FROM nodes").fetchall()
+            models = conn.execute(f"SELECT {_MODEL_COLUMNS} FROM models").fetchall()
         except sqlite3.Error as exc:
             conn.close()
             raise StateError(f"state database {self.path} is unusable: {exc}") from exc
         except BaseException:
             conn.close()
             raise
+        self._node_rows = {node.mac: node for node in map(_node, nodes)}
+        self._model_rows = {status.model: status for status in (ModelStatus(*r) for r in models)}
         self._conn = conn
 
     def _close(self) -> None:
         conn, self._conn = self._conn, None
         if conn is not None:
             conn.close()
+        self._node_rows = {}
+        self._model_rows = {}
 
-    async def _run(self, work: Callable[[sqlite3.Connection], _T]) -> _T:
+    def _kept(self, node: Node) -> Node:
+        """`node` as committed, kept in memory (in the worker, after the commit)."""
+        self._node_rows[node.mac] = node
+        return node
+
+    def _check_open(self) -> None:
         if self._executor is None:
             raise RuntimeError(f"state database {self.path} is not open")
+
+    async def _run(self, work: Callable[[sqlite3.Connection], _T]) -> _T:
+        self._check_open()
         return await asyncio.get_running_loop().run_in_executor(self._executor, self._call, work)
 
     def _call(self, work: Callable[[sqlite3.Connection], _T]) -> _T:
@@ -352,7 +375,7 @@ class Database:
                 row = conn.execute(
                     f"SELECT {_NODE_COLUMNS} FROM nodes WHERE mac = ?", (mac,)
                 ).fetchone()
-            return _node(row)
+            return self._kept(_node(row))
 
         return await self._run(work)
 
@@ -373,8 +396,11 @@ class Database:
         return found[0] if found else None
 
     async def get_node(self, mac: str) -> Node | None:
-        """Return node ``mac``, or None if unknown. Raises ValueError for an invalid MAC."""
-        return await self._one_node("WHERE mac = ?", (normalise_mac(mac),))
+        """Return node ``mac``, or None if unknown (from memory: no thread hand-off).
+        Raises ValueError for an invalid MAC."""
+        mac = normalise_mac(mac)
+        self._check_open()
+        return self._node_rows.get(mac)
 
     async def node_by_ip(self, ip: str) -> Node | None:
         """The node (a model known) whose address is `ip`, or None; when a stale entry still
@@ -409,6 +435,9 @@ class Database:
 
         def work(conn: sqlite3.Connection) -> None:
             conn.execute("UPDATE nodes SET announced = 1 WHERE mac = ?", (mac,))
+            node = self._node_rows.get(mac)
+            if node is not None:
+                self._kept(replace(node, announced=True))
 
         await self._run(work)
 
@@ -420,7 +449,9 @@ class Database:
         mac = normalise_mac(mac)
 
         def work(conn: sqlite3.Connection) -> bool:
-            return conn.execute("DELETE FROM nodes WHERE mac = ?", (mac,)).rowcount > 0
+            removed = conn.execute("DELETE FROM nodes WHERE mac = ?", (mac,)).rowcount > 0
+            self._node_rows.pop(mac, None)
+            return removed
 
         return await self._run(work)
 
@@ -434,6 +465,8 @@ class Database:
                     "SELECT name FROM nodes WHERE image = ? ORDER BY name", (old,)
                 ).fetchall()
                 conn.execute("UPDATE nodes SET image = ? WHERE image = ?", (new, old))
+            for node in [n for n in self._node_rows.values() if n.image == old]:
+                self._kept(replace(node, image=new))
             return [str(name) for (name,) in rows]
 
         return await self._run(work)
@@ -484,7 +517,7 @@ class Database:
                 row = conn.execute(
                     f"SELECT {_NODE_COLUMNS} FROM nodes WHERE mac = ?", (mac,)
                 ).fetchone()
-            return _node(row)
+            return self._kept(_node(row))
 
         return await self._run(work)
 
@@ -509,7 +542,9 @@ class Database:
                     (to_state, image, model, from_state),
                 )
             return [
-                replace(node, state=to_state, image=image if node.image is None else node.image)
+                self._kept(
+                    replace(node, state=to_state, image=image if node.image is None else node.image)
+                )
                 for node in map(_node, rows)
             ]
 
@@ -562,20 +597,16 @@ class Database:
                     source,
                 ),
             )
+            self._model_rows[model] = status
             return status
 
         return await self._run(work)
 
     async def get_model_status(self, model: str) -> ModelStatus | None:
-        """Return the image status of ``model``, or None if none was recorded."""
-
-        def work(conn: sqlite3.Connection) -> ModelStatus | None:
-            row = conn.execute(
-                f"SELECT {_MODEL_COLUMNS} FROM models WHERE model = ?", (model,)
-            ).fetchone()
-            return None if row is None else ModelStatus(*row)
-
-        return await self._run(work)
+        """Return the image status of ``model``, or None if none was recorded (from memory:
+        no thread hand-off)."""
+        self._check_open()
+        return self._model_rows.get(model)
 
     async def list_models(self) -> list[ModelStatus]:
         """Return the image status of every model, ordered by model."""
