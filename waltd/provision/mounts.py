@@ -105,7 +105,8 @@ class ImageMounts:
     """The exportable mounts of images under `<root>/images/`."""
 
     def __init__(self, root: Path, repo: Repository, children: Children) -> None:
-        self._root = root
+        # the kernel lists mounts by real path: resolved once, not at every node exported
+        self._root = Path(os.path.realpath(root))
         self._repo = repo
         self._children = children
         self._locks = NameLocks()
@@ -113,12 +114,12 @@ class ImageMounts:
     @property
     def images(self) -> Path:
         """`<root>/images`, the root's real path (no symlink in it)."""
-        return Path(os.path.realpath(self._root)) / "images"
+        return self._root / "images"
 
     def mounted(self) -> dict[str, Path]:
         """Image id -> mount point of every image mounted under the root, from the kernel's
         mount table."""
-        return parse_mounts(_mount_table(), Path(os.path.realpath(self._root)))
+        return parse_mounts(_mount_table(), self._root)
 
     async def mount(self, image_id: str) -> Path:
         """Mount the image (once: when mounted already, nothing is done) and return its mount
@@ -228,7 +229,7 @@ class ImageMounts:
         A busy mount (an NFS server still exports it) is left, logged and reported in `busy`.
         """
         done = Reconciled()
-        overlays = await asyncio.to_thread(lambda: _overlays(_mount_table(), self.images.parent))
+        overlays = await asyncio.to_thread(lambda: _overlays(_mount_table(), self._root))
         counts: dict[str, int] = {}
         for image, _ in overlays:
             counts[image] = counts.get(image, 0) + 1
