@@ -30,7 +30,6 @@ from waltd.images.mounts import (
 from waltd.images.repository import Repository
 from waltd.images.store import LocalRef
 from waltd.process import Children
-from waltd.provision import mounts as mounts_module
 from waltd.provision.mounts import (
     MAX_OPTIONS_BYTES,
     ImageMounts,
@@ -191,7 +190,7 @@ async def setup(tmp_path: Path) -> AsyncIterator[Setup]:
     for tool in ("mount", "umount"):
         require_tool(tool)
     repo = repository_at(tmp_path)
-    root = tmp_path / "exports"
+    root = tmp_path / "exports"  # the repository's exports root (repository_at)
     old = os.umask(0o077)  # the daemon's: mounts must not show it to nodes
     try:
         yield Setup(repo, root, Children(tmp_path / "children.json"))
@@ -223,7 +222,7 @@ async def test_an_image_is_mounted_once_read_only_and_held(setup: Setup) -> None
     assert (first / "layer-1").read_text() == "docker.io/alice/one:latest 1 hello\n"
     # mounted already: its mount point, found without reading the mount table
     with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(mounts_module, "_mount_table", _no_table)
+        patch.setattr(layers, "mount_table", _no_table)
         assert await mounts.mount(image) == first
     assert _overlays_at(first) == 1
     # the overlay's root shows the image's top layer's (buildah's 0555 here), not the
@@ -237,12 +236,13 @@ async def test_an_image_is_mounted_once_read_only_and_held(setup: Setup) -> None
     assert written.value.errno == errno.EROFS
     assert {"ro", "index=on", "nfs_export=on"} <= _options(first)
 
-    # the hold keeps the image while mounted; it is never listed as a user's image
-    assert layers.hold_name(image) in await _names(setup.repo, image)
-    assert [i.ref for i in await store.list_images(setup.repo)] == [ref]
+    # mounting gave it no name: a hold comes with the first deletion, which keeps the
+    # image (its layers under the mount) when its last name goes; never listed
+    assert await _names(setup.repo, image) == {ref.full}
     await store.remove(setup.repo, ref)
-    assert await store.inspect_id(setup.repo, image) is not None
-    assert (first / "layer-0").exists()
+    assert await _names(setup.repo, image) == {layers.hold_name(image)}
+    assert await store.list_images(setup.repo) == []
+    assert (first / "layer-0").read_text() == "docker.io/alice/one:latest 0 hello\n"
 
     await mounts.unmount(image)
     assert mounts.mounted() == {} and not (setup.root / "images" / image).exists()
@@ -291,11 +291,11 @@ async def test_reconcile_after_a_crash_never_mounts_twice(setup: Setup) -> None:
     assert await after.mount(kept) == kept_at and _overlays_at(kept_at) == 1
     done = await after.reconcile({kept})
     assert done.kept == {kept} and done.unmounted == {gone} and not done.busy
-    assert done.removed == {gone, "d" * 64} and done.released == {gone, stray}
+    assert done.removed == {gone, "d" * 64} and done.released == {stray}
     assert after.mounted() == {kept: kept_at} and _overlays_at(kept_at) == 1
     assert not gone_at.exists() and not half.exists()
     assert (setup.root / "images" / "not-an-id").is_dir()  # not the daemon's: left
-    assert await layers.held(setup.repo) == {kept}
+    assert await layers.held(setup.repo) == set()
 
     # a mount stacked twice by hand: the wanted image keeps one
     lower, relative = await layers.layer_dirs(setup.repo, kept)
@@ -305,6 +305,50 @@ async def test_reconcile_after_a_crash_never_mounts_twice(setup: Setup) -> None:
     assert _overlays_at(kept_at) == 1 and (kept_at / "layer-0").exists()
     done = await setup.mounts().reconcile(set())
     assert done.unmounted == {kept} and after.mounted() == {}
+
+
+async def test_a_restarted_daemon_keeps_the_mounts_a_crash_left_through_deletions(
+    setup: Setup,
+) -> None:
+    """The images a previous daemon mounted, never held, are found in the mount table by
+    the next one's first deletion (here the staging clean-up of its start) and kept."""
+    one, two = LocalRef("alice", "one"), LocalRef("alice", "two")
+    first = await build(setup.repo, one, content="1")
+    second = await build(setup.repo, two, content="2")
+    first_at = await setup.mounts().mount(first)
+    await setup.mounts().mount(second)
+    # the crash: names went meanwhile, as an interrupted clone over them could leave them
+    await setup.repo.run(["podman", "untag", one.full, one.full])
+    await setup.repo.run(["podman", "tag", second, f"{store.STAGING_PREFIX}alice/two:ab12"])
+    await setup.repo.run(["podman", "untag", two.full, two.full])
+
+    restarted = repository_at(setup.root.parent)
+    assert await store.cleanup_staging(restarted) == 1
+    await store.drop_dangling(restarted, set())
+    assert await _names(restarted, first) == {layers.hold_name(first)}
+    assert await _names(restarted, second) == {layers.hold_name(second)}
+    assert (first_at / "layer-0").read_text() == "docker.io/alice/one:latest 0 1\n"
+
+    # once unmounted, the hold goes (the next deletion may then take the image)
+    after = ImageMounts(setup.root, restarted, setup.children)
+    done = await after.reconcile({second})
+    assert done.unmounted == {first} and done.released == {first}
+    await store.drop_if_unnamed(restarted, first)
+    assert await store.inspect_id(restarted, first) is None
+    assert await _names(restarted, second) == {layers.hold_name(second)}
+
+
+async def test_no_image_is_mounted_while_a_deletion_is_under_way(setup: Setup) -> None:
+    """A deletion looks at the mount table once, first: a mount waits until it is through."""
+    image = await build(setup.repo, LocalRef("alice", "late"))
+    mounts = setup.mounts()
+    async with setup.repo.deleting():
+        mounting = asyncio.create_task(mounts.mount(image))
+        for _ in range(20):  # loop turns and thread hand-offs a mount would be done in
+            await asyncio.to_thread(mounts.mounted)
+        assert not mounting.done() and mounts.mounted() == {}
+    assert await mounting == setup.root.resolve() / "images" / image / "fs"
+    assert await _names(setup.repo, image) == {"docker.io/alice/late:latest"}
 
 
 async def test_reconcile_of_a_storage_never_written_starts_no_tool(setup: Setup) -> None:

@@ -21,14 +21,16 @@ from waltd.supervisor import RunningConfig
 
 
 def repository_at(folder: Path) -> Repository:
-    """A repository whose storage and tool configuration live in `folder` (prepared)."""
+    """A repository whose storage and tool configuration live in `folder` (prepared), its
+    exports root `folder/exports` (where the images it keeps while mounted are mounted)."""
     for tool in ("podman", "buildah"):
         require_tool(tool)
     config = configuration.default_config()
     state = folder / "state"
     state.mkdir(parents=True, exist_ok=True)
     daemon = replace(config.daemon, state_dir=state, image_storage=folder / "images")
-    config = replace(config, daemon=daemon)
+    exports = replace(config.exports, root=folder / "exports")
+    config = replace(config, daemon=daemon, exports=exports)
     repo = Repository(Children(state / "children.json"), RunningConfig(config, None))
     repo.storage.prepare(config)
     return repo

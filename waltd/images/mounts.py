@@ -11,20 +11,26 @@ starts (a podman start costs about 20 ms of CPU). When those records do not give
 consistent answer, `podman image inspect` does (GraphDriver: the top layer's folder, then
 the lower ones), each folder named by its short link where it has one.
 
-The layers must outlive that overlay: `hold` gives the image a name of its own,
-`localhost/waltd-mounted/<id>`, so that removing or replacing the image's user-visible names
-leaves it in storage (podman removes an image only once no name holds it, and the repository
-removes unnamed images only: `store.drop_if_unnamed`, `store.drop_dangling`). The name is
-never listed (`store.list_images` shows `docker.io/...` names only); `release` removes it.
+The layers must outlive that overlay. Only a deletion takes them away: podman removes an
+image only once no name holds it, and the repository deletes nothing but through
+`Holds.deleting` (`store.drop_if_unnamed`, `store.drop_dangling`, a staging name's
+removal). There, first, every image mounted under the exports' images folder (the kernel's
+mount table says which, those a previous daemon left included) gets a name of its own,
+`localhost/waltd-mounted/<id>` (`hold`), and no image is mounted or unmounted until the
+deletion is through (`Holds.changing`). A mount itself starts no tool: most mounted images
+never meet a deletion, and a hold costs a buildah start (about 20 ms of CPU). The name is
+never listed (`store.list_images` shows `docker.io/...` names only); `Holds.release` removes
+it once the image is unmounted.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import re
-from collections.abc import Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -55,6 +61,41 @@ def unescape_mount_field(text: str) -> str:
     r"""A field of /proc/*/mounts or mountinfo, where the kernel writes space, tab, newline,
     backslash (and, in options, comma and equals) as `\ooo` octal escapes."""
     return _OCTAL_ESCAPE.sub(lambda match: chr(int(match[1], 8)), text)
+
+
+def image_overlays(text: str, root: Path) -> list[tuple[str, Path]]:
+    """(image id, mount point) of each overlay mounted at `<root>/images/<id>/fs` in mount
+    table `text` (/proc/self/mounts format), in mount order (a stacked one comes twice)."""
+    images = str(root).rstrip("/") + "/images/"
+    found = []
+    for line in text.splitlines():
+        fields = line.split()
+        if len(fields) < 3 or fields[2] != "overlay":
+            continue
+        point = unescape_mount_field(fields[1])
+        if not point.startswith(images):
+            continue
+        image, slash, rest = point.removeprefix(images).partition("/")
+        if slash and rest == "fs" and is_image_id(image):
+            found.append((image, Path(point)))
+    return found
+
+
+def parse_mounts(text: str, root: Path) -> dict[str, Path]:
+    """The images mounted under `root` (its real path: the kernel lists real paths) in mount
+    table `text`: image id -> mount point `<root>/images/<id>/fs`. Other mounts are left out."""
+    return dict(image_overlays(text, root))
+
+
+def mount_table() -> str:
+    """The kernel's mount table as this process sees it."""
+    return Path("/proc/self/mounts").read_text()
+
+
+def mounted_under(root: Path) -> set[str]:
+    """The ids of the images mounted at `<root>/images/<id>/fs` now (blocking: it resolves
+    `root`, as the kernel lists real paths, and reads the mount table)."""
+    return set(parse_mounts(mount_table(), Path(os.path.realpath(root))))
 
 
 def image_layers(inspected: Mapping[str, Any]) -> list[Path]:
@@ -191,7 +232,7 @@ async def release(repo: Repository, image_id: str) -> None:
         try:
             await repo.run(["podman", "untag", name, name])
         except ToolError as err:
-            if "not known" not in err.message and "no such" not in err.message.lower():
+            if not _absent(err):
                 # the image stays held until the next start's reconciliation releases it
                 _log.warning("image_hold_kept", image=image_id[:12], error=err.message)
 
@@ -213,3 +254,62 @@ async def held(repo: Repository) -> set[str]:
             if str(name).startswith(HOLD_PREFIX) and is_image_id(image):
                 found.add(image)
     return found
+
+
+def _absent(err: ToolError) -> bool:
+    return "not known" in err.message or "no such" in err.message.lower()
+
+
+class Holds:
+    """Hold names given when a deletion could need them (see the module docstring).
+
+    `exports_root` gives the folder whose `images/<id>/fs` the exports mount images at. One
+    lock orders the changes of that mount table (`changing`) and the deletions (`deleting`):
+    a deletion never meets an image mounted after it looked.
+    """
+
+    def __init__(self, repo: Repository, exports_root: Callable[[], Path]) -> None:
+        self._repo = repo
+        self._exports_root = exports_root
+        self._lock = asyncio.Lock()
+        # ids known to have a hold name; None until listed (a previous daemon may have left
+        # some): `known` at the start's reconciliation, else the first deletion lists them
+        self._held: set[str] | None = None
+
+    def known(self, ids: set[str]) -> None:
+        """The images holding a hold name now, as listed (`held`)."""
+        self._held = set(ids)
+
+    @contextlib.asynccontextmanager
+    async def changing(self) -> AsyncIterator[None]:
+        """A block that mounts or unmounts images (no deletion runs meanwhile)."""
+        async with self._lock:
+            yield
+
+    @contextlib.asynccontextmanager
+    async def deleting(self) -> AsyncIterator[None]:
+        """A block that may delete images: every image mounted now has its hold name, and no
+        image is mounted until the block ends. ToolError when a hold cannot be given."""
+        async with self._lock:
+            mounted = await asyncio.to_thread(mounted_under, self._exports_root())
+            if mounted:
+                if self._held is None:
+                    self._held = await held(self._repo)
+                for image_id in sorted(mounted - self._held):
+                    try:
+                        await hold(self._repo, image_id)
+                    except ToolError as err:
+                        if not _absent(err):
+                            raise
+                        continue  # not in storage: no layers of its to keep
+                    self._held.add(image_id)
+            yield
+
+    async def release(self, image_id: str) -> None:
+        """Remove the hold name of an image no longer mounted (no tool start when it is known
+        to have none). The caller is in a `changing` block."""
+        if self._held is not None and image_id not in self._held:
+            return
+        await release(self._repo, image_id)
+        if self._held is not None:
+            self._held.discard(image_id)

@@ -8,12 +8,15 @@ at start removes the staging images a crash left (`store.cleanup_staging`).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import Callable, Iterable, Sequence
+from pathlib import Path
 from typing import Any, Self
 
 from waltd import config as configuration
 from waltd import log
 from waltd.images import store, tools
+from waltd.images.mounts import Holds
 from waltd.images.storage import Storage
 from waltd.process import Children
 from waltd.supervisor import RunningConfig, Service
@@ -27,6 +30,11 @@ class Repository:
     def __init__(self, children: Children, running: RunningConfig) -> None:
         self._children = children
         self._running = running
+        # the images mounted for the nodes (under exports.root) outlive any deletion
+        self.holds = Holds(self, self._exports_root)
+
+    def _exports_root(self) -> Path:
+        return self._running.current.exports.root
 
     @property
     def storage(self) -> Storage:
@@ -52,6 +60,11 @@ class Repository:
     async def run_json(self, argv: Sequence[str], *, secrets: Iterable[str] = ()) -> Any:
         """One tool command's JSON output."""
         return await tools.run_json(self._children, self.storage, argv, secrets=secrets)
+
+    def deleting(self) -> contextlib.AbstractAsyncContextManager[None]:
+        """A block that may delete images: the images mounted for the nodes are kept
+        (`Holds.deleting`)."""
+        return self.holds.deleting()
 
 
 class RepositoryService(Service):

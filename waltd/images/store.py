@@ -55,6 +55,10 @@ class Repository(Protocol):
         """One tool command's JSON output."""
         ...
 
+    def deleting(self) -> contextlib.AbstractAsyncContextManager[None]:
+        """A block that may delete images: the images mounted for the nodes are kept."""
+        ...
+
 
 @dataclass(frozen=True)
 class LocalRef:
@@ -255,14 +259,16 @@ def staging_ref(ref: LocalRef) -> str:
 
 async def drop_if_unnamed(repo: Repository, image_id: str) -> None:
     """Remove an image that no name holds any longer (a parent of another image, or one a
-    mount or container still uses, stays: podman refuses, and that is right)."""
-    data = await inspect_id(repo, image_id)
-    if data is None or data.names:
-        return
-    try:
-        await repo.run(["podman", "rmi", image_id])
-    except ToolError as err:
-        _log.info("image_kept", image=image_id[:12], reason=err.message)
+    container still uses, stays: podman refuses, and that is right; one mounted for the
+    nodes gets a name that keeps it first, `Repository.deleting`)."""
+    async with repo.deleting():
+        data = await inspect_id(repo, image_id)
+        if data is None or data.names:
+            return
+        try:
+            await repo.run(["podman", "rmi", image_id])
+        except ToolError as err:
+            _log.info("image_kept", image=image_id[:12], reason=err.message)
 
 
 class Previous:
@@ -318,7 +324,8 @@ async def _remove_name(repo: Repository, name: str) -> None:
 
     async def untag() -> None:
         try:
-            await repo.run(["podman", "rmi", name])
+            async with repo.deleting():  # its last name goes: maybe the image with it
+                await repo.run(["podman", "rmi", name])
         except ToolError as err:
             if not _absent(err):
                 raise
@@ -339,13 +346,15 @@ async def drop_dangling(repo: Repository, keep: set[str]) -> None:
 
     async def drop() -> None:
         argv = ["podman", "images", "--all", "--filter", "dangling=true", "--format", "json"]
-        left = sorted({str(entry["Id"]) for entry in await repo.run_json(argv) or ()} - keep)
-        if not left:
-            return
-        try:
-            await repo.run(["podman", "rmi", *left])
-        except ToolError as err:
-            _log.info("image_kept", images=[i[:12] for i in left], reason=err.message)
+        async with repo.deleting():
+            listed = await repo.run_json(argv)
+            left = sorted({str(entry["Id"]) for entry in listed or ()} - keep)
+            if not left:
+                return
+            try:
+                await repo.run(["podman", "rmi", *left])
+            except ToolError as err:
+                _log.info("image_kept", images=[i[:12] for i in left], reason=err.message)
 
     await completed(drop())
 

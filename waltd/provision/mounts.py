@@ -2,9 +2,10 @@
 
 `<id>/fs` is a read-only overlay with `index=on,nfs_export=on` (which NFS servers can export:
 its files have file handles) over the image's layers as podman's own image mount lists them
-(`images.mounts.layer_dirs`), with an empty `upper` and `work` folder of its own. The image
-keeps a hold name while mounted (`images.mounts.hold`), so removing or replacing it in the
-repository leaves its layers in place.
+(`images.mounts.layer_dirs`), with an empty `upper` and `work` folder of its own. Mounting
+starts no tool but mount(8): removing or replacing the image in the repository leaves its
+layers in place all the same, since the repository's deletions give every mounted image a
+hold name first (`images.mounts.Holds`), and mounts and deletions take turns.
 
 The mount table is the truth: `mounted()` reads /proc/self/mounts, so an image is never
 mounted twice, even over mounts a previous daemon left (`reconcile` at start keeps the
@@ -23,8 +24,8 @@ from pathlib import Path
 from waltd import log
 from waltd.images import mounts as layers
 from waltd.images.locks import NameLocks
-from waltd.images.mounts import unescape_mount_field
-from waltd.images.store import Repository
+from waltd.images.mounts import image_overlays, parse_mounts, unescape_mount_field
+from waltd.images.repository import Repository
 from waltd.images.tools import ToolError
 from waltd.names import check_image_id, is_image_id
 from waltd.process import Children
@@ -45,34 +46,6 @@ class MountError(RuntimeError):
 
 class MountBusy(MountError):
     """An image's mount is in use (exported, or a process works in it): not unmounted."""
-
-
-def _overlays(text: str, root: Path) -> list[tuple[str, Path]]:
-    """(image id, mount point) of each overlay mounted at `<root>/images/<id>/fs` in mount
-    table `text` (/proc/self/mounts format), in mount order (a stacked one comes twice)."""
-    images = str(root).rstrip("/") + "/images/"
-    found = []
-    for line in text.splitlines():
-        fields = line.split()
-        if len(fields) < 3 or fields[2] != "overlay":
-            continue
-        point = unescape_mount_field(fields[1])
-        if not point.startswith(images):
-            continue
-        image, slash, rest = point.removeprefix(images).partition("/")
-        if slash and rest == "fs" and is_image_id(image):
-            found.append((image, Path(point)))
-    return found
-
-
-def parse_mounts(text: str, root: Path) -> dict[str, Path]:
-    """The images mounted under `root` (its real path: the kernel lists real paths) in mount
-    table `text`: image id -> mount point `<root>/images/<id>/fs`. Other mounts are left out."""
-    return dict(_overlays(text, root))
-
-
-def _mount_table() -> str:
-    return Path("/proc/self/mounts").read_text()
 
 
 def overlay_options(lower: str, upper: Path, work: Path) -> str:
@@ -119,7 +92,7 @@ class ImageMounts:
     def mounted(self) -> dict[str, Path]:
         """Image id -> mount point of every image mounted under the root, from the kernel's
         mount table."""
-        return parse_mounts(_mount_table(), self._root)
+        return parse_mounts(layers.mount_table(), self._root)
 
     async def mount(self, image_id: str) -> Path:
         """Mount the image (once: when mounted already, nothing is done) and return its mount
@@ -148,23 +121,20 @@ class ImageMounts:
         if bad:
             raise MountError(f"exports.root {str(images.parent)!r} holds {bad[0]!r}: not usable")
         folder = images / image_id
-        try:
-            await layers.hold(self._repo, image_id)
-        except ToolError as err:
-            raise MountError(f"image {image_id[:12]} cannot be mounted: {err.message}") from None
-        try:
-            lower, relative_to = await layers.layer_dirs(self._repo, image_id)
-            await asyncio.to_thread(self._prepare, folder, lower, relative_to)
-            options = overlay_options(lower, folder / "upper", folder / "work")
-            argv = ["mount", "-t", "overlay", "overlay", "-o", options, str(folder / "fs")]
-            # relative `l/<link>` layers resolve from podman's overlay folder
-            await self._run(argv, cwd=relative_to, what=f"mount image {image_id[:12]}")
-        except BaseException as err:
-            await asyncio.to_thread(self._remove_folder, folder)
-            await layers.release(self._repo, image_id)
-            if isinstance(err, ToolError | layers.LayersError | OSError):
-                raise MountError(f"image {image_id[:12]} cannot be mounted: {err}") from None
-            raise
+        # no deletion meanwhile: the layers read are there until the image is unmounted
+        async with self._repo.holds.changing():
+            try:
+                lower, relative_to = await layers.layer_dirs(self._repo, image_id)
+                await asyncio.to_thread(self._prepare, folder, lower, relative_to)
+                options = overlay_options(lower, folder / "upper", folder / "work")
+                argv = ["mount", "-t", "overlay", "overlay", "-o", options, str(folder / "fs")]
+                # relative `l/<link>` layers resolve from podman's overlay folder
+                await self._run(argv, cwd=relative_to, what=f"mount image {image_id[:12]}")
+            except BaseException as err:
+                await asyncio.to_thread(self._remove_folder, folder)
+                if isinstance(err, ToolError | layers.LayersError | OSError):
+                    raise MountError(f"image {image_id[:12]} cannot be mounted: {err}") from None
+                raise
         _log.info("image_mounted", image=image_id[:12], path=str(folder / "fs"))
         return folder / "fs"
 
@@ -210,7 +180,7 @@ class ImageMounts:
         """Unmount the image, remove its folder and its hold; nothing when it is not mounted.
         MountBusy while it is exported or used: stop exporting it first."""
         check_image_id(image_id)
-        async with self._locks.hold(image_id):
+        async with self._locks.hold(image_id), self._repo.holds.changing():
             await self._unmount(image_id)
 
     async def _unmount(self, image_id: str) -> None:
@@ -220,7 +190,7 @@ class ImageMounts:
             _log.info("image_unmounted", image=image_id[:12])
         if image_id not in await asyncio.to_thread(self.mounted):
             await asyncio.to_thread(self._remove_folder, self.images / image_id)
-            await layers.release(self._repo, image_id)
+            await self._repo.holds.release(image_id)
 
     async def reconcile(self, wanted: set[str]) -> Reconciled:
         """At start: keep the wanted images that are mounted (one mount each), unmount the
@@ -229,14 +199,14 @@ class ImageMounts:
         A busy mount (an NFS server still exports it) is left, logged and reported in `busy`.
         """
         done = Reconciled()
-        overlays = await asyncio.to_thread(lambda: _overlays(_mount_table(), self._root))
+        overlays = await asyncio.to_thread(lambda: image_overlays(layers.mount_table(), self._root))
         counts: dict[str, int] = {}
         for image, _ in overlays:
             counts[image] = counts.get(image, 0) + 1
         for image, count in sorted(counts.items()):
             # a wanted image stacked twice keeps its lowest mount; an unwanted one keeps none
             extra = min(count - 1 if image in wanted else count, _MAX_STACKED)
-            async with self._locks.hold(image):
+            async with self._locks.hold(image), self._repo.holds.changing():
                 try:
                     for _ in range(extra):
                         point = str(self.images / image / "fs")
@@ -246,11 +216,14 @@ class ImageMounts:
                     _log.warning("image_mount_left", image=image[:12], error=str(err))
                     continue
             (done.kept if image in wanted else done.unmounted).add(image)
-        mounted = set(await asyncio.to_thread(self.mounted))
-        done.removed = await asyncio.to_thread(self._remove_unmounted, mounted)
-        for image in sorted(await layers.held(self._repo) - mounted):
-            await layers.release(self._repo, image)
-            done.released.add(image)
+        async with self._repo.holds.changing():
+            mounted = set(await asyncio.to_thread(self.mounted))
+            done.removed = await asyncio.to_thread(self._remove_unmounted, mounted)
+            holds = await layers.held(self._repo)
+            for image in sorted(holds - mounted):
+                await layers.release(self._repo, image)
+                done.released.add(image)
+            self._repo.holds.known(holds & mounted)
         _log.info(
             "image_mounts_reconciled",
             kept=len(done.kept),
