@@ -11,8 +11,10 @@ Every link is replaced atomically (a new link under a temporary name in the same
 then a rename over the old one), so a reader (dnsmasq, the HTTP server, NFS) sees the old
 target or the new one, never none. The folders that change at every node event may live in
 the daemon's runtime folder (`layout_in`). `node_boot_file` finds a node's boot file
-through its links, for the HTTP boot server. Blocking file work: the daemon runs it in a
-thread (`asyncio.to_thread`); nothing here holds daemon state.
+through its links, for the HTTP boot server. Blocking file work, nothing here holds daemon
+state: the exports service sets a node's links on its event loop (a few system calls in
+the runtime folder, cheaper than a thread hand-off) and runs the rest (`layout_in`,
+`alias_index`, a node's removal, which looks at every alias) in a thread.
 """
 
 from __future__ import annotations
