@@ -140,6 +140,16 @@ async def test_nodes_of_a_version_1_database_count_as_announced(path: Path) -> N
         assert await database.unannounced_nodes() == [new]
         await database.mark_announced(new.mac)
         assert await database.unannounced_nodes() == []
+        # several at once, in one transaction; none is nothing to do
+        more = [
+            await database.upsert_node(f"00:11:22:aa:bb:e{i}", model="rpi-3-b") for i in range(3)
+        ]
+        assert await database.unannounced_nodes() == more
+        await database.mark_announced()
+        await database.mark_announced(*(node.mac.upper() for node in more))
+        assert await database.unannounced_nodes() == []
+        marked = [await database.get_node(node.mac) for node in more]
+        assert all(node is not None and node.announced for node in marked)
         assert await database.count_unknown_devices() == 1
 
 

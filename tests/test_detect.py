@@ -43,7 +43,7 @@ from waltd import config as configuration
 from waltd import dhcp_event
 from waltd.config import WaltNet
 from waltd.context import Context
-from waltd.db import Database, Node
+from waltd.db import Database, Node, StateError
 from waltd.node_events import NodeEvent, Resync, Subscription
 from waltd.provision import detect
 from waltd.provision.detect import DetectionService
@@ -443,6 +443,49 @@ async def test_a_repeated_lease_is_no_news_and_a_later_one_is(tmp_path: Path) ->
                 assert [_shape(e) for e in await _node_events(sub)] == [("NodeSeen", MAC, False)]
                 moved = await db.get_node(MAC)
                 assert moved is not None and moved.ip == "10.0.0.6"
+
+
+async def test_a_pass_records_its_announcements_together(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Nodes first seen in one pass over the spool are each announced once, then recorded
+    as announced in one database call at the pass's end; an `old` of one of them in the same
+    pass is a repeat all the same. A failed record is one error: they are announced again
+    at the next start."""
+    macs = [f"52:54:00:00:01:{i:02x}" for i in range(5)]
+    ctx = make_context(tmp_path)
+    async with ctx.db as db:
+        calls: list[tuple[str, ...]] = []
+        mark = db.mark_announced
+
+        async def counted(*marked: str) -> None:
+            calls.append(marked)
+            await mark(*marked)
+
+        monkeypatch.setattr(db, "mark_announced", counted)
+        with ctx.nodes.subscribe("test") as sub:
+            async with DetectionService(ctx) as svc:
+                for i, mac in enumerate(macs):
+                    _spool_lease(svc, mac, f"10.0.0.{10 + i}")
+                _spool_lease(svc, macs[0], "10.0.0.10", action="old", vendor_class=None)
+                assert await svc.drain_spool() == 6
+                assert [_shape(e) for e in await _node_events(sub)] == [
+                    ("NodeSeen", mac, True) for mac in macs
+                ]
+                assert calls == [tuple(macs)]
+                assert await db.unannounced_nodes() == []
+
+                async def fails(*marked: str) -> None:
+                    raise StateError("disk full")
+
+                monkeypatch.setattr(db, "mark_announced", fails)
+                with structlog.testing.capture_logs() as logs:
+                    _spool_lease(svc, PC, "10.0.0.9")
+                    assert await svc.drain_spool() == 1
+                assert [_shape(e) for e in await _node_events(sub)] == [("NodeSeen", PC, True)]
+                (error,) = [r for r in logs if r["event"] == "node_announcements_not_recorded"]
+                assert error["macs"] == [PC] and "disk full" in error["error"]
+                assert [n.mac for n in await db.unannounced_nodes()] == [PC]
 
 
 DEVICE = "02:00:00:00:00:01"

@@ -429,17 +429,23 @@ class Database:
         nodes to announce."""
         return await self._nodes("WHERE NOT announced AND model IS NOT NULL ORDER BY first_seen")
 
-    async def mark_announced(self, mac: str) -> None:
-        """Record that node ``mac``'s first sighting was announced."""
-        mac = normalise_mac(mac)
+    async def mark_announced(self, *macs: str) -> None:
+        """Record that the first sighting of each node of ``macs`` was announced (one
+        transaction)."""
+        macs = tuple(normalise_mac(mac) for mac in macs)
 
         def work(conn: sqlite3.Connection) -> None:
-            conn.execute("UPDATE nodes SET announced = 1 WHERE mac = ?", (mac,))
-            node = self._node_rows.get(mac)
-            if node is not None:
-                self._kept(replace(node, announced=True))
+            with _transaction(conn):
+                conn.executemany(
+                    "UPDATE nodes SET announced = 1 WHERE mac = ?", [(mac,) for mac in macs]
+                )
+            for mac in macs:
+                node = self._node_rows.get(mac)
+                if node is not None:
+                    self._kept(replace(node, announced=True))
 
-        await self._run(work)
+        if macs:
+            await self._run(work)
 
     async def remove_node(self, mac: str) -> bool:
         """Forget node ``mac``; return whether it was known.

@@ -6,8 +6,9 @@ every SPOOL_TICK_S in any case. Parsing is a pure function; the service drains
 the spool in arrival order, records each event in the database and removes its file only
 then, so an interruption anywhere (cancellation, SIGKILL) replays the event instead of
 losing it. A node's first sighting as a node is announced (the `node.detected` record and a
-NodeSeen event) once, after the commit: the database remembers which nodes were announced,
-so a replay or a restart announces those an interruption left out. Devices of no model are
+NodeSeen event) once, after the commit: the database remembers which nodes were announced
+(the announcements of one pass over the spool recorded together, at its end), so a replay
+or a restart announces those an interruption left out. Devices of no model are
 recorded too (state `unknown`, never announced, at most MAX_UNKNOWN_DEVICES of them) and
 announced when they first say their model. An `old` lease repeating what is recorded
 soon after the node's last sighting (`nodes.is_repeat`) is no news: nothing is written or
@@ -27,12 +28,14 @@ import heapq
 import os
 import time
 from collections.abc import AsyncGenerator, Callable
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, Self
 
 from asyncinotify import Inotify, Mask
 
 from waltd import log
+from waltd.aio import completed
 from waltd.context import Context
 from waltd.db import Database, Node, StateError
 from waltd.dhcp_event import MAX_MESSAGE
@@ -115,6 +118,8 @@ class DetectionService(Service):
         # One change at a time, from the spool, the lease file or the neighbours: each reads
         # a node, then writes it, and two at once could both announce a new node.
         self._changing = asyncio.Lock()
+        # nodes announced whose announcement is not recorded yet (`_record_announced`)
+        self._unrecorded: dict[str, None] = {}
 
     async def __aenter__(self) -> Self:
         self._intake = True
@@ -193,7 +198,10 @@ class DetectionService(Service):
             except OSError as err:  # EMFILE among others: the next pass retries
                 _log.error("dhcp_spool_unreadable", path=str(self.spool), error=str(err))
                 break
-            batch = await self._handle_files(files)
+            try:
+                batch = await self._handle_files(files)
+            finally:
+                await self._record_announced()
             handled += batch
             if batch < len(files) or len(files) < SPOOL_BATCH:
                 break
@@ -262,6 +270,8 @@ class DetectionService(Service):
         db = await self._database()
         found = classify(ev.mac, ev.vendor_class, ev.user_classes)
         known = await db.get_node(ev.mac)
+        if known is not None and known.mac in self._unrecorded:
+            known = replace(known, announced=True)  # announced this pass, recorded at its end
         subject = {"mac": ev.mac, "ip": ev.ip, "action": ev.action}
         if found.invalid_class is not None:
             _log.warning(
@@ -287,10 +297,8 @@ class DetectionService(Service):
         node = await db.upsert_node(
             ev.mac, ip=ev.ip, model=model, state=None if state == was else state
         )
-        if not node.announced:
-            await self._announce(
-                node, vendor_class=ev.vendor_class, user_classes=list(ev.user_classes)
-            )
+        if not node.announced and node.mac not in self._unrecorded:
+            self._announce(node, vendor_class=ev.vendor_class, user_classes=list(ev.user_classes))
             return
         if known is not None and known.model != model:
             _log.warning(
@@ -353,13 +361,9 @@ class DetectionService(Service):
         self._cap_warned = now
         self._cap_left_out = 0
 
-    async def _announce(self, node: Node, **detail: Any) -> None:
-        """The one announcement of a node's first sighting as a node, then its mark in the
-        database.
-
-        Record and event go out with no await between them; the mark is shielded, so a
-        cancellation cannot stop it half way and announce the node a second time.
-        """
+    def _announce(self, node: Node, **detail: Any) -> None:
+        """The one announcement of a node's first sighting as a node: record and event go out
+        together; the caller then records it (`_record_announced`)."""
         _log.info(
             "node.detected",
             name=node.name,
@@ -372,13 +376,26 @@ class DetectionService(Service):
         self._ctx.nodes.publish(
             NodeSeen(mac=node.mac, name=node.name, ip=node.ip or "", model=node.model, new=True)
         )
-        await asyncio.shield(self._ctx.db.mark_announced(node.mac))
+        self._unrecorded[node.mac] = None
+
+    async def _record_announced(self) -> None:
+        """Record the announcements made since the last call, in one transaction. Finished
+        even when the caller is cancelled: a node announced is not announced again. A
+        database failure is logged: those nodes are announced again at the next start."""
+        if not self._unrecorded:
+            return
+        macs, self._unrecorded = list(self._unrecorded), {}
+        try:
+            await completed(self._ctx.db.mark_announced(*macs))
+        except (StateError, RuntimeError) as err:
+            _log.error("node_announcements_not_recorded", macs=macs[:10], error=str(err))
 
     async def _announce_pending(self) -> None:
         """Announce the nodes an interruption recorded but left unannounced."""
         db = await self._database()
         for node in await db.unannounced_nodes():
-            await self._announce(node, recovered=True)
+            self._announce(node, recovered=True)
+        await self._record_announced()
 
     async def read_lease_file(self) -> int:
         """Take dnsmasq's lease file as `old` leases (what dnsmasq repeats when it starts):
@@ -399,19 +416,22 @@ class DetectionService(Service):
                 truncated=found.truncated,
             )
         taken = 0
-        for lease in found.leases:
-            event = LeaseEvent("old", lease.mac, lease.ip, lease.hostname, None, (), None)
-            try:
-                await self._lease(event)
-            except Exception as err:  # the database is away: the hook's events will come
-                _log.error(
-                    "dhcp_lease_file_not_recorded",
-                    mac=lease.mac,
-                    left=len(found.leases) - taken,
-                    error=f"{type(err).__name__}: {err}",
-                )
-                break
-            taken += 1
+        try:
+            for lease in found.leases:
+                event = LeaseEvent("old", lease.mac, lease.ip, lease.hostname, None, (), None)
+                try:
+                    await self._lease(event)
+                except Exception as err:  # the database is away: the hook's events will come
+                    _log.error(
+                        "dhcp_lease_file_not_recorded",
+                        mac=lease.mac,
+                        left=len(found.leases) - taken,
+                        error=f"{type(err).__name__}: {err}",
+                    )
+                    break
+                taken += 1
+        finally:
+            await self._record_announced()
         return taken
 
     async def _probe_booted(self) -> None:
@@ -476,7 +496,8 @@ class DetectionService(Service):
             node = await db.upsert_node(
                 seen.mac, ip=seen.ip, model=model, state=nodes.state_on_lease(None, model)
             )
-            await self._announce(node, source="neighbour")
+            self._announce(node, source="neighbour")
+            await self._record_announced()
             return
         if seen.reachable:
             back = known.state == nodes.DOWN
