@@ -69,8 +69,9 @@ def test_rendered_config_is_valid_for_dnsmasq(tmp_path: Path) -> None:
     # iPXE's DHCP ends without waiting for ProxyDHCP or an IPv6 router
     assert "dhcp-option=encap:175,176,1b" in lines and "enable-ra" in lines
     assert "dhcp-range=::,constructor:walt-net,ra-only" in lines
-    # no line per DHCP message unless asked for (a daemon logging at debug level)
-    assert "quiet-dhcp" in lines
+    # no line per DHCP message or router advert unless asked for (a daemon logging at debug
+    # level)
+    assert "quiet-dhcp" in lines and "quiet-ra" in lines
 
 
 def test_dhcp_lines_are_written_only_when_asked_for(tmp_path: Path) -> None:
@@ -78,10 +79,9 @@ def test_dhcp_lines_are_written_only_when_asked_for(tmp_path: Path) -> None:
     hook = Hook(script=Path("/usr/bin/waltd-dhcp-event"))
     text = render_config(NET, paths, hook, dhcp_lines=True)
     _dnsmasq_accepts(paths, text)
-    assert "quiet-dhcp" not in text.splitlines()
-    assert text.replace("log-facility=-\n", "log-facility=-\nquiet-dhcp\n") == render_config(
-        NET, paths, hook
-    )
+    assert "quiet-dhcp" not in text.splitlines() and "quiet-ra" not in text.splitlines()
+    quiet = text.replace("log-facility=-\n", "log-facility=-\nquiet-dhcp\nquiet-ra\n")
+    assert quiet == render_config(NET, paths, hook)
 
 
 def test_host_entry() -> None:

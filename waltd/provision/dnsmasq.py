@@ -120,7 +120,8 @@ def has_lua(version: str) -> bool:
 
 def render_config(net: WaltNet, paths: Paths, hook: Hook, *, dhcp_lines: bool = False) -> str:
     """dnsmasq.conf for the node network `net`; `dhcp_lines`: dnsmasq writes a line per
-    DHCP message (the daemon relays them as debug records), else none (`quiet-dhcp`)."""
+    DHCP message and router advert (the daemon relays them as debug records), else none
+    (`quiet-dhcp`, `quiet-ra`)."""
     first, last = net.dhcp_range
     lines = [
         "# Written by waltd; changes are overwritten.",
@@ -157,9 +158,9 @@ def render_config(net: WaltNet, paths: Paths, hook: Hook, *, dhcp_lines: bool = 
         f"tftp-root={paths.tftp_root}",
         f"tftp-max={TFTP_MAX}",
         "log-facility=-",
-        # a line per DHCP message is four per node booting: only worth writing (and relaying)
-        # when the daemon logs at debug level
-        *([] if dhcp_lines else ["quiet-dhcp"]),
+        # a line per DHCP message is four per node booting, and one per router solicitation
+        # and advert: only worth writing (and relaying) when the daemon logs at debug level
+        *([] if dhcp_lines else ["quiet-dhcp", "quiet-ra"]),
     ]
     return "\n".join(lines) + "\n"
 
