@@ -127,6 +127,21 @@ def test_a_layers_lower_file_lists_short_links_only() -> None:
             lower_links(bad)
 
 
+def test_holds_come_from_the_storages_image_records() -> None:
+    records = [
+        {"id": ID_A, "names": [layers.hold_name(ID_A), "docker.io/alice/a:latest"]},
+        {"id": ID_B, "names": ["docker.io/alice/b:latest"]},
+        {"id": "c" * 64, "names": [f"{layers.HOLD_PREFIX}not-an-id:latest"]},
+        {"id": "d" * 64},
+        "not a record",
+    ]
+    assert layers.held_in(json.dumps(records).encode()) == {ID_A}
+    assert layers.held_in(b"[]") == set()
+    for bad, problem in ((b"{", "not JSON"), (b"{}", "not a list")):
+        with pytest.raises(LayersError, match=problem):
+            layers.held_in(bad)
+
+
 def test_overlay_options_fit_in_a_page_or_say_what_to_do() -> None:
     upper, work = Path("/var/lib/walt/images") / ID_A / "upper", Path("/w")
     options = overlay_options("l/AB:l/CD", upper, work)
@@ -328,6 +343,10 @@ async def test_a_restarted_daemon_keeps_the_mounts_a_crash_left_through_deletion
     assert await _names(restarted, first) == {layers.hold_name(first)}
     assert await _names(restarted, second) == {layers.hold_name(second)}
     assert (first_at / "layer-0").read_text() == "docker.io/alice/one:latest 0 1\n"
+    # the storage's own records say which images are held, as podman does
+    listed = await restarted.run_json(["podman", "images", "--format", "json"])
+    by_podman = {e["Id"] for e in listed if layers.hold_name(e["Id"]) in e.get("Names", ())}
+    assert await layers.held(restarted) == by_podman == {first, second}
 
     # once unmounted, the hold goes (the next deletion may then take the image)
     after = ImageMounts(setup.root, restarted, setup.children)
