@@ -20,6 +20,14 @@ from tests.support.wait import until, until_sync
 from waltd.process import Children, kill_recorded, pidfd_child_watcher, start_time
 
 
+def _comm(pid: int) -> str:
+    """The name of the program `pid` runs ("" once it is gone)."""
+    try:
+        return Path(f"/proc/{pid}/comm").read_text().strip()
+    except FileNotFoundError:
+        return ""
+
+
 def _gone(pid: int) -> bool:
     """Whether `pid` has ended (a zombie counts: it runs no more)."""
     try:
@@ -95,6 +103,9 @@ def test_child_dies_with_a_killed_daemon(tmp_path: Path) -> None:
     assert parent.stdout is not None
     child = int(parent.stdout.readline())
     assert not _gone(child)
+    # setpriv sets the death signal, then starts the program: once it runs, the signal is
+    # armed (a daemon killed in between leaves the child to the next start's record)
+    until_sync(lambda: _comm(child) == "sleep", what="the child's program to start", timeout_s=5)
     parent.send_signal(signal.SIGKILL)  # no clean-up code runs: only PDEATHSIG can help
     parent.wait()
     until_sync(lambda: _gone(child), what="the child to end", timeout_s=5)
