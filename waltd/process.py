@@ -3,7 +3,7 @@
 Each child starts in its own session (so its whole process group can be signalled) under
 `setpriv --pdeathsig SIGKILL`, so the kernel kills it if the daemon dies without cleaning up
 (no `preexec_fn`: it is unsafe once the daemon has threads). Every live child is recorded in
-a file of the state folder with its start time; the next daemon kills what a crashed one
+a file of the runtime folder with its start time; the next daemon kills what a crashed one
 left behind (a child whose setpriv had not armed the signal yet when the daemon died among
 them), and the start time keeps it from killing an unrelated process that reused a PID.
 
