@@ -357,6 +357,22 @@ async def test_a_restarted_daemon_keeps_the_mounts_a_crash_left_through_deletion
     assert await _names(restarted, second) == {layers.hold_name(second)}
 
 
+async def test_a_deletion_goes_on_past_a_mounted_image_gone_from_storage(setup: Setup) -> None:
+    """A mounted image removed behind the repository's back has no layers left to keep: the
+    next deletion cannot hold it, and goes on without it."""
+    gone = await build(setup.repo, LocalRef("alice", "gone"))
+    other = LocalRef("alice", "other")
+    other_id = await build(setup.repo, other, content="o")
+    mounts = setup.mounts()
+    await mounts.mount(gone)
+    await setup.repo.run(["podman", "rmi", "--force", gone])  # not through the repository
+    await store.remove(setup.repo, other)
+    assert await store.inspect_id(setup.repo, other_id) is None
+    assert await layers.held(setup.repo) == set()
+    await mounts.unmount(gone)
+    assert mounts.mounted() == {}
+
+
 async def test_no_image_is_mounted_while_a_deletion_is_under_way(setup: Setup) -> None:
     """A deletion looks at the mount table once, first: a mount waits until it is through."""
     image = await build(setup.repo, LocalRef("alice", "late"))
