@@ -11,6 +11,7 @@ import subprocess
 from collections.abc import AsyncIterator, Iterable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 from structlog.testing import capture_logs
@@ -36,6 +37,8 @@ from waltd.provision.mounts import (
     MountBusy,
     MountError,
     Reconciled,
+    full_layers,
+    overlay_data,
     overlay_options,
     parse_mounts,
 )
@@ -142,6 +145,17 @@ def test_holds_come_from_the_storages_image_records() -> None:
             layers.held_in(bad)
 
 
+def test_layers_by_full_path_for_mount_2() -> None:
+    overlay = Path("/var/lib/walt/images/overlay")
+    assert full_layers("l/AB:/other/diff:l/CD", overlay) == (
+        f"{overlay}/l/AB:/other/diff:{overlay}/l/CD"
+    )
+    data = overlay_data("/a:/b", Path("/u"), Path("/w"))
+    assert data == "index=on,nfs_export=on,lowerdir=/a:/b,upperdir=/u,workdir=/w"
+    assert "ro" not in (data or "").split(",")  # read-only is mount(2)'s flag
+    assert overlay_data("/x" * MAX_OPTIONS_BYTES, Path("/u"), Path("/w")) is None
+
+
 def test_overlay_options_fit_in_a_page_or_say_what_to_do() -> None:
     upper, work = Path("/var/lib/walt/images") / ID_A / "upper", Path("/w")
     options = overlay_options("l/AB:l/CD", upper, work)
@@ -220,6 +234,19 @@ async def _names(repo: Repository, image_id: str) -> set[str]:
     return set(data.names) if data else set()
 
 
+def _tools_run(children: Children) -> list[list[str]]:
+    """The command lines `children.run` starts from now on (they still run)."""
+    ran: list[list[str]] = []
+    run = children.run
+
+    async def recording(argv: list[str], **options: Any) -> tuple[int, bytes, bytes]:
+        ran.append(list(argv))
+        return await run(argv, **options)
+
+    children.run = recording  # type: ignore[method-assign]
+    return ran
+
+
 def _no_table() -> str:
     raise AssertionError("the mount table was read")
 
@@ -229,7 +256,9 @@ async def test_an_image_is_mounted_once_read_only_and_held(setup: Setup) -> None
     image = await build(setup.repo, ref, layers=2, content="hello")
     mounts = setup.mounts()
 
+    ran = _tools_run(setup.children)
     first, second = await asyncio.gather(mounts.mount(image), mounts.mount(image))
+    assert ran == []  # no tool, mount(8) included: mount(2) with the layers' full paths
     assert first == second == setup.root.resolve() / "images" / image / "fs"
     assert first == _real(first)
     assert _overlays_at(first) == 1
@@ -464,6 +493,9 @@ async def test_an_image_of_a_hundred_layers_mounts(setup: Setup) -> None:
     image = await build(setup.repo, LocalRef("alice", "many"), layers=100)
     lower, relative = await layers.layer_dirs(setup.repo, image)
     assert lower.count(":") >= 99 and "l/" in lower and relative.name == "overlay"
+    ran = _tools_run(setup.children)
     point = await setup.mounts().mount(image)
     assert (point / "layer-0").exists() and (point / "layer-99").exists()
+    # their full paths do not fit in a page: mount(8), run where the short names resolve
+    assert [argv[0] for argv in ran] == ["mount"]
     await setup.mounts().unmount(image)
