@@ -30,13 +30,13 @@ import contextlib
 import json
 import os
 import re
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
 from waltd import log
 from waltd.aio import completed
-from waltd.images.store import Repository
+from waltd.images.store import Repository, image_absent
 from waltd.images.tools import ToolError
 from waltd.names import check_image_id, is_image_id
 
@@ -232,7 +232,7 @@ async def release(repo: Repository, image_id: str) -> None:
         try:
             await repo.run(["podman", "untag", name, name])
         except ToolError as err:
-            if not _absent(err):
+            if not image_absent(err):
                 # the image stays held until the next start's reconciliation releases it
                 _log.warning("image_hold_kept", image=image_id[:12], error=err.message)
 
@@ -248,13 +248,17 @@ def held_in(images: bytes) -> set[str]:
         raise LayersError(f"the storage's image records are not JSON: {err}") from None
     if not isinstance(records, list):
         raise LayersError("the storage's image records are not a list")
+    names = (record.get("names") if isinstance(record, dict) else None for record in records)
+    return _held_by(name for listed in names if isinstance(listed, list) for name in listed)
+
+
+def _held_by(names: Iterable[object]) -> set[str]:
+    """The image ids of the hold names among `names` (pure)."""
     found = set()
-    for record in records:
-        names = record.get("names") if isinstance(record, dict) else None
-        for name in names if isinstance(names, list) else ():
-            image = str(name).removeprefix(HOLD_PREFIX).removesuffix(":latest")
-            if str(name).startswith(HOLD_PREFIX) and is_image_id(image):
-                found.add(image)
+    for name in map(str, names):
+        image = name.removeprefix(HOLD_PREFIX).removesuffix(":latest")
+        if name.startswith(HOLD_PREFIX) and is_image_id(image):
+            found.add(image)
     return found
 
 
@@ -282,17 +286,7 @@ async def held(repo: Repository) -> set[str]:
         _log.info("image_holds_listed", reason=str(err))
     async with asyncio.timeout(TOOL_TIMEOUT_S):
         listed = await repo.run_json(["podman", "images", "--format", "json"])
-    found = set()
-    for entry in listed or ():
-        for name in entry.get("Names") or ():
-            image = str(name).removeprefix(HOLD_PREFIX).removesuffix(":latest")
-            if str(name).startswith(HOLD_PREFIX) and is_image_id(image):
-                found.add(image)
-    return found
-
-
-def _absent(err: ToolError) -> bool:
-    return "not known" in err.message or "no such" in err.message.lower()
+    return _held_by(name for entry in listed or () for name in entry.get("Names") or ())
 
 
 class Holds:
@@ -334,7 +328,7 @@ class Holds:
                     try:
                         await hold(self._repo, image_id)
                     except ToolError as err:
-                        if not _absent(err):
+                        if not image_absent(err):
                             raise
                         continue  # not in storage: no layers of its to keep
                     self._held.add(image_id)

@@ -166,7 +166,8 @@ def check_layers(image: StoredImage | ImageData, name: str | None = None) -> Non
     )
 
 
-def _absent(err: ToolError) -> bool:
+def image_absent(err: ToolError) -> bool:
+    """Whether a tool failed because the image or name it was given is not in storage."""
     text = err.message.lower()
     return "image not known" in text or "no such image" in text or "not found" in text
 
@@ -189,7 +190,7 @@ async def _inspect_some(repo: Repository, wanted: list[str]) -> list[ImageData]:
     try:
         found = await repo.run_json(["podman", "image", "inspect", *wanted])
     except ToolError as err:
-        if len(wanted) == 1 or not _absent(err):
+        if len(wanted) == 1 or not image_absent(err):
             raise
         # one went away meanwhile (removed by another operation): the others one by one
         found = []
@@ -216,7 +217,7 @@ async def inspect_id(repo: Repository, image: str) -> ImageData | None:
     try:
         found = await _inspect(repo, [image])
     except ToolError as err:
-        if _absent(err):
+        if image_absent(err):
             return None
         raise
     return found[0] if found else None
@@ -327,7 +328,7 @@ async def _remove_name(repo: Repository, name: str) -> None:
             async with repo.deleting():  # its last name goes: maybe the image with it
                 await repo.run(["podman", "rmi", name])
         except ToolError as err:
-            if not _absent(err):
+            if not image_absent(err):
                 raise
 
     await completed(untag())

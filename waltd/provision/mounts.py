@@ -67,10 +67,14 @@ def full_layers(lower: str, relative_to: Path) -> str:
     )
 
 
+def _overlay_fields(lower: str, upper: Path, work: Path) -> str:
+    return f"index=on,nfs_export=on,lowerdir={lower},upperdir={upper},workdir={work}"
+
+
 def overlay_data(lower: str, upper: Path, work: Path) -> str | None:
     """The overlay's own options, as mount(2) takes them (read-only is a flag there); None
     when they do not fit in its page."""
-    data = f"index=on,nfs_export=on,lowerdir={lower},upperdir={upper},workdir={work}"
+    data = _overlay_fields(lower, upper, work)
     return data if len(data.encode()) <= MAX_OPTIONS_BYTES else None
 
 
@@ -85,7 +89,7 @@ def mount_overlay(point: Path, data: str) -> None:
 def overlay_options(lower: str, upper: Path, work: Path) -> str:
     """The options of an image's exportable overlay; MountError when they do not fit in what
     mount(2) accepts (a page)."""
-    options = f"ro,index=on,nfs_export=on,lowerdir={lower},upperdir={upper},workdir={work}"
+    options = f"ro,{_overlay_fields(lower, upper, work)}"
     size = len(options.encode())
     if size > MAX_OPTIONS_BYTES:
         count = lower.count(":") + 1
@@ -163,13 +167,14 @@ class ImageMounts:
                 lower, relative_to = await layers.layer_dirs(self._repo, image_id)
                 await asyncio.to_thread(self._prepare, folder, lower, relative_to)
                 upper, work, point = folder / "upper", folder / "work", folder / "fs"
-                options = overlay_options(lower, upper, work)  # the short names must fit
                 data = overlay_data(full_layers(lower, relative_to), upper, work)
                 if data is not None:
                     # no mount(8) start (about 6 ms of CPU) for an image of few layers
                     await asyncio.to_thread(mount_overlay, point, data)
                 else:
-                    # relative `l/<link>` layers resolve from podman's overlay folder
+                    # the short names must fit; relative `l/<link>` layers resolve from
+                    # podman's overlay folder
+                    options = overlay_options(lower, upper, work)
                     argv = ["mount", "-t", "overlay", "overlay", "-o", options, str(point)]
                     await self._run(argv, cwd=relative_to, what=f"mount image {image_id[:12]}")
             except BaseException as err:
