@@ -322,23 +322,27 @@ class Holds:
         async with self._lock:
             mounted = await asyncio.to_thread(mounted_under, self._exports_root())
             if mounted:
-                if self._held is None:
-                    self._held = await held(self._repo)
-                for image_id in sorted(mounted - self._held):
+                holds = await self._holds()
+                for image_id in sorted(mounted - holds):
                     try:
                         await hold(self._repo, image_id)
                     except ToolError as err:
                         if not image_absent(err):
                             raise
                         continue  # not in storage: no layers of its to keep
-                    self._held.add(image_id)
+                    holds.add(image_id)
             yield
 
     async def release(self, image_id: str) -> None:
         """Remove the hold name of an image no longer mounted; no tool starts when it has
         none. The caller is in a `changing` block."""
+        holds = await self._holds()
+        if image_id in holds:
+            await release(self._repo, image_id)
+            holds.discard(image_id)
+
+    async def _holds(self) -> set[str]:
+        """The ids known to hold a hold name, listed the first time they are needed."""
         if self._held is None:
             self._held = await held(self._repo)
-        if image_id in self._held:
-            await release(self._repo, image_id)
-            self._held.discard(image_id)
+        return self._held
