@@ -6,7 +6,7 @@ cd "$(dirname "$0")/.."
 
 DEB_PACKAGES=(
   docker-registry apache2-utils skopeo podman buildah runc dnsmasq-base-lua lua5.4
-  busybox-static isc-dhcp-client tftp-hpa nfs-ganesha nfs-ganesha-vfs
+  busybox-static klibc-utils isc-dhcp-client tftp-hpa nfs-ganesha nfs-ganesha-vfs
   libnfs-utils rpcbind dbus iproute2 util-linux procps docker.io
   qemu-system-x86 ipxe-qemu ipxe iptables
 )

@@ -47,6 +47,7 @@ from waltd.db import Database, Node, StateError
 from waltd.node_events import NodeEvent, Resync, Subscription
 from waltd.provision import detect
 from waltd.provision.detect import DetectionService
+from waltd.provision.dnsmasq import KLIBC_TRUE
 from waltd.provision.lease_events import LeaseEvent, TftpEvent, parse_message
 from waltd.provision.neighbours import Carrier, Neighbour, WatchError
 from waltd.provision.nodes import REPEAT_S, is_repeat, lease_state
@@ -753,6 +754,8 @@ async def test_leases_repeated_after_restarts_announce_nothing_twice() -> None:
     assert crashed == ["dnsmasq"]  # the kill, and nothing else
     # the installed dnsmasq has Lua: every start took the Lua hook
     assert [r["kind"] for r in both if r.get("event") == "dhcp_hook"] == ["lua"] * 3
+    # ...beside klibc's `true`, which the set-up installs: the classes came with it
+    assert {r["script"] for r in both if r.get("event") == "dhcp_hook"} == {str(KLIBC_TRUE)}
     assert not [r for r in both if r.get("event") == "node_class_invalid"]
     # the neighbour watch ran on the node network all along (netlink, in the server's namespace)
     for run in runs:

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import ipaddress
+import os
+import shutil
 import subprocess
 from pathlib import Path
 
@@ -12,12 +14,14 @@ from tests.conftest import require_tool
 from waltd.config import WaltNet
 from waltd.process import Children
 from waltd.provision.dnsmasq import (
+    KLIBC_TRUE,
     Hook,
     Paths,
     dnsmasq_has_lua,
     forget_old_files,
     has_lua,
     host_entry,
+    noop_script,
     render_config,
     write_lua_hook,
 )
@@ -100,6 +104,26 @@ def test_the_lua_hook_comes_with_a_script_beside_it(tmp_path: Path) -> None:
     lines = text.splitlines()
     assert f"dhcp-luascript={lua}" in lines and "dhcp-script=/usr/bin/true" in lines
     assert lua.stat().st_mode & 0o077 == 0  # root's alone: dnsmasq's helper runs it as root
+
+
+def test_the_script_beside_the_lua_hook_is_klibc_true() -> None:
+    """The set-up installs klibc's `true` (Debian's klibc-utils); dnsmasq runs it with a
+    lease event's arguments, and it does nothing: status 0, no output."""
+    if not os.access(KLIBC_TRUE, os.X_OK):
+        if os.environ.get("CI"):
+            pytest.fail(f"{KLIBC_TRUE} is required in CI but is not installed")
+        pytest.skip(f"{KLIBC_TRUE} is not installed (`make test` installs it)")
+    assert noop_script() == KLIBC_TRUE
+    argv = [str(KLIBC_TRUE), "add", "52:54:00:aa:bb:cc", "192.168.152.100", "node-aabbcc"]
+    done = subprocess.run(argv, capture_output=True, check=False)
+    assert (done.returncode, done.stdout, done.stderr) == (0, b"", b"")
+
+
+def test_without_klibc_the_true_on_the_path_is_the_script(tmp_path: Path) -> None:
+    assert noop_script(tmp_path / "no-klibc" / "true") == Path(require_tool("true"))
+    not_executable = tmp_path / "true"
+    not_executable.write_text("")
+    assert noop_script(not_executable) == Path(shutil.which("true") or "")
 
 
 def test_lua_support_is_read_from_the_compile_time_options() -> None:

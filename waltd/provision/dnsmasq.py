@@ -7,7 +7,8 @@ a node drops no lease), serves TFTP from a server-owned folder, and reports ever
 change and finished TFTP transfer as one file in the spool that detection drains:
 
 - through `dhcp_hook.lua`, run inside dnsmasq's helper process, when dnsmasq has Lua
-  (Debian's dnsmasq-base-lua): no program started per event;
+  (Debian's dnsmasq-base-lua): no interpreter started per event (dnsmasq still starts a
+  program that does nothing, `noop_script`, without which the hook gets no classes);
 - else through the exec hook `dhcp_event`, a bare interpreter started per event (about 10 ms
   each, one after another): a warning at start says so.
 """
@@ -47,6 +48,10 @@ TFTP_MAX = 4096
 PREFIX_ENV = "WALTD_EVENT_PREFIX"
 # How long `dnsmasq --version` may take.
 VERSION_TIMEOUT_S = 10.0
+# klibc's `true` (Debian's klibc-utils): no dynamic loader starts with it. The loader's CPU
+# feature probing traps to the hypervisor in a virtual machine, where coreutils' `true` then
+# costs about 1 ms of CPU more per call; dnsmasq runs its script at every lease event.
+KLIBC_TRUE = Path("/usr/lib/klibc/bin/true")
 
 
 @dataclass(frozen=True)
@@ -102,12 +107,21 @@ class Hook:
     """How dnsmasq reports lease events: `script` (dhcp-script) alone, or `lua` beside it.
 
     dnsmasq hands a Lua script the client's classes only when a dhcp-script is set too
-    (it collects them for scripts alone), so the Lua hook comes with `true` as that script:
-    the cheapest program there is.
+    (it collects them for scripts alone), so the Lua hook comes with a program that does
+    nothing as that script (`noop_script`).
     """
 
     script: Path
     lua: Path | None = None
+
+
+def noop_script(klibc_true: Path = KLIBC_TRUE) -> Path | None:
+    """The cheapest program that does nothing: klibc's `true` when installed, else the
+    `true` on the PATH; None when there is neither."""
+    if os.access(klibc_true, os.X_OK):
+        return klibc_true
+    found = shutil.which("true")
+    return Path(found) if found is not None else None
 
 
 def has_lua(version: str) -> bool:
@@ -262,10 +276,10 @@ class DnsmasqService(Service):
 
     async def _hook(self) -> Hook:
         """The Lua hook when dnsmasq runs Lua, else the exec hook (with a warning)."""
-        true = shutil.which("true")
-        if true is not None and await dnsmasq_has_lua(self._ctx.children):
-            _log.info("dhcp_hook", kind="lua")
-            return Hook(script=Path(true), lua=write_lua_hook(self.paths.lua_hook))
+        noop = noop_script()
+        if noop is not None and await dnsmasq_has_lua(self._ctx.children):
+            _log.info("dhcp_hook", kind="lua", script=str(noop))
+            return Hook(script=noop, lua=write_lua_hook(self.paths.lua_hook))
         _log.warning(
             "dhcp_hook_slow",
             kind="exec",
