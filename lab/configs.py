@@ -45,10 +45,12 @@ def registry_config(
 
 # Marker of the line the udhcpc script prints for the lab to read the lease.
 LEASE_MARKER = "walt-lab-lease"
+HOSTNAME_MARKER = "walt-lab-hostname"
 
 
 def udhcpc_script(busybox: str) -> str:
-    """Event script of `busybox udhcpc` (busybox ships none): set the leased address, report it."""
+    """Event script of `busybox udhcpc` (busybox ships none): set the leased address, report it
+    and the host name the server gave."""
     return (
         "#!/bin/sh\n"
         "# udhcpc runs this with the event in $1 and the lease in the environment\n"
@@ -58,7 +60,9 @@ def udhcpc_script(busybox: str) -> str:
         "    bound|renew)\n"
         '        "$bb" ip -4 addr flush dev "$interface"\n'
         '        "$bb" ip addr add "$ip/$mask" dev "$interface"\n'
-        f'        echo "{LEASE_MARKER} $ip/$mask" ;;\n'
+        f'        echo "{LEASE_MARKER} $ip/$mask"\n'
+        f'        if [ -n "$hostname" ]; then echo "{HOSTNAME_MARKER} $hostname"; fi\n'
+        "        ;;\n"
         "esac\n"
     )
 

@@ -85,6 +85,8 @@ class Node:
     mac: str
     ifname: str = "eth0"
     ip: ipaddress.IPv4Address | None = None
+    # the host name the server gave with its last lease (`node_dhcp`), None when none
+    host_name: str | None = None
 
 
 @dataclass(frozen=True)
@@ -472,7 +474,8 @@ class Lab:
         user_class: str | None = None,
         tries: int = 5,
     ) -> ipaddress.IPv4Address:
-        """Have `node` ask for a lease with `busybox udhcpc`; return the address it got.
+        """Have `node` ask for a lease with `busybox udhcpc`; return the address it got
+        (also in `node.ip`, and the host name the answer gave in `node.host_name`).
 
         `vendor_class` is DHCP option 60 (else busybox sends `udhcp VERSION`), `user_class`
         option 77 as plain text, which dnsmasq's hook sees as DNSMASQ_USER_CLASS0.
@@ -487,11 +490,11 @@ class Lab:
             # quoted, busybox sends the text as it is (unquoted it expects hex)
             argv += ["-x", f'77:"{user_class}"']
         result = await self.run(argv, netns=node.netns, check=False, timeout_s=tries + 10)
-        for line in result.stdout.splitlines():
-            marker, _, lease = line.partition(" ")
-            if marker == configs.LEASE_MARKER:
-                node.ip = ipaddress.IPv4Interface(lease).ip
-                return node.ip
+        said = dict(line.partition(" ")[::2] for line in result.stdout.splitlines())
+        if configs.LEASE_MARKER in said:
+            node.ip = ipaddress.IPv4Interface(said[configs.LEASE_MARKER]).ip
+            node.host_name = said.get(configs.HOSTNAME_MARKER)
+            return node.ip
         raise LabError(f"{node.name} got no DHCP lease: {result.stderr.strip()[-500:]}")
 
     async def expose(self, port: int = 0) -> int:

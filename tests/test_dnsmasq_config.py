@@ -21,6 +21,7 @@ from waltd.provision.dnsmasq import (
     forget_old_files,
     has_lua,
     host_entry,
+    name_option,
     noop_script,
     render_config,
     write_lua_hook,
@@ -42,6 +43,7 @@ def _paths(tmp_path: Path) -> Paths:
     )
     (tmp_path / "tftp").mkdir(parents=True)
     paths.hosts.mkdir()
+    paths.options.mkdir()
     paths.leases.parent.mkdir()
     return paths
 
@@ -88,11 +90,25 @@ def test_dhcp_lines_are_written_only_when_asked_for(tmp_path: Path) -> None:
     assert quiet == render_config(NET, paths, hook)
 
 
-def test_host_entry() -> None:
-    assert host_entry("52-54-00-AA-BB-CC", "node-aabbcc") == "52:54:00:aa:bb:cc,node-aabbcc\n"
-    for bad in ("a,b", "x\ndhcp-range=1", ""):
+def test_a_host_entry_tags_a_node_and_its_option_names_it() -> None:
+    """No name in the host entry (dnsmasq would rename the lease and report it again): the
+    name is option 12 in the answers to the node's tag."""
+    assert host_entry("52-54-00-AA-BB-CC") == "52:54:00:aa:bb:cc,set:name-525400aabbcc\n"
+    option = name_option("52-54-00-AA-BB-CC", "node-aabbcc")
+    assert option == "tag:name-525400aabbcc,12,node-aabbcc\n"
+    for bad in ("a,b", "x\ndhcp-range=1", "", "n" * 64):
         with pytest.raises(ValueError):
-            host_entry("52:54:00:aa:bb:cc", bad)
+            name_option("52:54:00:aa:bb:cc", bad)
+    with pytest.raises(ValueError):
+        host_entry("52:54:00:aa:bb")
+
+
+def test_dnsmasq_reads_the_host_entry_and_the_name_option(tmp_path: Path) -> None:
+    """The same lines as dnsmasq's own options (its check reads no hosts or options folder)."""
+    paths = _paths(tmp_path)
+    mac = "52:54:00:aa:bb:cc"
+    lines = f"dhcp-host={host_entry(mac)}dhcp-option={name_option(mac, 'node-aabbcc')}"
+    _dnsmasq_accepts(paths, render_config(NET, paths, Hook(script=Path("/bin/true"))) + lines)
 
 
 def test_the_lua_hook_comes_with_a_script_beside_it(tmp_path: Path) -> None:

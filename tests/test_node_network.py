@@ -23,6 +23,7 @@ from tests.support.lab_daemon import lab_config, records, start_waltd, wait_reco
 from tests.support.labs import running_lab
 from tests.support.wait import until
 from waltd import dhcp_event
+from waltd.provision.dnsmasq import host_entry, name_option
 
 pytestmark = pytest.mark.lab
 
@@ -68,14 +69,18 @@ async def test_nodes_lease_and_reach_waltd_with_their_model(lab: Lab) -> None:
     status = json.loads(walt(folder / "api.sock", "status", "--json").stdout)
     assert status["nodes"] == 2 and status["node_network"] == lab.bridge
 
-    # A detected node became a known host: dnsmasq read its file without a restart, and
-    # the lease it gave earlier is still there.
-    hosts = folder / "run" / "dnsmasq" / "hosts.d"
-    assert (hosts / pc.mac.replace(":", "-")).read_text() == f"{pc.mac},{det_pc['name']}\n"
+    # A detected node became a known host: dnsmasq read its files without a restart, the
+    # lease it gave earlier is still there, and its answer now names the node.
+    run, file = folder / "run" / "dnsmasq", pc.mac.replace(":", "-")
+    assert (run / "hosts.d" / file).read_text() == host_entry(pc.mac)
+    assert (run / "options.d" / file).read_text() == name_option(pc.mac, det_pc["name"])
     again = await lab.node_dhcp(pc, vendor_class="walt.node.pc-x86-64")
-    assert again == ip_pc
+    assert (again, pc.host_name) == (ip_pc, det_pc["name"])
     renewed = await wait_record(waltd, is_lease(pc.mac))
     assert renewed["model"] == "pc-x86-64"
+    # ...and dnsmasq reported no renamed lease before that answer (events come in order): a
+    # name in the host entry would have been one more lease event
+    assert [r for r in records(waltd) if is_lease(pc.mac)(r)] == [renewed]
     # at debug level dnsmasq's line for each DHCP message is relayed
     acks = [r["line"] for r in records(waltd) if r.get("event") == "dnsmasq_output"]
     assert any("DHCPACK" in line and pc.mac in line for line in acks)
@@ -189,6 +194,8 @@ async def test_a_node_seen_while_dnsmasq_is_down_gets_its_host_entry(lab: Lab) -
     entry = folder / "run" / "dnsmasq" / "hosts.d" / mac.replace(":", "-")
     # The restart delay doubles from 1 s (with jitter): the next start comes within ~5 s.
     await until(entry.exists, what=f"{entry}", timeout_s=10)
-    assert entry.read_text() == f"{mac},{detected['name']}\n"
+    assert entry.read_text() == host_entry(mac)
+    option = folder / "run" / "dnsmasq" / "options.d" / mac.replace(":", "-")
+    assert option.read_text() == name_option(mac, detected["name"])
     await lab.stop(waltd)
     assert waltd.process.returncode == 0

@@ -424,8 +424,9 @@ def parse_clone_url(text: str, labels: Collection[str] = ()) -> CloneURL:
 
 # Node names --------------------------------------------------------------------------------
 
-# A node name is its DHCP host name (dnsmasq's hosts.d) and a command line argument: a host
-# name label, shorter than Linux's user names so that a name and a suffix fit in 63.
+# A node name is its DHCP host name (option 12, from dnsmasq's options.d) and a command line
+# argument: a host name label, shorter than Linux's user names so that a name and a suffix
+# fit in 63.
 NODE_NAME_MAX = 32
 _NODE_NAME_RE = re.compile(r"[a-z0-9]+(?:-+[a-z0-9]+)*")
 _NODE_NAME_RULE = (

@@ -2,9 +2,10 @@
 
 dnsmasq answers DHCP on the node network only (`network.walt-net`; without it, no
 dnsmasq at all), tags walt nodes by vendor or user class, gives the boot answers of the
-boot conversation, reads known nodes from `dhcp-hostsdir` (picked up by inotify, so adding
-a node drops no lease), serves TFTP from a server-owned folder, and reports every lease
-change and finished TFTP transfer as one file in the spool that detection drains:
+boot conversation, reads known nodes from `dhcp-hostsdir` and their names from
+`dhcp-optsdir` (picked up by inotify, so adding a node drops no lease), serves TFTP from a
+server-owned folder, and reports every lease change and finished TFTP transfer as one file
+in the spool that detection drains:
 
 - through `dhcp_hook.lua`, run inside dnsmasq's helper process, when dnsmasq has Lua
   (Debian's dnsmasq-base-lua): no interpreter started per event (dnsmasq still starts a
@@ -71,6 +72,10 @@ class Paths:
     @property
     def hosts(self) -> Path:
         return self.folder / "hosts.d"
+
+    @property
+    def options(self) -> Path:
+        return self.folder / "options.d"
 
     @property
     def hook(self) -> Path:
@@ -150,6 +155,7 @@ def render_config(net: WaltNet, paths: Paths, hook: Hook, *, dhcp_lines: bool = 
         f"dhcp-script={hook.script}",
         *([f"dhcp-luascript={hook.lua}"] if hook.lua is not None else []),
         f"dhcp-hostsdir={paths.hosts}",
+        f"dhcp-optsdir={paths.options}",
         "dhcp-vendorclass=set:walt,walt.node",
         "dhcp-userclass=set:walt,walt.node",
         "dhcp-userclass=set:ipxe,iPXE",
@@ -179,12 +185,28 @@ def render_config(net: WaltNet, paths: Paths, hook: Hook, *, dhcp_lines: bool = 
     return "\n".join(lines) + "\n"
 
 
-def host_entry(mac: str, name: str) -> str:
-    """A dhcp-hostsdir line giving a known node its name (its lease keeps its address)."""
-    mac = normalise_mac(mac)
+def name_tag(mac: str) -> str:
+    """The dnsmasq tag of one known node: `name-` and its MAC's hex digits."""
+    return "name-" + normalise_mac(mac).replace(":", "")
+
+
+def host_entry(mac: str) -> str:
+    """A dhcp-hostsdir line tagging a known node (`name_tag`); its lease keeps its address.
+
+    The entry names no host: dnsmasq would make that name its lease's, then report the
+    renamed lease as one more lease event (and rewrite its lease file, with an fsync), for
+    every new node. The name goes in the node's answers as an option (`name_option`).
+    """
+    return f"{normalise_mac(mac)},set:{name_tag(mac)}\n"
+
+
+def name_option(mac: str, name: str) -> str:
+    """The dhcp-optsdir line giving a known node its name: DHCP option 12 (host name, which
+    dnsmasq knows by number only) in the answers to its tag (`host_entry`), to clients that
+    ask for it, as dnsmasq gives a lease's own name."""
     if not name or not all(c.isalnum() or c == "-" for c in name) or len(name) > 63:
         raise ValueError(f"not a valid host name: {name[:70]!r}")
-    return f"{mac},{name}\n"
+    return f"tag:{name_tag(mac)},12,{name}\n"
 
 
 def write_hook(path: Path) -> Path:
@@ -233,6 +255,7 @@ class DnsmasqService(Service):
         for folder in (
             self.paths.folder,
             self.paths.hosts,
+            self.paths.options,
             self.paths.leases.parent,
             self.paths.tftp_root,
         ):
@@ -289,7 +312,7 @@ class DnsmasqService(Service):
         return Hook(script=write_hook(self.paths.hook))
 
     async def _write_known_hosts(self) -> None:
-        """Give every recorded node its hosts.d entry.
+        """Give every recorded node its host entry and name option.
 
         Nodes first seen while dnsmasq was not running (from the spool at start, or during
         a restart backoff) got none when they were detected.
@@ -365,12 +388,16 @@ class DnsmasqService(Service):
             self._proc = None
 
     def add_host(self, mac: str, name: str) -> Path:
-        """Make `mac` a known host (inotify: no restart, no lease lost); returns its file.
+        """Make `mac` a known host named `name` (inotify: no restart, no lease lost); returns
+        its host entry's file.
 
-        Not synced: every start writes each recorded node's entry again from the database,
-        and a sync per node would stall a storm of new nodes on the disk.
+        Its name option is written first: the tag that gives it is set once dnsmasq reads
+        the host entry. Not synced: every start writes each recorded node's files again
+        from the database, and a sync per node would stall a storm of new nodes on the disk.
         """
-        entry = host_entry(mac, name)
-        path = self.paths.hosts / normalise_mac(mac).replace(":", "-")
-        write_atomic(path, entry.encode(), 0o644, durable=False)
+        option = name_option(mac, name)
+        file = normalise_mac(mac).replace(":", "-")
+        write_atomic(self.paths.options / file, option.encode(), 0o644, durable=False)
+        path = self.paths.hosts / file
+        write_atomic(path, host_entry(mac).encode(), 0o644, durable=False)
         return path
